@@ -1,0 +1,26 @@
+"""The control plane: model registry, cluster state and events in Redis, command line."""
+
+from coordinator.errors import (
+    AlreadyPublished,
+    ArtifactError,
+    ClusterUnavailable,
+    InvalidName,
+    MetadataError,
+    ModelCacheError,
+    ModelNotFound,
+    VersionNotFound,
+)
+from coordinator.registry import ModelMetadata, Registry
+
+__all__ = [
+    "AlreadyPublished",
+    "ArtifactError",
+    "ClusterUnavailable",
+    "InvalidName",
+    "MetadataError",
+    "ModelCacheError",
+    "ModelMetadata",
+    "ModelNotFound",
+    "Registry",
+    "VersionNotFound",
+]

@@ -1,0 +1,198 @@
+"""The `modelcache` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from coordinator.errors import ModelCacheError, VersionNotFound
+from coordinator.registry import Registry
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _registry_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("MODELCACHE_REGISTRY", "./registry"),
+        help="registry root (MODELCACHE_REGISTRY, default ./registry)",
+    )
+
+
+def _redis_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("MODELCACHE_REDIS_URL"),
+        help="Redis of the cluster (MODELCACHE_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=os.environ.get("MODELCACHE_REDIS_PREFIX", "modelcache:"),
+        help="key prefix of the cluster (MODELCACHE_REDIS_PREFIX)",
+    )
+
+
+def _metric(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key:
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"metric {text!r} must look like name=0.93") from None
+
+
+# -- registry commands ---------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    meta = Registry(args.registry).publish(
+        args.artifact,
+        args.model_type,
+        args.version,
+        features=args.feature or (),
+        metrics=dict(args.metric or ()),
+        task=args.task,
+        force=args.force,
+    )
+    console.print(
+        f"published [bold]{meta.model_type} {meta.version}[/] ({meta.format}, {meta.size_bytes} bytes, "
+        f"sha256 {meta.sha256[:12]}…) to {Path(args.registry).resolve()}"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    types = registry.model_types()
+    if args.json:
+        out = []
+        for mt in types:
+            try:
+                latest: str | None = registry.latest(mt)
+            except VersionNotFound:
+                latest = None
+            out.append({"model_type": mt, "versions": registry.versions(mt), "latest": latest})
+        print(json.dumps(out, indent=2))
+        return 0
+    if not types:
+        console.print(f"no models in {registry.root.resolve()}; try `modelcache demo-models`")
+        return 0
+    table = Table(title=f"registry {registry.root.resolve()}")
+    for col in ("model type", "version", "format", "size", "features", "metrics", "created"):
+        table.add_column(col)
+    for mt in types:
+        try:
+            latest = registry.latest(mt)
+        except VersionNotFound:
+            latest = None
+        for v in registry.versions(mt):
+            try:
+                m = registry.metadata(mt, v)
+            except ModelCacheError as exc:
+                table.add_row(mt, v, f"[red]{exc}[/]", "", "", "", "")
+                continue
+            label = f"{v} [green](latest)[/]" if v == latest else v
+            metrics = ", ".join(f"{k}={val:g}" for k, val in m.metrics.items())
+            table.add_row(
+                mt, label, m.format, f"{m.size_bytes:,}", str(len(m.features)), metrics, m.created_at
+            )
+    console.print(table)
+    return 0
+
+
+def cmd_demo_models(args: argparse.Namespace) -> int:
+    from coordinator.demo import DEMO_SPECS, publish_demo_models
+
+    registry = Registry(args.registry)
+
+    def progress(spec: object, i: int, total: int) -> None:
+        console.print(f"[{i + 1}/{total}] training {spec.model_type} {spec.version}")  # type: ignore[attr-defined]
+
+    published = publish_demo_models(registry, force=args.force, progress=progress)
+    skipped = len(DEMO_SPECS) - len(published)
+    console.print(
+        f"published {len(published)} demo model versions to {registry.root.resolve()}"
+        + (f" ({skipped} already there)" if skipped else "")
+    )
+    return 0
+
+
+# -- processes -----------------------------------------------------------------
+def cmd_node(args: argparse.Namespace) -> int:
+    # Exec the node's own entry point: the coordinator never imports the node package.
+    argv = [sys.executable, "-m", "node", *args.node_args]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from coordinator.launcher import run_up
+
+    return run_up(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "publish": cmd_publish,
+    "models": cmd_models,
+    "demo-models": cmd_demo_models,
+    "node": cmd_node,
+    "up": cmd_up,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelcache", description="Serve many ML models from a fleet of caching nodes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start a local cluster (embedded Redis, nodes, demo models)")
+    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    p.add_argument("--port", type=int, default=8000, help="first node's port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    _registry_arg(p)
+    _redis_arg(p)
+
+    p = sub.add_parser("node", help="run one node (arguments as `python -m node --help`)")
+    p.add_argument("node_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("publish", help="publish a model file into the registry")
+    p.add_argument("artifact", help="model file: .ubj or .json (XGBoost), .joblib or .pkl")
+    p.add_argument("--model-type", required=True)
+    p.add_argument("--version", required=True, help="PEP 440 version, e.g. 1.2.0 or 2.0.0b1")
+    p.add_argument("--feature", action="append", help="feature name, in order (repeat)")
+    p.add_argument("--metric", action="append", type=_metric, help="metric as name=value (repeat)")
+    p.add_argument("--task", help="e.g. binary_classification, regression")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    _registry_arg(p)
+
+    p = sub.add_parser("models", help="list the registry")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _registry_arg(p)
+
+    p = sub.add_parser("demo-models", help="train and publish small demo models")
+    p.add_argument("--force", action="store_true", help="retrain and replace existing versions")
+    _registry_arg(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ModelCacheError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

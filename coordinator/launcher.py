@@ -1,0 +1,167 @@
+"""`modelcache up`: a whole local deployment in one command, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from coordinator.registry import Registry
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Stack:
+    """Processes `up` started, stopped in reverse order (by PID, never by name)."""
+
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def add(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.procs.append((name, proc))
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs if p.poll() is not None]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready after {timeout:.0f}s")
+
+
+def start_node(
+    port: int, host: str, registry: Path, token: str, redis_url: str | None, prefix: str, log_dir: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MODELCACHE_REGISTRY": str(registry),
+        "MODELCACHE_ADMIN_TOKEN": token,
+        "MODELCACHE_NODE_ID": f"node-{port}",
+        "MODELCACHE_REDIS_PREFIX": prefix,
+    }
+    if redis_url:
+        env["MODELCACHE_REDIS_URL"] = redis_url
+    log = (log_dir / f"node-{port}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "node", "--host", host, "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches `up`, which stops the nodes in order
+    )
+
+
+def run_up(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    registry.root.mkdir(parents=True, exist_ok=True)
+    if not registry.model_types():
+        from coordinator.demo import publish_demo_models
+
+        console.print(f"registry {registry.root.resolve()} is empty: publishing demo models")
+        publish_demo_models(
+            registry,
+            progress=lambda spec, i, n: console.print(f"  [{i + 1}/{n}] {spec.model_type} {spec.version}"),
+        )
+    ports = [args.port + i for i in range(args.nodes)]
+    busy = [p for p in ports if not port_free(args.host, p)]
+    if busy:
+        console.print(f"[red]error:[/] port(s) {busy} already in use; pass --port to pick others")
+        return 2
+    token = os.environ.get("MODELCACHE_ADMIN_TOKEN") or secrets.token_urlsafe(18)
+    log_dir = Path(os.environ.get("MODELCACHE_LOG_DIR", registry.root.resolve().parent / ".modelcache-logs"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack()
+    stopping = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        redis_url = args.redis_url
+        urls = []
+        for port in ports:
+            proc = start_node(
+                port, args.host, registry.root.resolve(), token, redis_url, args.redis_prefix, log_dir
+            )
+            stack.add(f"node-{port}", proc)
+            urls.append((f"http://{args.host}:{port}", proc))
+        for url, proc in urls:
+            wait_ready(url, proc)
+            console.print(f"node ready: {url}")
+        _print_banner(urls[0][0], [u for u, _ in urls], token, registry, log_dir)
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                console.print(f"[red]stopped unexpectedly:[/] {', '.join(dead)} (logs in {log_dir})")
+                return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        console.print(f"[red]error:[/] {exc} (logs in {log_dir})")
+        return 1
+    finally:
+        console.print("stopping…")
+        stack.stop()
+
+
+def _print_banner(entry: str, urls: list[str], token: str, registry: Registry, log_dir: Path) -> None:
+    console.print()
+    for url in urls:
+        console.print(f"node: {url}")
+    console.print(f"registry: {registry.root.resolve()}    logs: {log_dir}")
+    console.print(f"admin token: {token}")
+    console.print("\ntry:")
+    body = '{"model_type": "churn", "features": [12, 70.5, 2, 1, null]}'
+    console.print(f"  curl -s {entry}/api/v1/predict -H 'Content-Type: application/json' -d '{body}'")
+    console.print(f"  curl -s {entry}/api/v1/cache/stats")
+    console.print(
+        f"  curl -s -X POST {entry}/api/v1/models/reload -H 'Authorization: Bearer {token}' "
+        "-H 'Content-Type: application/json' -d '{\"scope\": \"node\"}'"
+    )
+    console.print(f"  open {entry}/docs for the API reference")
+    console.print("\nCtrl-C stops everything.")

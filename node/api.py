@@ -1,0 +1,345 @@
+"""The HTTP layer: thin routes that delegate to `ModelService` (and the cluster, when present).
+
+Status codes live here and only here: `ERROR_STATUS` maps each error class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coordinator.errors import (
+    ClusterUnavailable,
+    InvalidName,
+    MetadataError,
+    ModelCacheError,
+    ModelNotFound,
+)
+from node.errors import BatchTooLarge, InvalidInput, ModelLoadError, NotReady
+from node.limits import BodyLimitMiddleware
+from node.metrics import NodeMetrics
+from node.schemas import (
+    ADMIN_ERRORS,
+    ERRORS,
+    BatchBody,
+    BatchRequest,
+    BatchResponse,
+    PinRequest,
+    PredictBody,
+    PredictRequest,
+    PredictResponse,
+    ReloadRequest,
+)
+from node.service import ModelService, Resolved
+from node.settings import NodeSettings
+
+log = logging.getLogger("modelcache.api")
+
+
+class FastJSON(JSONResponse):
+    """JSON rendered by orjson: the prediction path's serialisation is a visible share of its cost."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class AdminError(ModelCacheError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code = status, code
+        super().__init__(message)
+
+
+class NotAvailable(ModelCacheError):
+    code = "not_implemented"
+
+
+ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (InvalidName, 422),
+    (ModelNotFound, 404),
+    (InvalidInput, 422),
+    (BatchTooLarge, 413),
+    (ModelLoadError, 503),
+    (MetadataError, 503),
+    (NotReady, 503),
+    (ClusterUnavailable, 503),
+    (NotAvailable, 501),
+]
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> FastJSON:
+    return FastJSON({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+class Cluster(Protocol):
+    """What the API needs from cluster coordination (node.sync implements it)."""
+
+    async def pins(self) -> dict[str, str]: ...
+    async def set_pin(
+        self, model_type: str, version: str, wait: bool, timeout_s: float
+    ) -> dict[str, Any]: ...
+    async def unpin(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]: ...
+    async def reload(
+        self, model_type: str | None, version: str | None, wait: bool, timeout_s: float
+    ) -> dict[str, Any]: ...
+    async def describe(self) -> dict[str, Any]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def create_app(
+    settings: NodeSettings,
+    service: ModelService,
+    metrics: NodeMetrics,
+    *,
+    cluster: Cluster | None = None,
+    warmup: Callable[[], Any] | None = None,
+) -> FastAPI:
+    """Build the node's ASGI app from its collaborators."""
+    node_id = settings.resolved_node_id
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if cluster is not None:
+            await cluster.start()
+        task = asyncio.create_task(_warm())
+        try:
+            yield
+        finally:
+            task.cancel()
+            if cluster is not None:
+                await cluster.stop()
+
+    async def _warm() -> None:
+        started = time.perf_counter()
+        if warmup is not None:
+            loaded = await asyncio.to_thread(warmup)
+            log.info("warm-up loaded %s in %.2fs", loaded or "nothing", time.perf_counter() - started)
+        state["ready"] = True
+
+    app = FastAPI(
+        title="modelcache node",
+        version="0.1.0",
+        description="Predictions from a local LRU cache of XGBoost/sklearn models; "
+        "cluster-wide pins and reloads through Redis.",
+        lifespan=lifespan,
+        default_response_class=FastJSON,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(ModelCacheError)
+    async def _known(_req: Request, exc: ModelCacheError) -> Response:
+        if isinstance(exc, AdminError):
+            extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+            return error_response(exc.status, exc.code, str(exc), **extra)
+        for cls, status in ERROR_STATUS:
+            if isinstance(exc, cls):
+                return error_response(status, exc.code, str(exc))
+        return error_response(500, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "invalid_input", _describe_validation(exc))
+
+    def require_admin(request: Request) -> None:
+        if not settings.admin_token:
+            raise AdminError(403, "admin_disabled", "admin API disabled: set MODELCACHE_ADMIN_TOKEN")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AdminError(401, "unauthorized", "admin route: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(token.strip().encode(), settings.admin_token.encode()):
+            raise AdminError(403, "forbidden", "admin token is not valid")
+
+    def need_cluster() -> Cluster:
+        if cluster is None:
+            raise NotAvailable("this node runs without Redis (MODELCACHE_REDIS_URL unset): no cluster")
+        return cluster
+
+    admin = [Depends(require_admin)]
+
+    # -- predictions --------------------------------------------------------
+    async def _predict(model_type: str, body: PredictBody) -> Response:
+        resolved = await service.get(model_type, body.version)
+        started = time.perf_counter()
+        out = resolved.model.predict([body.features])
+        _observe(model_type, started, 1)
+        payload: dict[str, Any] = {
+            "model_type": model_type,
+            "version": resolved.version,
+            "prediction": out.labels[0],
+            "node_id": node_id,
+            "cached": resolved.cached,
+        }
+        if out.probabilities is not None:
+            payload["probability"] = out.probabilities[0]
+        return _respond(payload, resolved)
+
+    async def _batch(model_type: str, body: BatchBody) -> Response:
+        if len(body.instances) > settings.max_batch:
+            raise BatchTooLarge(len(body.instances), settings.max_batch)
+        if not body.instances:
+            raise InvalidInput("instances is empty: send at least one row")
+        resolved = await service.get(model_type, body.version)
+        started = time.perf_counter()
+        out = resolved.model.predict(body.instances)
+        _observe(model_type, started, len(body.instances))
+        payload: dict[str, Any] = {
+            "model_type": model_type,
+            "version": resolved.version,
+            "predictions": out.labels,
+            "node_id": node_id,
+            "cached": resolved.cached,
+        }
+        if out.probabilities is not None:
+            payload["probabilities"] = out.probabilities
+        return _respond(payload, resolved)
+
+    def _observe(model_type: str, started: float, rows: int) -> None:
+        metrics.predict_seconds.labels(model_type).observe(time.perf_counter() - started)
+        metrics.predictions.labels(model_type).inc(rows)
+
+    def _respond(payload: dict[str, Any], resolved: Resolved) -> Response:
+        headers = {"X-Modelcache-Node": node_id, "X-Modelcache-Version": resolved.version}
+        if resolved.fallback_from:
+            payload["fallback_from"] = resolved.fallback_from
+            headers["X-Modelcache-Fallback"] = f"{resolved.fallback_from} -> {resolved.version}"
+        return FastJSON(payload, headers=headers)
+
+    @app.post("/api/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
+    async def predict(body: PredictRequest) -> Response:
+        """Predict one row. The version is the request's, else the pin, else the latest stable."""
+        return await _predict(body.model_type, body)
+
+    @app.post("/api/v1/batch_predict", response_model=BatchResponse, responses=ERRORS, tags=["predict"])
+    async def batch_predict(body: BatchRequest) -> Response:
+        """Predict many rows with one model in one call (cheaper per row than /predict)."""
+        return await _batch(body.model_type, body)
+
+    @app.post(
+        "/api/v1/models/{model_type}/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        tags=["predict"],
+    )
+    async def predict_in_path(model_type: str, body: PredictBody) -> Response:
+        """As /api/v1/predict, with the model in the path so a load balancer can route by it."""
+        return await _predict(model_type, body)
+
+    @app.post(
+        "/api/v1/models/{model_type}/batch_predict",
+        response_model=BatchResponse,
+        responses=ERRORS,
+        tags=["predict"],
+    )
+    async def batch_in_path(model_type: str, body: BatchBody) -> Response:
+        """As /api/v1/batch_predict, with the model in the path."""
+        return await _batch(model_type, body)
+
+    # -- models -------------------------------------------------------------
+    @app.get("/api/v1/models", tags=["models"])
+    async def list_models() -> dict[str, Any]:
+        """Every model type: versions, latest stable, pin, served version, what this node caches."""
+        return {"node_id": node_id, "models": await asyncio.to_thread(service.list_models)}
+
+    @app.get("/api/v1/models/{model_type}/versions/{version}", responses=ERRORS, tags=["models"])
+    async def model_metadata(model_type: str, version: str) -> dict[str, Any]:
+        """A version's metadata (features, metrics, checksum) without loading the model."""
+        meta = await asyncio.to_thread(service.registry.metadata, model_type, version)
+        cached = meta.version in service.cached_versions().get(model_type, [])
+        return {**meta.to_dict(), "cached_on_node": cached}
+
+    @app.post("/api/v1/models/reload", dependencies=admin, responses=ADMIN_ERRORS, tags=["admin"])
+    async def reload(body: ReloadRequest) -> dict[str, Any]:
+        """Reload without downtime: the new model loads beside the old, then swaps in.
+
+        `scope=node` reloads this node only; `scope=cluster` reaches every node through Redis.
+        """
+        if body.scope == "cluster":
+            return await need_cluster().reload(body.model_type, body.version, body.wait, body.timeout_s)
+        outcomes = await asyncio.to_thread(service.reload, body.model_type, body.version, source="api")
+        return {
+            "scope": "node",
+            "acks": [{"node_id": node_id, **o.to_dict()} for o in outcomes],
+            "ok": all(o.outcome == "ok" for o in outcomes),
+        }
+
+    # -- pins and cluster ---------------------------------------------------
+    @app.get("/api/v1/pins", tags=["cluster"])
+    async def get_pins() -> dict[str, Any]:
+        """Version pins in force (cluster-wide when Redis is configured)."""
+        pins = await cluster.pins() if cluster is not None else service.pins
+        return {"pins": pins}
+
+    @app.put("/api/v1/pins/{model_type}", dependencies=admin, responses=ADMIN_ERRORS, tags=["cluster"])
+    async def put_pin(model_type: str, body: PinRequest) -> dict[str, Any]:
+        """Pin a model type to a version on every node (refused if the version does not exist)."""
+        return await need_cluster().set_pin(model_type, body.version, body.wait, body.timeout_s)
+
+    @app.delete("/api/v1/pins/{model_type}", dependencies=admin, responses=ADMIN_ERRORS, tags=["cluster"])
+    async def delete_pin(model_type: str, wait: bool = False, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Remove a pin: every node goes back to the latest stable version."""
+        return await need_cluster().unpin(model_type, wait, timeout_s)
+
+    @app.get("/api/v1/cluster", tags=["cluster"])
+    async def cluster_view() -> dict[str, Any]:
+        """Live nodes with their cached models and stats, pins and reload generations."""
+        return await need_cluster().describe()
+
+    # -- operations ---------------------------------------------------------
+    @app.get("/api/v1/cache/stats", tags=["operations"])
+    async def cache_stats() -> dict[str, Any]:
+        """Hits, misses, rates, evictions, loads, bytes and per-model entries of this node."""
+        return {"node_id": node_id, **service.stats()}
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "node_id": node_id}
+
+    @app.get("/readyz", tags=["operations"], responses={503: ERRORS[503]})
+    async def readyz() -> Response:
+        """Readiness: 503 until start-up and warm-up are done."""
+        if not state["ready"]:
+            return error_response(503, "not_ready", f"node {node_id} is still warming up")
+        return FastJSON({"status": "ready", "node_id": node_id})
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of this node's metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.service = service
+    app.state.readiness = state
+    return app
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    """One readable sentence from pydantic's error list."""
+    errors = list(exc.errors())
+    # A union (list or map) reports a failure per branch; keep the branch the input took.
+    shape_errors = {"dict_type", "list_type"}
+    specific = [e for e in errors if e.get("type") not in shape_errors] or errors
+    parts = []
+    for err in specific[:5]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+        msg = err.get("msg", "invalid")
+        if err.get("type") in ("float_type", "float_parsing", "float_finite_number"):
+            msg = "must be a number or null"
+        parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("list", "dict"))

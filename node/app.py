@@ -1,0 +1,45 @@
+"""The composition root: build a node's collaborators from its settings."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from coordinator.registry import Registry
+from node.api import create_app
+from node.loader import Loader
+from node.metrics import NodeMetrics
+from node.service import ModelService
+from node.settings import NodeSettings
+
+
+def build_service(settings: NodeSettings, metrics: NodeMetrics) -> ModelService:
+    registry = Registry(settings.registry)
+    loader = Loader(registry, retries=settings.load_retries, backoff_s=settings.load_retry_backoff_s)
+    return ModelService(
+        registry,
+        loader,
+        metrics,
+        cache_size=settings.cache_size,
+        cache_max_bytes=settings.cache_max_bytes,
+        load_failure_ttl_s=settings.load_failure_ttl_s,
+        pins=settings.pins,
+    )
+
+
+def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+    """A complete node: service, metrics and (with a Redis URL) cluster sync."""
+    metrics = NodeMetrics(registry)
+    service = build_service(settings, metrics)
+    cluster = None
+    if settings.redis_url:
+        from node.sync import ClusterSync
+
+        cluster = ClusterSync(settings, service, metrics)
+        warmup = cluster.warm
+    else:
+
+        def warmup() -> list[str]:
+            return service.warm(settings.warmup)
+
+    return create_app(settings, service, metrics, cluster=cluster, warmup=warmup)

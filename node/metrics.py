@@ -1,0 +1,115 @@
+"""Every Prometheus metric a node exports, on an injected registry.
+
+Names are binding (DESIGN.md). Labels carry only bounded values: model types
+that exist in the registry, never request data. Hit rate is left to PromQL.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+PREDICT_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1,
+)
+PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class NodeMetrics:
+    """The node's metrics, registered on `registry` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.cache_hits = Counter(
+            "modelcache_cache_hits_total", "Lookups served from the cache.", ["model_type"], registry=r
+        )
+        self.cache_misses = Counter(
+            "modelcache_cache_misses_total", "Lookups that needed a load.", ["model_type"], registry=r
+        )
+        self.cache_evictions = Counter(
+            "modelcache_cache_evictions_total",
+            "Models evicted to make room (least recently used first).",
+            ["model_type"],
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "modelcache_model_load_seconds",
+            "Time to read, verify and deserialize a model, retries included.",
+            ["model_type"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "modelcache_model_load_failures_total",
+            "Model loads that failed after every retry.",
+            ["model_type", "reason"],
+            registry=r,
+        )
+        self.cached_models = Gauge(
+            "modelcache_cached_models", "Models currently held in the cache.", registry=r
+        )
+        self.cache_capacity_models = Gauge(
+            "modelcache_cache_capacity_models", "Most models the cache holds.", registry=r
+        )
+        self.cache_bytes = Gauge("modelcache_cache_bytes", "Artifact bytes of the cached models.", registry=r)
+        self.cache_max_bytes = Gauge(
+            "modelcache_cache_max_bytes", "Byte budget of the cache (0 when unbounded).", registry=r
+        )
+        self.predict_seconds = Histogram(
+            "modelcache_predict_seconds",
+            "Model prediction time per request (excluding any load).",
+            ["model_type"],
+            buckets=PREDICT_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "modelcache_predictions_total",
+            "Rows predicted (a batch of N counts N).",
+            ["model_type"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "modelcache_reloads_total",
+            "Reloads and pin changes applied by this node.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.reload_propagation_seconds = Histogram(
+            "modelcache_reload_propagation_seconds",
+            "From a cluster change being published to this node having applied it.",
+            buckets=PROPAGATION_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "modelcache_fallbacks_total",
+            "Requests served by a lower version because the default could not load.",
+            ["model_type"],
+            registry=r,
+        )
+        self.redis_connected = Gauge(
+            "modelcache_redis_connected", "1 while the node reaches Redis, else 0.", registry=r
+        )
+        self.served_version = Gauge(
+            "modelcache_served_version_info",
+            "1 for the version this node serves by default for each model type.",
+            ["model_type", "version"],
+            registry=r,
+        )
+        self.pinned_version = Gauge(
+            "modelcache_pinned_version_info",
+            "1 for each cluster-wide pin this node knows of.",
+            ["model_type", "version"],
+            registry=r,
+        )

@@ -1,0 +1,198 @@
+"""Prediction adapters: one interface over XGBoost boosters and sklearn-style estimators.
+
+`deserialize` turns verified artifact bytes into a `LoadedModel`. XGBoost
+formats load natively (no pickle); joblib bytes reach this module only after
+the loader checked their SHA-256 (invariant 5).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from coordinator.registry import ModelMetadata
+from node.errors import InvalidInput, ModelLoadError
+
+Row = Sequence[float | None] | Mapping[str, float | None]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-row outputs: `labels` always, `probabilities` for classifiers.
+
+    For a binary classifier each probability is that of the positive class; for
+    a multi-class one it is the list of per-class probabilities.
+    """
+
+    labels: list[float | int]
+    probabilities: list[float] | list[list[float]] | None
+    class_probabilities: np.ndarray | None = None
+
+
+class Adapter(Protocol):
+    task: str
+    n_features: int
+
+    def predict(self, x: np.ndarray) -> Predictions: ...
+
+
+class BoosterAdapter:
+    """A native `xgboost.Booster`, predicted with `inplace_predict` (no DMatrix)."""
+
+    def __init__(self, booster: Any) -> None:
+        booster.set_param({"nthread": 1})  # the default spins an OpenMP thread after each call
+        self.booster = booster
+        self.n_features = int(booster.num_features())
+        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        self.objective = objective
+        if objective in ("binary:logistic", "binary:hinge"):
+            self.task = "binary_classification"
+        elif objective.startswith("multi:"):
+            self.task = "multiclass_classification"
+        else:
+            self.task = "regression"
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        out = np.asarray(self.booster.inplace_predict(x))
+        if self.objective == "binary:logistic":
+            p1 = out.reshape(-1)
+            classes = np.stack([1 - p1, p1], axis=1)
+            return Predictions((p1 >= 0.5).astype(int).tolist(), p1.tolist(), classes)
+        if self.objective == "multi:softprob":
+            probs = out.reshape(len(x), -1)
+            return Predictions(probs.argmax(axis=1).tolist(), probs.tolist(), probs)
+        if self.task != "regression":  # binary:hinge, multi:softmax give class labels
+            return Predictions(out.reshape(-1).astype(int).tolist(), None)
+        return Predictions(out.reshape(-1).tolist(), None)
+
+
+class EstimatorAdapter:
+    """Anything with sklearn's `predict` (and `predict_proba` for classifiers)."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        if hasattr(estimator, "get_params") and "n_jobs" in estimator.get_params():
+            estimator.set_params(n_jobs=1)
+        self.n_features = int(getattr(estimator, "n_features_in_", 0))
+        self.classes = getattr(estimator, "classes_", None)
+        if hasattr(estimator, "predict_proba") and self.classes is not None:
+            n = len(self.classes)
+            self.task = "binary_classification" if n == 2 else "multiclass_classification"
+        else:
+            self.task = "regression"
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        labels = np.asarray(self.estimator.predict(x)).reshape(-1).tolist()
+        if self.task == "regression":
+            return Predictions(labels, None)
+        probs = np.asarray(self.estimator.predict_proba(x))
+        if self.task == "binary_classification":
+            return Predictions(labels, probs[:, 1].tolist(), probs)
+        return Predictions(labels, probs.tolist(), probs)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A deserialized model with the metadata it was published with."""
+
+    meta: ModelMetadata
+    adapter: Adapter
+
+    @property
+    def n_features(self) -> int:
+        return len(self.meta.features) or self.adapter.n_features
+
+    @property
+    def task(self) -> str:
+        return self.meta.task or self.adapter.task
+
+    def to_matrix(self, rows: Sequence[Row]) -> np.ndarray:
+        """Rows as lists (in feature order) or `{name: value}` maps; None is missing."""
+        ordered = [self._order(row, i) for i, row in enumerate(rows)]
+        x = np.array(ordered, dtype=np.float32)
+        if x.ndim != 2:
+            raise InvalidInput("features must be numbers or null")
+        if np.isinf(x).any():
+            raise InvalidInput("features must be finite numbers (use null for missing)")
+        return x
+
+    def _order(self, row: Row, index: int) -> Sequence[float | None]:
+        where = f" (instance {index})" if index else ""
+        expected = self.n_features
+        if isinstance(row, Mapping):
+            names = self.meta.features
+            if not names:
+                raise InvalidInput(
+                    f"{self.meta.model_type} {self.meta.version} has no feature names in its "
+                    f"metadata; send features as a list of {expected} numbers{where}"
+                )
+            unknown = sorted(set(row) - set(names))
+            missing = [n for n in names if n not in row]
+            if unknown or missing:
+                parts = []
+                if unknown:
+                    parts.append(f"unknown feature(s) {', '.join(unknown)}")
+                if missing:
+                    parts.append(f"missing feature(s) {', '.join(missing)} (send null if unknown)")
+                raise InvalidInput(f"{'; '.join(parts)}{where}; expected: {', '.join(names)}")
+            return [row[n] for n in names]
+        if expected and len(row) != expected:
+            names = f" ({', '.join(self.meta.features)})" if self.meta.features else ""
+            raise InvalidInput(f"expected {expected} features{names}, got {len(row)}{where}")
+        return row
+
+    def predict(self, rows: Sequence[Row]) -> Predictions:
+        return self.adapter.predict(self.to_matrix(rows))
+
+
+def deserialize(meta: ModelMetadata, raw: bytes) -> LoadedModel:
+    """Build a model from artifact bytes whose checksum has already been verified."""
+    try:
+        if meta.format in ("xgboost-ubj", "xgboost-json"):
+            import xgboost as xgb
+
+            booster = xgb.Booster()
+            booster.load_model(bytearray(raw))
+            adapter: Adapter = BoosterAdapter(booster)
+        elif meta.format == "joblib":
+            import joblib
+
+            obj = joblib.load(io.BytesIO(raw))
+            adapter = _adapt_object(obj)
+        else:
+            raise ValueError(f"unknown format {meta.format!r}")
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(meta.model_type, meta.version, f"{type(exc).__name__}: {exc}") from exc
+    if meta.features and adapter.n_features and len(meta.features) != adapter.n_features:
+        raise ModelLoadError(
+            meta.model_type,
+            meta.version,
+            f"metadata lists {len(meta.features)} features, the model takes {adapter.n_features}",
+        )
+    return LoadedModel(meta, adapter)
+
+
+def _adapt_object(obj: Any) -> Adapter:
+    try:
+        import xgboost as xgb
+
+        if isinstance(obj, xgb.Booster):
+            return BoosterAdapter(obj)
+    except ImportError:  # pragma: no cover - xgboost is a core dependency
+        pass
+    if callable(getattr(obj, "predict", None)):
+        return EstimatorAdapter(obj)
+    raise TypeError(f"{type(obj).__name__} has no predict() method")
+
+
+def clean_number(value: float) -> float | None:
+    """JSON has no NaN: report it as null."""
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -1,0 +1,362 @@
+"""The node's data plane: version resolution, cached loads, fallback, reload and pins.
+
+The HTTP layer calls this; this calls the cache, the loader and the registry.
+The served ("default") version of each model type is memoised here, so the
+request path does no registry I/O on a hit, and it changes only when a reload
+or pin has loaded the new version beside the old one (invariant 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.errors import ModelNotFound, VersionNotFound
+from coordinator.registry import Registry
+from coordinator.versions import (
+    is_prerelease,
+    normalize_version,
+    parse_version,
+    validate_model_type,
+)
+from node.cache import ModelCache
+from node.errors import ModelLoadError
+from node.loader import Loader
+from node.metrics import NodeMetrics
+from node.runtime import LoadedModel
+
+log = logging.getLogger("modelcache.service")
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one request is served with."""
+
+    model: LoadedModel
+    version: str
+    cached: bool
+    fallback_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of applying a reload or pin on this node."""
+
+    model_type: str
+    outcome: str  # "ok" | "failed"
+    version: str | None  # the version served by default afterwards
+    previous: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_type": self.model_type,
+            "outcome": self.outcome,
+            "version": self.version,
+            "previous": self.previous,
+            "detail": self.detail,
+        }
+
+
+class ModelService:
+    """Serves models from the cache, loading, falling back and reloading as needed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        loader: Loader,
+        metrics: NodeMetrics,
+        *,
+        cache_size: int = 3,
+        cache_max_bytes: int | None = None,
+        load_failure_ttl_s: float = 30.0,
+        pins: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry, self.loader, self.metrics = registry, loader, metrics
+        self.cache: ModelCache[Key, LoadedModel] = ModelCache(
+            cache_size, cache_max_bytes, on_evict=self._on_evict
+        )
+        self.failure_ttl_s = load_failure_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pins: dict[str, str] = {k: normalize_version(v) for k, v in (pins or {}).items()}
+        self._default: dict[str, str] = {}
+        self._failed: dict[Key, tuple[float, str]] = {}
+        self._known_types: set[str] = set()
+        metrics.cache_capacity_models.set(cache_size)
+        metrics.cache_max_bytes.set(cache_max_bytes or 0)
+        metrics.cached_models.set_function(lambda: len(self.cache))
+        metrics.cache_bytes.set_function(lambda: self.cache.total_bytes)
+
+    # -- resolution --------------------------------------------------------
+    @property
+    def pins(self) -> dict[str, str]:
+        return dict(self._pins)
+
+    def default_version(self, model_type: str) -> str:
+        """The version served when a request names none: pin, else latest stable."""
+        version = self._default.get(model_type)
+        if version is None:
+            validate_model_type(model_type)
+            version = self._pins.get(model_type) or self.registry.latest(model_type)
+            self._set_default(model_type, version)
+        return version
+
+    def _set_default(self, model_type: str, version: str) -> None:
+        with self._lock:
+            old = self._default.get(model_type)
+            self._default[model_type] = version
+            self._known_types.add(model_type)
+        if old != version:
+            if old is not None:
+                self.metrics.served_version.remove(model_type, old)
+            self.metrics.served_version.labels(model_type, version).set(1)
+
+    def _check_known(self, model_type: str) -> None:
+        # Unknown types must not reach the cache or metric labels (bounded cardinality).
+        if model_type not in self._known_types:
+            self.registry.versions(validate_model_type(model_type))
+            self._known_types.add(model_type)
+
+    # -- the request path --------------------------------------------------
+    async def get(self, model_type: str, version: str | None = None) -> Resolved:
+        """The model for a request; loads on a miss, falls back if the default cannot load."""
+        if version is not None:
+            self._check_known(model_type)
+            version = normalize_version(version)
+            model, hit = await self._lookup((model_type, version))
+            return Resolved(model, version, hit)
+        version = self.default_version(model_type)
+        key = (model_type, version)
+        if not self._recently_failed(key):
+            try:
+                model, hit = await self._lookup(key)
+                return Resolved(model, version, hit)
+            except ModelLoadError as exc:
+                self._mark_failed(key, exc.detail)
+        return await self._fallback(model_type, version)
+
+    async def _lookup(self, key: Key) -> tuple[LoadedModel, bool]:
+        model, hit = await self.cache.aget_or_load(key, lambda: self._load(key))
+        (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(key[0]).inc()
+        return model, hit
+
+    def _load(self, key: Key) -> tuple[LoadedModel, int]:
+        model_type, version = key
+        started = time.perf_counter()
+        try:
+            model = self.loader.load(model_type, version)
+        except ModelNotFound:
+            raise
+        except Exception as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "code", "error")
+            self.metrics.model_load_failures.labels(model_type, reason).inc()
+            log.error("load failed: %s", exc)
+            raise
+        self.metrics.model_load_seconds.labels(model_type).observe(time.perf_counter() - started)
+        log.info("loaded %s %s (%d bytes)", model_type, version, model.meta.size_bytes)
+        return model, model.meta.size_bytes
+
+    def _recently_failed(self, key: Key) -> bool:
+        failed = self._failed.get(key)
+        return failed is not None and failed[0] > self._clock()
+
+    def _mark_failed(self, key: Key, detail: str) -> None:
+        self._failed[key] = (self._clock() + self.failure_ttl_s, detail)
+
+    async def _fallback(self, model_type: str, failed: str) -> Resolved:
+        reason = self._failed.get((model_type, failed), (0.0, "load failed"))[1]
+        ceiling = parse_version(failed)
+        candidates = [
+            v
+            for v in reversed(self.registry.versions(model_type))
+            if parse_version(v) < ceiling and not is_prerelease(v)
+        ]
+        for candidate in candidates:
+            key = (model_type, candidate)
+            if self._recently_failed(key):
+                continue
+            try:
+                model, hit = await self._lookup(key)
+            except ModelLoadError as exc:
+                self._mark_failed(key, exc.detail)
+                continue
+            self.metrics.fallbacks.labels(model_type).inc()
+            log.warning(
+                "serving %s %s instead of %s, which cannot be loaded: %s",
+                model_type,
+                candidate,
+                failed,
+                reason,
+            )
+            return Resolved(model, candidate, hit, fallback_from=failed)
+        raise ModelLoadError(model_type, failed, f"{reason}; no lower version could be loaded either")
+
+    # -- reload and pins (run in a worker thread) ---------------------------
+    def reload(
+        self, model_type: str | None = None, version: str | None = None, *, source: str = "api"
+    ) -> list[Outcome]:
+        """Reload one model type, one exact version, or every model type this node serves."""
+        if model_type is None:
+            types = sorted({k[0] for k in self.cache.cached_keys()} | set(self._default))
+            return [self._apply(mt, source) for mt in types]
+        validate_model_type(model_type)
+        if version is not None:
+            return [self._refresh_exact(model_type, normalize_version(version), source)]
+        return [self._apply(model_type, source)]
+
+    def set_pins(self, pins: Mapping[str, str], *, source: str = "cluster") -> list[Outcome]:
+        """Adopt a new set of pins; each changed model type switches version (load beside, swap)."""
+        new = {k: normalize_version(v) for k, v in pins.items()}
+        changed = sorted(k for k in set(new) | set(self._pins) if new.get(k) != self._pins.get(k))
+        for old in set(self._pins.items()) - set(new.items()):
+            self.metrics.pinned_version.remove(*old)
+        for pin in new.items():
+            self.metrics.pinned_version.labels(*pin).set(1)
+        self._pins = new
+        return [self._apply(mt, source) for mt in changed]
+
+    def _apply(self, model_type: str, source: str) -> Outcome:
+        """Re-resolve the default of `model_type` and switch to it without a gap."""
+        previous = self._default.get(model_type)
+        try:
+            target = self._pins.get(model_type) or self.registry.latest(model_type)
+        except ModelNotFound as exc:
+            return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
+        cached_here = any(k[0] == model_type for k in self.cache.cached_keys())
+        if not cached_here:
+            # Nothing to swap: the next request loads the new default lazily.
+            self._failed.pop((model_type, target), None)
+            self._set_default(model_type, target)
+            return self._outcome(
+                source,
+                Outcome(model_type, "ok", target, previous, "not cached on this node; loads on use"),
+            )
+        try:
+            model, size = self._load((model_type, target))
+        except (ModelLoadError, ModelNotFound) as exc:
+            detail = f"{exc}; still serving {previous}" if previous else str(exc)
+            return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
+        remove = ((model_type, previous),) if previous and previous != target else ()
+        self.cache.replace((model_type, target), model, size, remove)
+        self._failed.pop((model_type, target), None)
+        self._set_default(model_type, target)
+        return self._outcome(source, Outcome(model_type, "ok", target, previous, "loaded and swapped in"))
+
+    def _refresh_exact(self, model_type: str, version: str, source: str) -> Outcome:
+        """Load `version` afresh beside any cached copy and swap it in; the default is unchanged."""
+        previous = self._default.get(model_type)
+        try:
+            model, size = self._load((model_type, version))
+        except (ModelLoadError, ModelNotFound) as exc:
+            return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
+        self.cache.replace((model_type, version), model, size)
+        self._failed.pop((model_type, version), None)
+        return self._outcome(
+            source, Outcome(model_type, "ok", previous, previous, f"{version} loaded and swapped in")
+        )
+
+    def _outcome(self, source: str, outcome: Outcome) -> Outcome:
+        self.metrics.reloads.labels(source, outcome.outcome).inc()
+        if outcome.outcome == "ok":
+            log.info("%s %s: %s", source, outcome.model_type, outcome.detail)
+        else:
+            log.error("%s %s failed: %s", source, outcome.model_type, outcome.detail)
+        return outcome
+
+    # -- warm-up, unload ---------------------------------------------------
+    def warm(self, model_types: Iterable[str]) -> list[str]:
+        """Load the default version of each type (up to capacity); return what loaded."""
+        loaded = []
+        for model_type in list(model_types)[: self.cache.capacity]:
+            try:
+                version = self.default_version(model_type)
+                self.cache.get_or_load((model_type, version), lambda k=(model_type, version): self._load(k))
+                loaded.append(f"{model_type}:{version}")
+            except Exception as exc:
+                log.error("warm-up of %s failed: %s", model_type, exc)
+        return loaded
+
+    def load(self, model_type: str, version: str | None = None) -> str:
+        """Make sure a model is cached (repository 'load'); return its version."""
+        version = normalize_version(version) if version else self.default_version(model_type)
+        self._check_known(model_type)
+        self.cache.get_or_load((model_type, version), lambda: self._load((model_type, version)))
+        return version
+
+    def unload(self, model_type: str, version: str | None = None) -> list[str]:
+        """Drop cached versions of a model type (all, or one); return those dropped."""
+        keys = [k for k in self.cache.cached_keys() if k[0] == model_type]
+        if version is not None:
+            keys = [k for k in keys if k[1] == normalize_version(version)]
+        return [k[1] for k in keys if self.cache.evict(k)]
+
+    def _on_evict(self, key: Key, _model: LoadedModel) -> None:
+        self.metrics.cache_evictions.labels(key[0]).inc()
+        log.info("evicted %s %s", *key)
+
+    # -- views -------------------------------------------------------------
+    def cached_versions(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for mt, v in self.cache.cached_keys():
+            out.setdefault(mt, []).append(v)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        s = self.cache.stats()
+        lookups = s.hits + s.misses
+        return {
+            "cache_size": s.capacity,
+            "cached_models": s.size,
+            "cache_hits": s.hits,
+            "cache_misses": s.misses,
+            "hit_rate": round(s.hits / lookups, 6) if lookups else 0.0,
+            "miss_rate": round(s.misses / lookups, 6) if lookups else 0.0,
+            "evictions": s.evictions,
+            "total_loads": s.loads,
+            "cache_bytes": s.bytes,
+            "cache_max_bytes": s.max_bytes,
+            "models": [
+                {
+                    "model_type": e["key"][0],
+                    "version": e["key"][1],
+                    "size_bytes": e["size_bytes"],
+                    "hits": e["hits"],
+                    "loaded_at": _iso(e["loaded_at"]),
+                    "last_used": _iso(e["last_used"]),
+                }
+                for e in s.entries
+            ],
+        }
+
+    def list_models(self) -> list[dict[str, Any]]:
+        cached = self.cached_versions()
+        out = []
+        for mt in self.registry.model_types():
+            versions = self.registry.versions(mt)
+            try:
+                latest: str | None = self.registry.latest(mt)
+            except VersionNotFound:
+                latest = None
+            out.append(
+                {
+                    "model_type": mt,
+                    "versions": versions,
+                    "latest": latest,
+                    "pin": self._pins.get(mt),
+                    "serving": self._default.get(mt),
+                    "cached": cached.get(mt, []),
+                }
+            )
+        return out
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

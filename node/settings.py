@@ -1,0 +1,75 @@
+"""Node settings: flags or `MODELCACHE_*` environment variables.
+
+Only entry points build `NodeSettings()` from the environment; everything else
+receives a settings object, so tests construct one directly.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NodeSettings(BaseSettings):
+    """Everything one inference node can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELCACHE_", extra="ignore")
+
+    registry: Path = Path("./registry")
+    """Root directory of the model registry."""
+    redis_url: str | None = None
+    """Redis for cluster state (pins, reloads, membership); unset runs a standalone node."""
+    redis_prefix: str = "modelcache:"
+    """Prefix of every Redis key and channel, so two clusters can share one Redis."""
+    host: str = "127.0.0.1"
+    """Interface to bind."""
+    port: int = 8000
+    """Port to bind."""
+    node_id: str = ""
+    """Name of this node in the cluster; default `<hostname>-<port>`."""
+    public_url: str = ""
+    """URL other processes use to reach this node; default `http://<host>:<port>`."""
+    admin_token: str = ""
+    """Bearer token for admin routes; when empty, admin routes are refused."""
+    cache_size: int = Field(3, ge=1)
+    """Most models held in memory at once."""
+    cache_max_bytes: int | None = Field(None, ge=1)
+    """Optional byte budget for cached models (artifact size as the cost)."""
+    load_retries: int = Field(3, ge=1)
+    """Attempts per model load before giving up."""
+    load_retry_backoff_s: float = Field(0.1, ge=0)
+    """First wait between load attempts; doubles after each failure."""
+    load_failure_ttl_s: float = Field(30.0, ge=0)
+    """How long a version that failed to load is skipped in favour of its fallback."""
+    pins: dict[str, str] = {}
+    """Local version pins (JSON object); cluster pins from Redis take precedence."""
+    warmup: list[str] = []
+    """Model types to load before /readyz turns ready (JSON list)."""
+    warmup_popular: bool = False
+    """Also warm the cluster's most requested model types, up to the cache capacity."""
+    reconcile_interval_s: float = Field(5.0, gt=0)
+    """How often the node re-reads cluster state from Redis, in case it missed an event."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """Membership heartbeat; a node drops out of the cluster view after three misses."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted (413 beyond)."""
+    max_batch: int = Field(1000, ge=1)
+    """Most instances in one batch_predict request (413 beyond)."""
+    log_level: str = "info"
+    """Log level of the node process."""
+
+    @field_validator("registry")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{self.port}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
