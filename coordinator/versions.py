@@ -9,7 +9,7 @@ from packaging.version import InvalidVersion, Version
 
 from coordinator.errors import InvalidName
 
-MODEL_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MODEL_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_VERSION_LEN = 64
 
 
@@ -20,7 +20,7 @@ def validate_model_type(model_type: str) -> str:
     if len(model_type) > 128:
         raise InvalidName("model type", model_type[:40] + "...", "longer than 128 characters")
     # The regex forbids '/', '\\' and a leading '.', so '..' can never be a path segment.
-    if not MODEL_TYPE_RE.match(model_type):
+    if not MODEL_TYPE_RE.fullmatch(model_type):
         raise InvalidName(
             "model type", model_type, "use letters, digits, '.', '_' or '-', starting alphanumeric"
         )

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import joblib
 import numpy as np
+import xgboost as xgb
 
 from coordinator.registry import ModelMetadata
 from node.errors import InvalidInput, ModelLoadError
@@ -155,14 +157,10 @@ def deserialize(meta: ModelMetadata, raw: bytes) -> LoadedModel:
     """Build a model from artifact bytes whose checksum has already been verified."""
     try:
         if meta.format in ("xgboost-ubj", "xgboost-json"):
-            import xgboost as xgb
-
             booster = xgb.Booster()
             booster.load_model(bytearray(raw))
             adapter: Adapter = BoosterAdapter(booster)
         elif meta.format == "joblib":
-            import joblib
-
             obj = joblib.load(io.BytesIO(raw))
             adapter = _adapt_object(obj)
         else:
@@ -181,13 +179,8 @@ def deserialize(meta: ModelMetadata, raw: bytes) -> LoadedModel:
 
 
 def _adapt_object(obj: Any) -> Adapter:
-    try:
-        import xgboost as xgb
-
-        if isinstance(obj, xgb.Booster):
-            return BoosterAdapter(obj)
-    except ImportError:  # pragma: no cover - xgboost is a core dependency
-        pass
+    if isinstance(obj, xgb.Booster):
+        return BoosterAdapter(obj)
     if callable(getattr(obj, "predict", None)):
         return EstimatorAdapter(obj)
     raise TypeError(f"{type(obj).__name__} has no predict() method")

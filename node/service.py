@@ -144,7 +144,11 @@ class ModelService:
         return await self._fallback(model_type, version)
 
     async def _lookup(self, key: Key) -> tuple[LoadedModel, bool]:
-        model, hit = await self.cache.aget_or_load(key, lambda: self._load(key))
+        try:
+            model, hit = await self.cache.aget_or_load(key, lambda: self._load(key))
+        except Exception:
+            self.metrics.cache_misses.labels(key[0]).inc()  # a failed lookup is a miss too
+            raise
         (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(key[0]).inc()
         return model, hit
 

@@ -1,0 +1,133 @@
+"""Test helpers shared by every test module (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import xgboost as xgb
+
+from coordinator.registry import ModelMetadata, Registry
+
+FEATURES = ("f0", "f1", "f2", "f3")
+PublishFn = Callable[..., ModelMetadata]
+
+
+def train_booster(seed: int = 0, rounds: int = 5, n_features: int = 4, objective: str = "binary:logistic"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, n_features)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    params = {"objective": objective, "max_depth": 2, "nthread": 1, "seed": seed}
+    if objective.startswith("multi:"):
+        y = np.digitize(x[:, 0], [-0.5, 0.5])
+        params["num_class"] = 3
+    return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+
+
+def corrupt(registry: Registry, meta: ModelMetadata) -> None:
+    """Flip bytes of a published artifact so its checksum no longer matches."""
+    path = registry.artifact_path(meta)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class NodeProcess:
+    """A real node (`python -m node`) on a free loopback port."""
+
+    def __init__(self, registry: Path, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.registry = registry
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        env = {
+            **os.environ,
+            "MODELCACHE_REGISTRY": str(self.registry),
+            "MODELCACHE_NODE_ID": f"node-{self.port}",
+            "MODELCACHE_LOG_LEVEL": "info",
+            **self.env,
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            wait_http(f"{self.url}/readyz", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_slow_model(path: Path, n_trees: int = 3000, n_features: int = 4) -> None:
+    """An XGBoost JSON model with many deep trees: valid, and slow to load (~1 s).
+
+    Built by repeating one trained tree, so it costs a JSON dump rather than a long training run.
+    """
+    import json
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, n_features))
+    booster = xgb.train(
+        {"max_depth": 8, "nthread": 1, "objective": "binary:logistic", "eta": 0.001},
+        xgb.DMatrix(x, label=rng.integers(0, 2, size=4000)),
+        num_boost_round=1,
+    )
+    model = json.loads(bytes(booster.save_raw("json")))
+    gbm = model["learner"]["gradient_booster"]["model"]
+    tree = gbm["trees"][0]
+    gbm["trees"] = [{**tree, "id": i} for i in range(n_trees)]
+    gbm["tree_info"] = [0] * n_trees
+    gbm["gbtree_model_param"]["num_trees"] = str(n_trees)
+    gbm["iteration_indptr"] = list(range(n_trees + 1))
+    path.write_text(json.dumps(model))

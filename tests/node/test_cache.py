@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from node.cache import LRU, ModelCache
+
+
+class TestLRU:
+    def test_evicts_least_recently_used(self) -> None:
+        lru: LRU[str, int] = LRU(2)
+        lru.put("a", 1)
+        lru.put("b", 2)
+        assert lru.get("a") == 1  # a is now most recent
+        assert lru.put("c", 3) == [("b", 2)]
+        assert list(lru) == ["a", "c"]
+
+    def test_peek_does_not_touch_recency(self) -> None:
+        lru: LRU[str, int] = LRU(2)
+        lru.put("a", 1)
+        lru.put("b", 2)
+        assert lru.peek("a") == 1
+        assert lru.put("c", 3) == [("a", 1)]
+
+    def test_byte_budget_evicts_until_it_fits(self) -> None:
+        lru: LRU[str, str] = LRU(10, max_cost=100)
+        lru.put("a", "A", 40)
+        lru.put("b", "B", 40)
+        assert lru.put("c", "C", 50) == [("a", "A")]
+        assert lru.total_cost == 90
+        assert lru.put("d", "D", 60) == [("b", "B"), ("c", "C")]
+        assert lru.total_cost == 60
+
+    def test_oversized_entry_is_kept_alone(self) -> None:
+        lru: LRU[str, str] = LRU(3, max_cost=10)
+        lru.put("a", "A", 5)
+        assert lru.put("big", "B", 50) == [("a", "A")]
+        assert list(lru) == ["big"]
+
+    def test_replace_same_key_updates_cost(self) -> None:
+        lru: LRU[str, str] = LRU(2, max_cost=100)
+        lru.put("a", "A", 40)
+        lru.put("a", "A2", 10)
+        assert lru.total_cost == 10 and lru.get("a") == "A2" and len(lru) == 1
+
+    def test_rejects_zero_capacity(self) -> None:
+        with pytest.raises(ValueError):
+            LRU(0)
+
+
+def loaded(value: str, cost: int = 1):
+    return lambda: (value, cost)
+
+
+class TestModelCache:
+    def test_counts_hits_misses_loads_evictions(self) -> None:
+        evicted: list[str] = []
+        cache: ModelCache[str, str] = ModelCache(2, on_evict=lambda k, v: evicted.append(k))
+        assert cache.get_or_load("a", loaded("A")) == ("A", False)
+        assert cache.get_or_load("a", loaded("X")) == ("A", True)
+        cache.get_or_load("b", loaded("B"))
+        cache.get_or_load("c", loaded("C"))
+        assert evicted == ["a"]
+        s = cache.stats()
+        assert (s.hits, s.misses, s.loads, s.evictions, s.size) == (1, 3, 3, 1, 2)
+        assert s.hit_rate == 0.25
+        assert [e["key"] for e in s.entries] == ["c", "b"]
+
+    def test_concurrent_misses_share_one_load(self) -> None:
+        """Single flight: N concurrent misses for one key cause exactly one load."""
+        cache: ModelCache[str, str] = ModelCache(3)
+        calls = 0
+        gate = threading.Event()
+
+        def slow_load() -> tuple[str, int]:
+            nonlocal calls
+            calls += 1
+            gate.wait(5)
+            return "A", 1
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(cache.get_or_load, "a", slow_load) for _ in range(8)]
+            while cache.stats().misses < 8:
+                threading.Event().wait(0.005)
+            gate.set()
+            results = [f.result(5) for f in futures]
+        assert calls == 1
+        assert results == [("A", False)] * 8
+        assert cache.stats().loads == 1
+
+    def test_failed_load_is_not_cached_and_every_waiter_sees_it(self) -> None:
+        cache: ModelCache[str, str] = ModelCache(3)
+        gate = threading.Event()
+        calls = 0
+
+        def failing() -> tuple[str, int]:
+            nonlocal calls
+            calls += 1
+            gate.wait(5)
+            raise OSError("disk on fire")
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(cache.get_or_load, "a", failing) for _ in range(4)]
+            while cache.stats().misses < 4:
+                threading.Event().wait(0.005)
+            gate.set()
+            for f in futures:
+                with pytest.raises(OSError, match="disk on fire"):
+                    f.result(5)
+        assert calls == 1
+        assert "a" not in cache
+        assert cache.get_or_load("a", loaded("A")) == ("A", False)  # the next caller retries
+
+    def test_hit_never_waits_on_a_load(self) -> None:
+        """Invariant 1: while B loads (blocked), a hit on A completes."""
+        cache: ModelCache[str, str] = ModelCache(3)
+        cache.get_or_load("a", loaded("A"))
+        b_started, release_b = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def slow_b() -> tuple[str, int]:
+            b_started.set()
+            release_b.wait(10)
+            return "B", 1
+
+        def load_b() -> None:
+            cache.get_or_load("b", slow_b)
+            order.append("b loaded")
+
+        thread = threading.Thread(target=load_b)
+        thread.start()
+        assert b_started.wait(5)
+        assert cache.get_or_load("a", loaded("X")) == ("A", True)
+        order.append("a served")
+        release_b.set()
+        thread.join(5)
+        assert order == ["a served", "b loaded"]
+
+    def test_replace_swaps_atomically_and_drops_old(self) -> None:
+        cache: ModelCache[tuple[str, str], str] = ModelCache(2)
+        cache.get_or_load(("m", "1"), loaded("v1"))
+        cache.get_or_load(("x", "1"), loaded("x1"))
+        cache.replace(("m", "2"), "v2", 1, remove=(("m", "1"),))
+        assert cache.cached_keys() == [("x", "1"), ("m", "2")]
+        assert cache.stats().evictions == 0  # a swap is not an eviction
+
+    def test_evict_on_request(self) -> None:
+        cache: ModelCache[str, str] = ModelCache(2)
+        cache.get_or_load("a", loaded("A"))
+        assert cache.evict("a") is True
+        assert cache.evict("a") is False
+        assert len(cache) == 0
+
+    def test_async_single_flight(self) -> None:
+        cache: ModelCache[str, str] = ModelCache(2)
+        calls = 0
+
+        def load() -> tuple[str, int]:
+            nonlocal calls
+            calls += 1
+            threading.Event().wait(0.05)
+            return "A", 1
+
+        async def main() -> list[tuple[str, bool]]:
+            return await asyncio.gather(*(cache.aget_or_load("a", load) for _ in range(10)))
+
+        results = asyncio.run(main())
+        assert calls == 1
+        assert all(v == "A" for v, _ in results)
+
+    def test_byte_budget(self) -> None:
+        cache: ModelCache[str, str] = ModelCache(10, max_bytes=100)
+        cache.get_or_load("a", loaded("A", 60))
+        cache.get_or_load("b", loaded("B", 60))
+        assert cache.cached_keys() == ["b"]
+        assert cache.total_bytes == 60

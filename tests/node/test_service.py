@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from coordinator.errors import InvalidName, ModelNotFound, VersionNotFound
+from coordinator.registry import Registry
+from node.errors import ChecksumMismatch, ModelLoadError
+from node.loader import Loader
+from node.metrics import NodeMetrics
+from node.runtime import LoadedModel
+from node.service import ModelService
+from tests.helpers import PublishFn, corrupt
+
+ROW = [[0.1, 0.2, 0.3, 0.4]]
+
+
+def make_service(registry: Registry, **kw) -> ModelService:
+    loader = kw.pop("loader", None) or Loader(registry, retries=1, sleep=lambda s: None)
+    return ModelService(registry, loader, NodeMetrics(), **kw)
+
+
+def sample(service: ModelService, name: str, **labels: str) -> float:
+    value = service.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def get(service: ModelService, model_type: str, version: str | None = None):
+    return asyncio.run(service.get(model_type, version))
+
+
+def test_resolution_explicit_then_pin_then_latest(registry: Registry, publish: PublishFn) -> None:
+    for v in ("1.0.0", "1.10.0", "1.9.0", "2.0.0b1"):
+        publish("m", v)
+    assert get(make_service(registry), "m").version == "1.10.0"
+    assert get(make_service(registry), "m", "2.0.0b1").version == "2.0.0b1"
+    assert get(make_service(registry, pins={"m": "1.0.0"}), "m").version == "1.0.0"
+    assert get(make_service(registry, pins={"m": "2.0.0-b1"}), "m").version == "2.0.0b1"
+
+
+def test_second_request_is_a_hit(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0")
+    service = make_service(registry)
+    assert get(service, "m").cached is False
+    assert get(service, "m").cached is True
+    assert sample(service, "modelcache_cache_hits_total", model_type="m") == 1
+    assert sample(service, "modelcache_cache_misses_total", model_type="m") == 1
+    assert sample(service, "modelcache_model_load_seconds_count", model_type="m") == 1
+
+
+def test_unknown_model_and_version(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0")
+    service = make_service(registry)
+    with pytest.raises(ModelNotFound):
+        get(service, "nope")
+    with pytest.raises(ModelNotFound):
+        get(service, "nope", "1.0")
+    with pytest.raises(VersionNotFound):
+        get(service, "m", "3.0")
+    with pytest.raises(InvalidName):
+        get(service, "../m")
+    # Unknown names never become metric labels.
+    assert sample(service, "modelcache_cache_misses_total", model_type="nope") == 0
+
+
+def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0.0")
+    corrupt(registry, publish("m", "1.1.0"))
+    deserialized: list[str] = []
+
+    class Spy(Loader):
+        def load_once(self, model_type: str, version: str) -> LoadedModel:
+            meta = self.registry.metadata(model_type, version)
+            raw = self.read_verified(meta)  # raises before deserializing a bad artifact
+            deserialized.append(version)
+            from node.runtime import deserialize
+
+            return deserialize(meta, raw)
+
+    service = make_service(registry, loader=Spy(registry, retries=1))
+    first = get(service, "m")
+    assert (first.version, first.fallback_from) == ("1.0.0", "1.1.0")
+    assert deserialized == ["1.0.0"]  # 1.1.0 never reached the deserializer
+    assert sample(service, "modelcache_fallbacks_total", model_type="m") == 1
+    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
+    # Within the failure TTL the broken version is not retried on every request.
+    second = get(service, "m")
+    assert (second.version, second.cached, second.fallback_from) == ("1.0.0", True, "1.1.0")
+    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
+
+
+def test_explicit_unloadable_version_is_an_error_not_a_fallback(
+    registry: Registry, publish: PublishFn
+) -> None:
+    publish("m", "1.0.0")
+    corrupt(registry, publish("m", "1.1.0"))
+    with pytest.raises(ChecksumMismatch):
+        get(make_service(registry), "m", "1.1.0")
+
+
+def test_no_loadable_version_at_all(registry: Registry, publish: PublishFn) -> None:
+    corrupt(registry, publish("m", "1.0.0"))
+    with pytest.raises(ModelLoadError, match="no lower version could be loaded"):
+        get(make_service(registry), "m")
+
+
+def test_reload_picks_up_a_new_version_and_drops_the_old(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0.0")
+    service = make_service(registry)
+    get(service, "m")
+    publish("m", "1.1.0")
+    assert get(service, "m").version == "1.0.0"  # new versions wait for a reload
+    [outcome] = service.reload("m")
+    assert (outcome.outcome, outcome.version, outcome.previous) == ("ok", "1.1.0", "1.0.0")
+    resolved = get(service, "m")
+    assert (resolved.version, resolved.cached) == ("1.1.0", True)
+    assert service.cached_versions() == {"m": ["1.1.0"]}
+    assert sample(service, "modelcache_reloads_total", source="api", outcome="ok") == 1
+
+
+def test_failed_reload_keeps_the_old_model_serving(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0.0")
+    service = make_service(registry)
+    get(service, "m")
+    corrupt(registry, publish("m", "1.1.0"))
+    [outcome] = service.reload("m")
+    assert outcome.outcome == "failed" and "still serving 1.0.0" in outcome.detail
+    resolved = get(service, "m")
+    assert (resolved.version, resolved.cached, resolved.fallback_from) == ("1.0.0", True, None)
+    assert sample(service, "modelcache_reloads_total", source="api", outcome="failed") == 1
+
+
+def test_reload_all_cached_models(registry: Registry, publish: PublishFn) -> None:
+    for mt in ("a", "b"):
+        publish(mt, "1.0")
+    service = make_service(registry)
+    get(service, "a")
+    get(service, "b")
+    for mt in ("a", "b"):
+        publish(mt, "2.0")
+    outcomes = service.reload()
+    assert [(o.model_type, o.version) for o in outcomes] == [("a", "2.0"), ("b", "2.0")]
+    assert get(service, "a").cached and get(service, "b").version == "2.0"
+
+
+def test_reload_exact_version_refreshes_it(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0")
+    service = make_service(registry)
+    before = get(service, "m").model
+    [outcome] = service.reload("m", "1.0")
+    assert outcome.outcome == "ok"
+    after = get(service, "m")
+    assert after.cached and after.model is not before
+
+
+def test_reload_under_concurrent_requests_drops_nothing(registry: Registry, publish: PublishFn) -> None:
+    """Invariant 2: requests during reloads all succeed, with the old or the new version."""
+    publish("m", "1.0.0")
+    service = make_service(registry)
+    get(service, "m")
+    publish("m", "1.1.0")
+    publish("m", "1.2.0", rounds=50)
+    errors: list[BaseException] = []
+    versions: list[str] = []
+    done = threading.Event()
+
+    async def hammer() -> None:
+        while not done.is_set():
+            try:
+                r = await service.get("m")
+                r.model.predict(ROW)
+                versions.append(r.version)
+            except BaseException as exc:
+                errors.append(exc)
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(hammer()) for _ in range(4)]
+        for target in ("1.1.0", "1.2.0"):
+            await asyncio.to_thread(service.set_pins, {"m": target})
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(service.reload, "m")
+        await asyncio.sleep(0.05)
+        done.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert errors == []
+    assert len(versions) > 50
+    assert set(versions) <= {"1.0.0", "1.1.0", "1.2.0"}
+    assert versions[-1] == "1.2.0"
+    assert get(service, "m").version == "1.2.0"
+
+
+def test_pins_switch_versions_and_unpin_returns_to_latest(registry: Registry, publish: PublishFn) -> None:
+    for v in ("1.0", "2.0"):
+        publish("m", v)
+    service = make_service(registry)
+    assert get(service, "m").version == "2.0"
+    [outcome] = service.set_pins({"m": "1.0"})
+    assert (outcome.outcome, outcome.version) == ("ok", "1.0")
+    assert get(service, "m").version == "1.0"
+    assert sample(service, "modelcache_pinned_version_info", model_type="m", version="1.0") == 1
+    service.set_pins({})
+    assert get(service, "m").version == "2.0"
+    assert sample(service, "modelcache_pinned_version_info", model_type="m", version="1.0") == 0
+
+
+def test_unload_and_warm(registry: Registry, publish: PublishFn) -> None:
+    for mt in ("a", "b", "c", "d"):
+        publish(mt, "1.0")
+    service = make_service(registry, cache_size=3)
+    assert service.warm(["a", "b", "c", "d"]) == ["a:1.0", "b:1.0", "c:1.0"]
+    assert service.unload("b") == ["1.0"]
+    assert sorted(service.cached_versions()) == ["a", "c"]
+
+
+def test_stats_use_the_documented_names(registry: Registry, publish: PublishFn) -> None:
+    for mt in ("a", "b"):
+        publish(mt, "1.0")
+    service = make_service(registry, cache_size=1)
+    get(service, "a")
+    get(service, "a")
+    get(service, "b")
+    stats = service.stats()
+    assert {
+        k: stats[k]
+        for k in ("cache_size", "cached_models", "cache_hits", "cache_misses", "evictions", "total_loads")
+    } == {
+        "cache_size": 1,
+        "cached_models": 1,
+        "cache_hits": 1,
+        "cache_misses": 2,
+        "evictions": 1,
+        "total_loads": 2,
+    }
+    assert stats["hit_rate"] == pytest.approx(1 / 3, abs=1e-5)
+    assert stats["miss_rate"] == pytest.approx(2 / 3, abs=1e-5)
+    assert stats["models"][0]["model_type"] == "b"
+    assert stats["cache_bytes"] == stats["models"][0]["size_bytes"] > 0
