@@ -1,0 +1,133 @@
+"""Node throughput and latency over loopback, and the in-process cost of a cache hit.
+
+    python benchmarks/bench_node.py [--requests 2000] [--out benchmarks/results/node.json]
+
+Starts a real node (`python -m node`) on a free port over a temporary registry
+with the demo models, warms the model, then sends requests one at a time from
+one keep-alive connection (client and server share this machine's cores, so
+the figures are a floor, not a ceiling). Results are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coordinator.demo import publish_demo_models  # noqa: E402
+from coordinator.registry import Registry  # noqa: E402
+
+ROW = [12, 70.5, 2, 1, None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(registry: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "MODELCACHE_REGISTRY": str(registry), "MODELCACHE_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "--port", str(port)], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("node did not start")
+
+
+def measure(client: httpx.Client, url: str, body: dict, n: int) -> dict[str, float]:
+    for _ in range(min(200, n)):  # warm connection and model
+        client.post(url, json=body).raise_for_status()
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.post(url, json=body).raise_for_status()
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": n,
+        "req_per_s": round(n / elapsed, 1),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1e3, 3),
+    }
+
+
+def in_process_hit_cost(registry: Registry, n: int = 50_000) -> dict[str, float]:
+    from node.loader import Loader
+    from node.metrics import NodeMetrics
+    from node.service import ModelService
+
+    service = ModelService(registry, Loader(registry), NodeMetrics())
+
+    async def run() -> tuple[float, float]:
+        await service.get("churn")
+        key = ("churn", service.default_version("churn"))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            service.cache.get_or_load(key, lambda: (None, 0))  # type: ignore[arg-type,return-value]
+        raw = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await service.get("churn")
+        full = (time.perf_counter() - t0) / n
+        return raw, full
+
+    raw, full = asyncio.run(run())
+    return {"cache_get_us": round(raw * 1e6, 3), "service_get_us": round(full * 1e6, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "node.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Registry(Path(tmp) / "registry")
+        publish_demo_models(registry)
+        proc, url = start_node(registry.root)
+        try:
+            with httpx.Client(timeout=10) as client:
+                single = measure(client, f"{url}/api/v1/predict", {"model_type": "churn", "features": ROW},
+                                 args.requests)
+                batch = measure(client, f"{url}/api/v1/batch_predict",
+                                {"model_type": "churn", "instances": [ROW] * 100}, args.requests // 4)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        hit = in_process_hit_cost(registry)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "predict_single_row": single,
+        "batch_predict_100_rows": batch,
+        "in_process_hit": hit,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
