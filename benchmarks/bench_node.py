@@ -43,8 +43,11 @@ def start_node(registry: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "MODELCACHE_REGISTRY": str(registry), "MODELCACHE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "--port", str(port)], env=env, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "node", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -110,10 +113,15 @@ def main() -> None:
         proc, url = start_node(registry.root)
         try:
             with httpx.Client(timeout=10) as client:
-                single = measure(client, f"{url}/api/v1/predict", {"model_type": "churn", "features": ROW},
-                                 args.requests)
-                batch = measure(client, f"{url}/api/v1/batch_predict",
-                                {"model_type": "churn", "instances": [ROW] * 100}, args.requests // 4)
+                single = measure(
+                    client, f"{url}/api/v1/predict", {"model_type": "churn", "features": ROW}, args.requests
+                )
+                batch = measure(
+                    client,
+                    f"{url}/api/v1/batch_predict",
+                    {"model_type": "churn", "instances": [ROW] * 100},
+                    args.requests // 4,
+                )
         finally:
             proc.terminate()
             proc.wait(10)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.errors import ModelCacheError, VersionNotFound
+from coordinator.errors import ClusterUnavailable, ModelCacheError, VersionNotFound
 from coordinator.registry import Registry
+from coordinator.state import Change, ClusterState
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
@@ -132,6 +135,88 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+# -- cluster commands ----------------------------------------------------------
+def _state(args: argparse.Namespace) -> ClusterState:
+    if not args.redis_url:
+        raise ClusterUnavailable("no Redis given: pass --redis-url or set MODELCACHE_REDIS_URL")
+    return ClusterState.from_url(args.redis_url, args.redis_prefix, origin=f"cli@{socket.gethostname()}")
+
+
+def _report(state: ClusterState, change: Change, args: argparse.Namespace, what: str) -> int:
+    if change.seq == 0:
+        console.print(f"{what}: nothing changed")
+        return 0
+    console.print(f"{what}: published as change #{change.seq} (generation {change.generation})")
+    if not args.wait:
+        return 0
+    rows = state.wait_for_acks(change, args.timeout)
+    if args.json:
+        print(json.dumps([vars(r) for r in rows], indent=2))
+    else:
+        table = Table(title=f"acknowledgements of change #{change.seq}")
+        for col in ("node", "outcome", "serving", "propagation ms", "detail"):
+            table.add_column(col)
+        for r in rows:
+            color = "green" if r.outcome == "ok" else "red"
+            ms = f"{r.propagation_ms:.1f}" if r.propagation_ms is not None else "-"
+            table.add_row(r.node_id, f"[{color}]{r.outcome}[/]", r.version or "-", ms, r.detail)
+        console.print(table)
+    if not rows:
+        err_console.print("[yellow]no live nodes to acknowledge[/]")
+    bad = [r for r in rows if r.outcome != "ok"]
+    if bad:
+        err_console.print(f"[red]{len(bad)} of {len(rows)} node(s) failed or timed out[/]")
+    return 1 if bad else 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    state = _state(args)
+    change = state.pin(args.model_type, args.version, Registry(args.registry))
+    return _report(state, change, args, f"pinned {args.model_type} to {change.version}")
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    state = _state(args)
+    return _report(state, state.unpin(args.model_type), args, f"unpinned {args.model_type}")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    state = _state(args)
+    change = state.reload(args.model_type, args.version, Registry(args.registry))
+    what = f"reload of {args.model_type or 'every model'}" + (f" {args.version}" if args.version else "")
+    return _report(state, change, args, what)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = _state(args)
+    view = state.describe()
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    table = Table(title=f"{len(view['nodes'])} live node(s), change #{view['seq']}")
+    for col in ("node", "url", "cached", "hit rate", "hits", "misses", "evictions", "redis seq", "heartbeat"):
+        table.add_column(col)
+    now = time.time()
+    for n in view["nodes"]:
+        st = n.get("stats", {})
+        cached = ", ".join(f"{c['model_type']}:{c['version']}" for c in n.get("cached", [])) or "-"
+        table.add_row(
+            n["node_id"],
+            n.get("url", ""),
+            cached,
+            f"{st.get('hit_rate', 0):.3f}",
+            str(st.get("cache_hits", 0)),
+            str(st.get("cache_misses", 0)),
+            str(st.get("evictions", 0)),
+            str(n.get("applied_seq", "")),
+            f"{now - n.get('heartbeat_at', now):.1f}s ago",
+        )
+    console.print(table)
+    pins = ", ".join(f"{k}={v}" for k, v in sorted(view["pins"].items())) or "none"
+    console.print(f"pins: {pins}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from coordinator.launcher import run_up
 
@@ -144,6 +229,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo-models": cmd_demo_models,
     "node": cmd_node,
     "up": cmd_up,
+    "pin": cmd_pin,
+    "unpin": cmd_unpin,
+    "reload": cmd_reload,
+    "status": cmd_status,
 }
 
 
@@ -154,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start a local cluster (embedded Redis, nodes, demo models)")
-    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--port", type=int, default=8000, help="first node's port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     _registry_arg(p)
@@ -176,6 +265,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registry")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _registry_arg(p)
+
+    def wait_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait", action="store_true", help="wait for every live node's acknowledgement")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+        p.add_argument("--json", action="store_true", help="machine-readable acknowledgements")
+        _registry_arg(p)
+        _redis_arg(p)
+
+    p = sub.add_parser("pin", help="pin a model type to a version on every node")
+    p.add_argument("model_type")
+    p.add_argument("version")
+    wait_args(p)
+
+    p = sub.add_parser("unpin", help="remove a pin: every node serves the latest stable version")
+    p.add_argument("model_type")
+    wait_args(p)
+
+    p = sub.add_parser("reload", help="reload one model type (or every one) on every node")
+    p.add_argument("model_type", nargs="?")
+    p.add_argument("--version", help="load this exact version afresh")
+    wait_args(p)
+
+    p = sub.add_parser("status", help="the cluster: nodes, cached models, hit rates, pins")
+    p.add_argument("--json", action="store_true")
+    _redis_arg(p)
 
     p = sub.add_parser("demo-models", help="train and publish small demo models")
     p.add_argument("--force", action="store_true", help="retrain and replace existing versions")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from coordinator.errors import ModelCacheError
 from coordinator.registry import Registry
 
 console = Console(highlight=False, soft_wrap=True)
@@ -119,8 +120,16 @@ def run_up(args: argparse.Namespace) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    redis_server = None
     try:
         redis_url = args.redis_url
+        if not redis_url:
+            from coordinator.redis_server import RedisServer, find_redis_server
+
+            console.print(f"starting embedded Redis ({find_redis_server()})")
+            redis_server = RedisServer(data_dir=log_dir).start()
+            redis_url = redis_server.url
+        console.print(f"redis: {redis_url}")
         urls = []
         for port in ports:
             proc = start_node(
@@ -131,7 +140,9 @@ def run_up(args: argparse.Namespace) -> int:
         for url, proc in urls:
             wait_ready(url, proc)
             console.print(f"node ready: {url}")
-        _print_banner(urls[0][0], [u for u, _ in urls], token, registry, log_dir)
+        _print_banner(
+            urls[0][0], [u for u, _ in urls], token, registry, log_dir, redis_url, args.redis_prefix
+        )
         while not stopping:
             dead = stack.dead()
             if dead:
@@ -144,24 +155,40 @@ def run_up(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         console.print(f"[red]error:[/] {exc} (logs in {log_dir})")
         return 1
+    except (FileNotFoundError, ModelCacheError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
     finally:
         console.print("stopping…")
         stack.stop()
+        if redis_server is not None:
+            redis_server.stop()
 
 
-def _print_banner(entry: str, urls: list[str], token: str, registry: Registry, log_dir: Path) -> None:
+def _print_banner(
+    entry: str, urls: list[str], token: str, registry: Registry, log_dir: Path, redis_url: str, prefix: str
+) -> None:
     console.print()
     for url in urls:
         console.print(f"node: {url}")
+    console.print(f"redis: {redis_url}")
     console.print(f"registry: {registry.root.resolve()}    logs: {log_dir}")
     console.print(f"admin token: {token}")
-    console.print("\ntry:")
+    auth = f"-H 'Authorization: Bearer {token}'"
+    json_h = "-H 'Content-Type: application/json'"
     body = '{"model_type": "churn", "features": [12, 70.5, 2, 1, null]}'
-    console.print(f"  curl -s {entry}/api/v1/predict -H 'Content-Type: application/json' -d '{body}'")
+    console.print("\ntry:")
+    console.print(f"  curl -s {entry}/api/v1/predict {json_h} -d '{body}'")
     console.print(f"  curl -s {entry}/api/v1/cache/stats")
-    console.print(
-        f"  curl -s -X POST {entry}/api/v1/models/reload -H 'Authorization: Bearer {token}' "
-        "-H 'Content-Type: application/json' -d '{\"scope\": \"node\"}'"
+    reload_body = '{"scope": "cluster", "wait": true}'
+    pin_body = '{"version": "1.0.0", "wait": true}'
+    console.print(f"  curl -s -X POST {entry}/api/v1/models/reload {auth} {json_h} -d '{reload_body}'")
+    console.print(f"  curl -s -X PUT {entry}/api/v1/pins/churn {auth} {json_h} -d '{pin_body}'")
+    console.print(f"  curl -s {entry}/api/v1/cluster")
+    env = f"MODELCACHE_REDIS_URL={redis_url}" + (
+        f" MODELCACHE_REDIS_PREFIX={prefix}" if prefix != "modelcache:" else ""
     )
+    console.print(f"  {env} modelcache status")
+    console.print(f"  {env} modelcache reload churn --wait")
     console.print(f"  open {entry}/docs for the API reference")
     console.print("\nCtrl-C stops everything.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,7 @@ class ModelService:
         self._default: dict[str, str] = {}
         self._failed: dict[Key, tuple[float, str]] = {}
         self._known_types: set[str] = set()
+        self._requests: Counter[str] = Counter()
         metrics.cache_capacity_models.set(cache_size)
         metrics.cache_max_bytes.set(cache_max_bytes or 0)
         metrics.cached_models.set_function(lambda: len(self.cache))
@@ -128,6 +130,11 @@ class ModelService:
     # -- the request path --------------------------------------------------
     async def get(self, model_type: str, version: str | None = None) -> Resolved:
         """The model for a request; loads on a miss, falls back if the default cannot load."""
+        resolved = await self._get(model_type, version)
+        self._requests[model_type] += 1
+        return resolved
+
+    async def _get(self, model_type: str, version: str | None) -> Resolved:
         if version is not None:
             self._check_known(model_type)
             version = normalize_version(version)
@@ -236,7 +243,13 @@ class ModelService:
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
         cached_here = any(k[0] == model_type for k in self.cache.cached_keys())
         if not cached_here:
-            # Nothing to swap: the next request loads the new default lazily.
+            # Nothing to swap: the next request loads the new default lazily. Still check
+            # the artifact's checksum, so a corrupt target is refused here as on nodes that load it.
+            try:
+                self.loader.read_verified(self.registry.metadata(model_type, target))
+            except (ModelLoadError, ModelNotFound) as exc:
+                detail = f"{exc}; still serving {previous}" if previous else str(exc)
+                return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
             self._failed.pop((model_type, target), None)
             self._set_default(model_type, target)
             return self._outcome(
@@ -307,6 +320,17 @@ class ModelService:
         log.info("evicted %s %s", *key)
 
     # -- views -------------------------------------------------------------
+    def served_version(self, model_type: str) -> str | None:
+        """The version served by default now, if this node has resolved one."""
+        return self._default.get(model_type)
+
+    def serving(self) -> dict[str, str]:
+        return dict(self._default)
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests served per model type since start (for cluster-wide popularity)."""
+        return dict(self._requests)
+
     def cached_versions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for mt, v in self.cache.cached_keys():

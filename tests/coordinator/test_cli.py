@@ -33,9 +33,26 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def test_publish_then_models(tmp_path: Path) -> None:
     train_booster().save_model(tmp_path / "m.ubj")
     reg = str(tmp_path / "reg")
-    out = run("publish", str(tmp_path / "m.ubj"), "--model-type", "churn", "--version", "1.10.0",
-              "--feature", "a", "--feature", "b", "--feature", "c", "--feature", "d",
-              "--metric", "f1=0.91", "--registry", reg).stdout
+    out = run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "churn",
+        "--version",
+        "1.10.0",
+        "--feature",
+        "a",
+        "--feature",
+        "b",
+        "--feature",
+        "c",
+        "--feature",
+        "d",
+        "--metric",
+        "f1=0.91",
+        "--registry",
+        reg,
+    ).stdout
     assert "published churn 1.10.0" in out
     run("publish", str(tmp_path / "m.ubj"), "--model-type", "churn", "--version", "1.9.0", "--registry", reg)
     meta = Registry(reg).metadata("churn", "1.10.0")
@@ -50,17 +67,55 @@ def test_publish_errors_are_clear(tmp_path: Path) -> None:
     train_booster().save_model(tmp_path / "m.ubj")
     reg = str(tmp_path / "reg")
     run("publish", str(tmp_path / "m.ubj"), "--model-type", "m", "--version", "1.0", "--registry", reg)
-    again = run("publish", str(tmp_path / "m.ubj"), "--model-type", "m", "--version", "1.0",
-                "--registry", reg, check=False)
+    again = run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "m",
+        "--version",
+        "1.0",
+        "--registry",
+        reg,
+        check=False,
+    )
     assert again.returncode == 2 and "already published; pass --force" in again.stderr
-    forced = run("publish", str(tmp_path / "m.ubj"), "--model-type", "m", "--version", "1.0",
-                 "--registry", reg, "--force")
+    forced = run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "m",
+        "--version",
+        "1.0",
+        "--registry",
+        reg,
+        "--force",
+    )
     assert forced.returncode == 0
-    bad = run("publish", str(tmp_path / "m.ubj"), "--model-type", "../x", "--version", "1.0",
-              "--registry", reg, check=False)
+    bad = run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "../x",
+        "--version",
+        "1.0",
+        "--registry",
+        reg,
+        check=False,
+    )
     assert bad.returncode == 2 and "invalid model type" in bad.stderr
-    bad_metric = run("publish", str(tmp_path / "m.ubj"), "--model-type", "m", "--version", "2.0",
-                     "--metric", "oops", "--registry", reg, check=False)
+    bad_metric = run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "m",
+        "--version",
+        "2.0",
+        "--metric",
+        "oops",
+        "--registry",
+        reg,
+        check=False,
+    )
     assert bad_metric.returncode == 2 and "name=0.93" in bad_metric.stderr
 
 
@@ -90,7 +145,10 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [*CLI, "up", "--port", str(port), "--registry", str(tmp_path / "registry")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     lines: list[str] = []
     try:

@@ -91,9 +91,7 @@ def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publ
     assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
 
 
-def test_explicit_unloadable_version_is_an_error(
-    registry: Registry, publish: PublishFn
-) -> None:
+def test_explicit_unloadable_version_is_an_error(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0.0")
     corrupt(registry, publish("m", "1.1.0"))
     with pytest.raises(ChecksumMismatch):

@@ -1,0 +1,59 @@
+"""Every Redis key and channel name modelcache uses; no other module spells one.
+
+One configurable prefix (default `modelcache:`) lets two clusters share a Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "modelcache:"
+ALL = "*"
+"""The generation field that counts reload-everything requests."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def pins(self) -> str:
+        """Hash: model_type -> pinned version."""
+        return f"{self.prefix}pins"
+
+    @property
+    def generations(self) -> str:
+        """Hash: model_type (or `*`) -> reload generation, bumped by every change."""
+        return f"{self.prefix}generations"
+
+    @property
+    def changes(self) -> str:
+        """Hash: model_type (or `*`) -> its last change as JSON (kind, version, seq, origin, ts)."""
+        return f"{self.prefix}changes"
+
+    @property
+    def seq(self) -> str:
+        """Counter: one number per change, cluster-wide; acknowledgements refer to it."""
+        return f"{self.prefix}seq"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: wakes nodes; carries no state a node could not re-read."""
+        return f"{self.prefix}events"
+
+    @property
+    def popularity(self) -> str:
+        """Sorted set: model_type -> requests served cluster-wide (for warm start)."""
+        return f"{self.prefix}popularity"
+
+    def node(self, node_id: str) -> str:
+        """String with TTL: a node's heartbeat (JSON)."""
+        return f"{self.prefix}node:{node_id}"
+
+    @property
+    def node_pattern(self) -> str:
+        return f"{self.prefix}node:*"
+
+    def ack(self, node_id: str) -> str:
+        """String: the last change a node applied and the outcome per model type (JSON)."""
+        return f"{self.prefix}ack:{node_id}"
