@@ -61,7 +61,7 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persist else "no",
             "--dir",
             str(self.data_dir),
             "--daemonize",
@@ -69,6 +69,7 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

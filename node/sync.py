@@ -121,10 +121,12 @@ class ClusterSync:
             self._wake.clear()
             now = time.monotonic()
             try:
+                rejoining = not self._connected
                 if woken or now >= next_reconcile:
                     self._reconcile()
                     next_reconcile = time.monotonic() + interval
-                if now >= next_heartbeat:
+                # Back from an outage: heartbeat at once, our membership key has likely expired.
+                if now >= next_heartbeat or (rejoining and self._connected):
                     self._heartbeat()
                     next_heartbeat = time.monotonic() + self.settings.heartbeat_s
                 backoff = 0.1
@@ -177,6 +179,8 @@ class ClusterSync:
             self._applied[field] = generation
             self._record(field, outcomes[field], change, applied_at)
         self._write_ack(snap)
+        if outcomes:
+            self._heartbeat()  # the cluster view shows the new state at once
 
     def _record(self, field: str, outcome: Outcome, change: dict[str, Any], applied_at: float) -> None:
         delay = max(0.0, applied_at - float(change.get("ts", applied_at)))

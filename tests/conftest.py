@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from coordinator.redis_server import RedisServer
 from coordinator.registry import ModelMetadata, Registry
-from tests.helpers import FEATURES, NodeProcess, PublishFn, train_booster
+from coordinator.state import ClusterState
+from tests.helpers import FEATURES, NodeProcess, PublishFn, train_booster, wait_http
 
 
 @pytest.fixture
@@ -53,3 +56,49 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield _start
     for node in started:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests isolate themselves by key prefix."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def state(redis_server: RedisServer, prefix: str) -> Iterator[ClusterState]:
+    s = ClusterState.from_url(redis_server.url, prefix, origin="test")
+    yield s
+    s.close()
+
+
+CLUSTER_TOKEN = "cluster-token"
+
+
+@pytest.fixture
+def cluster(
+    node_process: Callable[..., NodeProcess], registry: Registry, redis_server: RedisServer, prefix: str
+) -> Callable[..., list[NodeProcess]]:
+    """cluster(n=3, redis_url=None, **env): n real nodes sharing Redis, started in parallel."""
+
+    def _start(n: int = 3, redis_url: str | None = None, **env: str) -> list[NodeProcess]:
+        settings = {
+            "MODELCACHE_REDIS_URL": redis_url or redis_server.url,
+            "MODELCACHE_REDIS_PREFIX": prefix,
+            "MODELCACHE_ADMIN_TOKEN": CLUSTER_TOKEN,
+            "MODELCACHE_RECONCILE_INTERVAL_S": "1",
+            "MODELCACHE_HEARTBEAT_S": "0.3",
+            "MODELCACHE_LOAD_RETRIES": "1",
+            **env,
+        }
+        nodes = [node_process(registry.root, wait=False, **settings) for _ in range(n)]
+        for node in nodes:
+            wait_http(f"{node.url}/readyz", node.proc)
+        return nodes
+
+    return _start

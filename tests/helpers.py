@@ -131,3 +131,25 @@ def write_slow_model(path: Path, n_trees: int = 3000, n_features: int = 4) -> No
     gbm["gbtree_model_param"]["num_trees"] = str(n_trees)
     gbm["iteration_indptr"] = list(range(n_trees + 1))
     path.write_text(json.dumps(model))
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    """One sample from a node's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll `check` until it holds or `timeout` passes (bounded waits, no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()

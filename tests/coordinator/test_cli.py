@@ -172,6 +172,18 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
             out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
             assert out.returncode == 0 and "error" not in json.loads(out.stdout), curl
         assert token in text
+        assert len(re.findall(r"^node: http://127\.0\.0\.1:\d+$", text, re.M)) == 3
+        # The printed cluster-wide pin reached every node.
+        pin = next(c for c in curls if "/api/v1/pins/churn" in c)
+        acks = json.loads(subprocess.run(shlex.split(pin), capture_output=True, text=True, timeout=30).stdout)
+        assert [a["outcome"] for a in acks["acks"]] == ["ok"] * 3
+        status = next(ln.strip() for ln in lines if ln.strip().endswith("modelcache status"))
+        env = dict(item.split("=", 1) for item in status.split() if "=" in item)
+        shown = subprocess.run(
+            [*CLI, "status", "--json"], capture_output=True, text=True, timeout=30, env={**os.environ, **env}
+        )
+        assert len(json.loads(shown.stdout)["nodes"]) == 3
+        assert json.loads(shown.stdout)["pins"] == {"churn": "1.0.0"}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         with pytest.raises(httpx.ConnectError):

@@ -1,0 +1,274 @@
+"""The cluster end to end: real redis-server, three real node processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import redis
+
+from coordinator.redis_server import RedisServer
+from coordinator.registry import Registry
+from coordinator.state import ClusterState
+from tests.conftest import CLUSTER_TOKEN
+from tests.helpers import NodeProcess, PublishFn, corrupt, eventually, metric, wait_http
+
+ROW = [0.1, 0.2, 0.3, 0.4]
+ADMIN = {"Authorization": f"Bearer {CLUSTER_TOKEN}"}
+Cluster = Callable[..., list[NodeProcess]]
+
+
+def served(node: NodeProcess, model_type: str = "m") -> dict:
+    r = httpx.post(f"{node.url}/api/v1/predict", json={"model_type": model_type, "features": ROW}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def cli(registry: Registry, redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    where = [] if args[0] == "status" else ["--registry", str(registry.root)]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli",
+            *args,
+            *where,
+            "--redis-url",
+            redis_url,
+            "--redis-prefix",
+            prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_pin_via_cli_and_http_reaches_every_node(
+    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, prefix: str
+) -> None:
+    publish("m", "1.0")
+    publish("m", "2.0")
+    nodes = cluster(3)
+    assert {served(n)["version"] for n in nodes} == {"2.0"}
+
+    out = cli(registry, redis_server.url, prefix, "pin", "m", "1.0", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    assert len(rows) == 3 and {(r["outcome"], r["version"]) for r in rows} == {("ok", "1.0")}
+    assert all(r["propagation_ms"] is not None for r in rows)
+    assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.0", True)] * 3
+
+    r = httpx.put(
+        f"{nodes[1].url}/api/v1/pins/m", json={"version": "2.0", "wait": True}, headers=ADMIN, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["ok"] is True
+    assert sorted(a["node_id"] for a in r.json()["acks"]) == sorted(f"node-{n.port}" for n in nodes)
+    assert {served(n)["version"] for n in nodes} == {"2.0"}
+    assert httpx.get(f"{nodes[2].url}/api/v1/pins").json() == {"pins": {"m": "2.0"}}
+
+    r = httpx.delete(f"{nodes[0].url}/api/v1/pins/m", params={"wait": True}, headers=ADMIN, timeout=30)
+    assert r.status_code == 200 and len(r.json()["acks"]) == 3
+    view = httpx.get(f"{nodes[0].url}/api/v1/cluster").json()
+    assert view["pins"] == {} and len(view["nodes"]) == 3
+    assert {tuple(map(tuple, (c.values() for c in n["cached"]))) for n in view["nodes"]} == {(("m", "2.0"),)}
+
+    missing = cli(registry, redis_server.url, prefix, "pin", "m", "7.0")
+    assert missing.returncode == 2 and "no version '7.0'" in missing.stderr
+    r = httpx.put(f"{nodes[0].url}/api/v1/pins/m", json={"version": "7.0"}, headers=ADMIN)
+    assert r.status_code == 404
+
+
+def test_reload_after_publishing_reaches_every_node(
+    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, prefix: str
+) -> None:
+    publish("m", "1.0")
+    nodes = cluster(3)
+    for n in nodes:
+        served(n)
+    publish("m", "1.1")
+    out = cli(registry, redis_server.url, prefix, "reload", "m", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    assert [(r["outcome"], r["version"]) for r in rows] == [("ok", "1.1")] * 3
+    assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.1", True)] * 3
+
+    publish("m", "1.2")
+    r = httpx.post(
+        f"{nodes[2].url}/api/v1/models/reload",
+        json={"scope": "cluster", "wait": True},
+        headers=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["ok"] and len(r.json()["acks"]) == 3
+    assert {served(n)["version"] for n in nodes} == {"1.2"}
+    assert all(metric(n.url, "modelcache_reloads_total", source="cluster", outcome="ok") >= 2 for n in nodes)
+    assert all(metric(n.url, "modelcache_reload_propagation_seconds_count") >= 2 for n in nodes)
+
+
+def test_lost_events_converge_by_reconcile(
+    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, state: ClusterState
+) -> None:
+    """Invariant 3: with the pub/sub connections killed, and with no event at all, nodes converge."""
+    publish("m", "1.0")
+    publish("m", "2.0")
+    nodes = cluster(3)
+    for n in nodes:
+        served(n)
+    admin = redis.Redis.from_url(redis_server.url)
+    assert admin.client_kill_filter(_type="pubsub") >= 3
+    state.pin("m", "1.0", registry)
+    assert eventually(lambda: all(served(n)["version"] == "1.0" for n in nodes), timeout=5)
+
+    # A change written to the keys with no event at all: only the periodic reconcile can see it.
+    k = state.keys
+    pipe = admin.pipeline(transaction=True)
+    pipe.hset(k.pins, "m", "2.0").hincrby(k.generations, "m", 1).incr(k.seq)
+    pipe.hset(
+        k.changes,
+        "m",
+        json.dumps({"kind": "pin", "model_type": "m", "version": "2.0", "seq": 2, "ts": time.time()}),
+    )
+    pipe.execute()
+    admin.close()
+    assert eventually(lambda: all(served(n)["version"] == "2.0" for n in nodes), timeout=5)
+    assert all(metric(n.url, "modelcache_redis_connected") == 1 for n in nodes)
+
+
+def test_corrupt_version_pinned_everywhere_keeps_the_previous(
+    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, prefix: str
+) -> None:
+    publish("m", "1.0")
+    nodes = cluster(3)
+    for n in nodes:
+        served(n)
+    corrupt(registry, publish("m", "1.1"))
+    out = cli(registry, redis_server.url, prefix, "pin", "m", "1.1", "--wait", "--json")
+    assert out.returncode == 1
+    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    assert len(rows) == 3
+    for row in rows:
+        assert row["outcome"] == "failed" and row["version"] == "1.0"
+        assert "sha256" in row["detail"] and "still serving 1.0" in row["detail"]
+    assert "3 of 3 node(s) failed" in out.stderr
+    assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.0", True)] * 3
+    assert metric(nodes[0].url, "modelcache_pinned_version_info", model_type="m", version="1.1") == 1
+    assert metric(nodes[0].url, "modelcache_served_version_info", model_type="m", version="1.0") == 1
+
+
+def test_alternating_pins_under_load_fail_no_request(
+    cluster: Cluster, registry: Registry, publish: PublishFn, state: ClusterState
+) -> None:
+    publish("m", "1.0")
+    publish("m", "2.0", rounds=30)
+    nodes = cluster(3)
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def load(node: NodeProcess) -> None:
+        with httpx.Client(timeout=10) as c:
+            for _ in range(1500):  # bounded
+                if stop.is_set():
+                    return
+                r = c.post(f"{node.url}/api/v1/predict", json={"model_type": "m", "features": ROW})
+                results.append((r.status_code, r.json().get("version", r.text)))
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(load, nodes[i % 3]) for i in range(6)]
+        for i in range(10):
+            change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
+            rows = state.wait_for_acks(change, timeout_s=10)
+            assert [r.outcome for r in rows] == ["ok"] * 3
+        stop.set()
+        for f in futures:
+            f.result(60)
+    assert len(results) > 100
+    assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:3]
+    assert {v for _, v in results} <= {"1.0", "2.0"}
+
+
+def test_redis_outage_loses_no_prediction_and_resynchronises(
+    cluster: Cluster, registry: Registry, publish: PublishFn, tmp_path, prefix: str
+) -> None:
+    """Invariant 4: Redis down, predictions go on; back up, state converges without a restart."""
+    publish("m", "1.0")
+    publish("m", "2.0")
+    server = RedisServer(data_dir=tmp_path / "redis", persist=True).start()
+    state = ClusterState.from_url(server.url, prefix)
+    stop = threading.Event()
+    results: list[int] = []
+    nodes: list[NodeProcess] = []
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as c:
+            for i in range(20000):  # bounded; stopped explicitly below
+                if stop.is_set():
+                    return
+                url = f"{nodes[i % 3].url}/api/v1/predict"
+                results.append(c.post(url, json={"model_type": "m", "features": ROW}).status_code)
+
+    thread = threading.Thread(target=load)
+    try:
+        nodes.extend(cluster(3, redis_url=server.url))
+        state.wait_for_acks(state.pin("m", "1.0", registry), timeout_s=10)
+        thread.start()
+        server.stop()
+        assert eventually(lambda: all(metric(n.url, "modelcache_redis_connected") == 0 for n in nodes))
+        r = httpx.put(f"{nodes[0].url}/api/v1/pins/m", json={"version": "2.0"}, headers=ADMIN, timeout=30)
+        assert r.status_code == 503 and r.json()["code"] == "cluster_unavailable"
+        out = cli(registry, server.url, prefix, "pin", "m", "2.0")
+        assert out.returncode == 2 and "unreachable" in out.stderr
+        during = len(results)
+        assert eventually(lambda: len(results) > during + 50)  # still serving while Redis is away
+
+        server.start()
+        assert eventually(lambda: all(metric(n.url, "modelcache_redis_connected") == 1 for n in nodes), 15)
+        assert eventually(lambda: len(state.nodes()) == 3)  # heartbeats resumed
+        rows = state.wait_for_acks(state.pin("m", "2.0", registry), timeout_s=10)
+        assert [r.outcome for r in rows] == ["ok"] * 3
+        assert {served(n)["version"] for n in nodes} == {"2.0"}
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(30)
+        state.close()
+        server.stop()
+    assert len(results) > 100 and set(results) == {200}
+
+
+def test_killed_node_leaves_and_a_restarted_one_warms_up(
+    cluster: Cluster,
+    registry: Registry,
+    publish: PublishFn,
+    redis_server: RedisServer,
+    prefix: str,
+    state: ClusterState,
+) -> None:
+    """Invariants 7: kill a node; it drops out; restarted, it warms the pinned version before ready."""
+    publish("m", "1.0")
+    publish("m", "2.0")
+    nodes = cluster(3)
+    state.wait_for_acks(state.pin("m", "1.0", registry), timeout_s=10)
+    victim = nodes[2]
+    victim.kill()
+
+    def status_ids() -> set[str]:
+        out = cli(registry, redis_server.url, prefix, "status", "--json")
+        return {n["node_id"] for n in json.loads(out.stdout)["nodes"]}
+
+    assert eventually(lambda: f"node-{victim.port}" not in status_ids(), timeout=10)
+    assert len(status_ids()) == 2
+
+    victim.start(wait=False)
+    wait_http(f"{victim.url}/readyz", victim.proc)
+    stats = httpx.get(f"{victim.url}/api/v1/cache/stats").json()
+    assert [(m["model_type"], m["version"]) for m in stats["models"]] == [("m", "1.0")]  # warm before ready
+    body = served(victim)
+    assert (body["version"], body["cached"]) == ("1.0", True)
+    assert eventually(lambda: f"node-{victim.port}" in status_ids(), timeout=10)
