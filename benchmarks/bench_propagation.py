@@ -1,0 +1,157 @@
+"""Cluster propagation latency: one pin call → every node acknowledged / serving.
+
+    python benchmarks/bench_propagation.py [--changes 30] [--out benchmarks/results/propagation.json]
+
+Starts an embedded redis-server and three real nodes on loopback, then times
+alternating pins of one model type two ways:
+* excluding load time: the model is not cached on any node, so applying the pin
+  is a state change plus a checksum check;
+* including load time: the model is cached on every node, so each pin loads the
+  new version beside the old one and swaps it in.
+For each change it records call → every node acknowledged (the `--wait` path)
+and call → every node answering predictions with the new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coordinator.demo import publish_demo_models  # noqa: E402
+from coordinator.redis_server import RedisServer  # noqa: E402
+from coordinator.registry import Registry  # noqa: E402
+from coordinator.state import ClusterState  # noqa: E402
+
+ROW = [12, 70.5, 2, 1, None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nodes(registry: Path, redis_url: str, n: int) -> list[tuple[subprocess.Popen[bytes], str]]:
+    nodes = []
+    for _ in range(n):
+        port = free_port()
+        env = {
+            **os.environ,
+            "MODELCACHE_REGISTRY": str(registry),
+            "MODELCACHE_REDIS_URL": redis_url,
+            "MODELCACHE_LOG_LEVEL": "warning",
+            "MODELCACHE_NODE_ID": f"node-{port}",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        nodes.append((proc, f"http://127.0.0.1:{port}"))
+    for _proc, url in nodes:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+    return nodes
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_changes(
+    state: ClusterState,
+    registry: Registry,
+    urls: list[str],
+    model_type: str,
+    versions: tuple[str, str],
+    changes: int,
+    predict: bool,
+) -> dict[str, float]:
+    acked, serving = [], []
+    client = httpx.Client(timeout=10)
+    body = {"model_type": model_type, "features": ROW}
+    for i in range(changes):
+        version = versions[i % 2]
+        t0 = time.perf_counter()
+        change = state.pin(model_type, version, registry)
+        rows = state.wait_for_acks(change, timeout_s=10, poll_s=0.001)
+        acked.append(time.perf_counter() - t0)
+        assert all(r.outcome == "ok" for r in rows), rows
+        if predict:
+            pending = set(urls)
+            while pending:
+                for url in list(pending):
+                    if client.post(f"{url}/api/v1/predict", json=body).json()["version"] == version:
+                        pending.discard(url)
+            serving.append(time.perf_counter() - t0)
+    client.close()
+    out = {
+        "changes": changes,
+        "acked_median_ms": round(percentile(acked, 0.5) * 1e3, 2),
+        "acked_p99_ms": round(percentile(acked, 0.99) * 1e3, 2),
+    }
+    if serving:
+        out["serving_median_ms"] = round(percentile(serving, 0.5) * 1e3, 2)
+        out["serving_p99_ms"] = round(percentile(serving, 0.99) * 1e3, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=30)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "propagation.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis_server:
+        registry = Registry(Path(tmp) / "registry")
+        publish_demo_models(registry)
+        nodes = start_nodes(registry.root, redis_server.url, args.nodes)
+        urls = [url for _, url in nodes]
+        state = ClusterState.from_url(redis_server.url, origin="bench")
+        try:
+            # Excluding load time: fraud is cached nowhere (no request touches it).
+            cold = run_changes(
+                state, registry, urls, "fraud", ("1.0.0", "1.2.0"), args.changes, predict=False
+            )
+            # Including load time: churn is cached everywhere, every pin loads and swaps.
+            for url in urls:
+                httpx.post(f"{url}/api/v1/predict", json={"model_type": "churn", "features": ROW})
+            hot = run_changes(state, registry, urls, "churn", ("1.0.0", "1.1.0"), args.changes, predict=True)
+        finally:
+            state.close()
+            for proc, _ in nodes:
+                proc.terminate()
+                proc.wait(10)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "nodes": args.nodes,
+        "excluding_load": cold,
+        "including_load": hot,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
