@@ -59,6 +59,17 @@ def start_node(registry: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("node did not start")
 
 
+def v2_body(rows: int) -> dict:
+    """The same rows as /api/v1, as an Open Inference Protocol request (JSON data)."""
+    values = [0.0 if v is None else v for v in ROW]
+    return {
+        "inputs": [
+            {"name": "input-0", "shape": [rows, len(ROW)], "datatype": "FP32", "data": [values] * rows}
+        ],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+    }
+
+
 def measure(client: httpx.Client, url: str, body: dict, n: int) -> dict[str, float]:
     for _ in range(min(200, n)):  # warm connection and model
         client.post(url, json=body).raise_for_status()
@@ -122,6 +133,8 @@ def main() -> None:
                     {"model_type": "churn", "instances": [ROW] * 100},
                     args.requests // 4,
                 )
+                v2_single = measure(client, f"{url}/v2/models/churn/infer", v2_body(1), args.requests)
+                v2_batch = measure(client, f"{url}/v2/models/churn/infer", v2_body(100), args.requests // 4)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -130,6 +143,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "predict_single_row": single,
         "batch_predict_100_rows": batch,
+        "v2_infer_single_row": v2_single,
+        "v2_infer_100_rows": v2_batch,
         "in_process_hit": hit,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ from node.schemas import (
 )
 from node.service import ModelService, Resolved
 from node.settings import NodeSettings
+from node.tensors import TensorError
+from node.v2 import create_v2_router
 
 log = logging.getLogger("modelcache.api")
 
@@ -65,6 +67,7 @@ class NotAvailable(ModelCacheError):
 
 
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (TensorError, 400),
     (InvalidName, 422),
     (ModelNotFound, 404),
     (InvalidInput, 422),
@@ -320,6 +323,9 @@ def create_app(
         """Prometheus text exposition of this node's metrics."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(
+        create_v2_router(settings, service, metrics, require_admin, lambda: state["ready"], FastJSON)
+    )
     app.state.service = service
     app.state.readiness = state
     return app
