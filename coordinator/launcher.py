@@ -17,6 +17,7 @@ import httpx
 from rich.console import Console
 
 from coordinator.errors import ModelCacheError
+from coordinator.nginx import Nginx, find_nginx
 from coordinator.registry import Registry
 
 console = Console(highlight=False, soft_wrap=True)
@@ -121,6 +122,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     redis_server = None
+    lb = None
     try:
         redis_url = args.redis_url
         if not redis_url:
@@ -140,11 +142,13 @@ def run_up(args: argparse.Namespace) -> int:
         for url, proc in urls:
             wait_ready(url, proc)
             console.print(f"node ready: {url}")
-        _print_banner(
-            urls[0][0], [u for u, _ in urls], token, registry, log_dir, redis_url, args.redis_prefix
-        )
+        lb = _start_balancer(args, ports)
+        entry = lb.url if lb is not None else urls[0][0]
+        if lb is not None:
+            console.print(f"load balancer: {lb.url}   (nginx, cache affinity by model; use this one)")
+        _print_banner(entry, [u for u, _ in urls], token, registry, log_dir, redis_url, args.redis_prefix)
         while not stopping:
-            dead = stack.dead()
+            dead = stack.dead() + (["nginx"] if lb is not None and not lb.running() else [])
             if dead:
                 console.print(f"[red]stopped unexpectedly:[/] {', '.join(dead)} (logs in {log_dir})")
                 return 1
@@ -160,9 +164,24 @@ def run_up(args: argparse.Namespace) -> int:
         return 2
     finally:
         console.print("stopping…")
+        if lb is not None:
+            lb.stop()
         stack.stop()
         if redis_server is not None:
             redis_server.stop()
+
+
+def _start_balancer(args: argparse.Namespace, ports: list[int]) -> Nginx | None:
+    if args.no_lb:
+        return None
+    if find_nginx() is None:
+        console.print("no nginx on PATH: no load balancer (Debian: apt-get install nginx-light)")
+        return None
+    if not port_free(args.host, args.lb_port):
+        raise RuntimeError(f"load balancer port {args.lb_port} is in use; pass --lb-port")
+    servers = [f"{args.host}:{p}" for p in ports]
+    max_body = int(os.environ.get("MODELCACHE_MAX_BODY_BYTES", "1048576"))
+    return Nginx(servers, args.lb_port, max_body).start()
 
 
 def _print_banner(
@@ -176,9 +195,9 @@ def _print_banner(
     console.print(f"admin token: {token}")
     auth = f"-H 'Authorization: Bearer {token}'"
     json_h = "-H 'Content-Type: application/json'"
-    body = '{"model_type": "churn", "features": [12, 70.5, 2, 1, null]}'
+    body = '{"features": [12, 70.5, 2, 1, null]}'
     console.print("\ntry:")
-    console.print(f"  curl -s {entry}/api/v1/predict {json_h} -d '{body}'")
+    console.print(f"  curl -s {entry}/api/v1/models/churn/predict {json_h} -d '{body}'")
     console.print(f"  curl -s {entry}/api/v1/cache/stats")
     reload_body = '{"scope": "cluster", "wait": true}'
     pin_body = '{"version": "1.0.0", "wait": true}'

@@ -27,8 +27,8 @@ from coordinator.errors import (
     ModelNotFound,
 )
 from node.errors import BatchTooLarge, InvalidInput, ModelLoadError, NotReady
-from node.limits import BodyLimitMiddleware
 from node.metrics import NodeMetrics
+from node.middleware import BodyLimitMiddleware, NodeHeaderMiddleware
 from node.schemas import (
     ADMIN_ERRORS,
     ERRORS,
@@ -140,6 +140,7 @@ def create_app(
         default_response_class=FastJSON,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NodeHeaderMiddleware, node_id=node_id)
 
     @app.exception_handler(ModelCacheError)
     async def _known(_req: Request, exc: ModelCacheError) -> Response:
@@ -214,7 +215,7 @@ def create_app(
         metrics.predictions.labels(model_type).inc(rows)
 
     def _respond(payload: dict[str, Any], resolved: Resolved) -> Response:
-        headers = {"X-Modelcache-Node": node_id, "X-Modelcache-Version": resolved.version}
+        headers = {"X-Modelcache-Version": resolved.version}
         if resolved.fallback_from:
             payload["fallback_from"] = resolved.fallback_from
             headers["X-Modelcache-Fallback"] = f"{resolved.fallback_from} -> {resolved.version}"

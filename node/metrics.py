@@ -6,7 +6,11 @@ that exist in the registry, never request data. Hit rate is left to PromQL.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PREDICT_BUCKETS = (
@@ -24,6 +28,23 @@ PREDICT_BUCKETS = (
     1,
 )
 PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _CachedModels(Collector):
+    """`modelcache_cached_model_info{model_type, version} 1` per cached model, read at scrape time."""
+
+    def __init__(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
+        self.entries = entries
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "modelcache_cached_model_info",
+            "1 for each model version held in the cache.",
+            labels=["model_type", "version"],
+        )
+        for model_type, version in self.entries():
+            family.add_metric([model_type, version], 1)
+        yield family
 
 
 class NodeMetrics:
@@ -113,3 +134,7 @@ class NodeMetrics:
             ["model_type", "version"],
             registry=r,
         )
+
+    def track_cached(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
+        """Export what the cache holds (bounded by its capacity) for the dashboard's table."""
+        self.registry.register(_CachedModels(entries))

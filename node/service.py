@@ -96,6 +96,7 @@ class ModelService:
         metrics.cache_max_bytes.set(cache_max_bytes or 0)
         metrics.cached_models.set_function(lambda: len(self.cache))
         metrics.cache_bytes.set_function(lambda: self.cache.total_bytes)
+        metrics.track_cached(self.cache.cached_keys)
 
     # -- resolution --------------------------------------------------------
     @property

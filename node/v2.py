@@ -175,7 +175,7 @@ def create_v2_router(
         content, header_len = encode_response(
             header, [(n, available[n]) for n in wanted], binary_outputs(parsed, wanted)
         )
-        headers = {"X-Modelcache-Node": settings.resolved_node_id, "X-Modelcache-Version": resolved.version}
+        headers = {"X-Modelcache-Version": resolved.version}
         if header_len is None:
             return Response(content, media_type="application/json", headers=headers)
         headers["Inference-Header-Content-Length"] = str(header_len)

@@ -1,4 +1,4 @@
-"""Request size limit as pure ASGI middleware: refuse oversized bodies before parsing them."""
+"""Pure ASGI middleware: request size limit, and the node id on every response."""
 
 from __future__ import annotations
 
@@ -61,3 +61,24 @@ class BodyLimitMiddleware:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class NodeHeaderMiddleware:
+    """Add `X-Modelcache-Node` to every response, errors included, so a load balancer's
+    routing can be observed from outside."""
+
+    def __init__(self, app: ASGIApp, node_id: str) -> None:
+        self.app, self.header = app, (b"x-modelcache-node", node_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != self.header[0]]
+                message = {**message, "headers": [*headers, self.header]}
+            await send(message)
+
+        await self.app(scope, receive, with_header)

@@ -1,0 +1,331 @@
+"""Build deploy/grafana/dashboards/modelcache.json ("modelcache — cache health").
+
+    python deploy/grafana/build_dashboard.py > deploy/grafana/dashboards/modelcache.json
+
+Panels are described compactly here and expanded into Grafana's JSON model; the
+test suite checks the committed JSON matches this script and runs every query
+against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+DS = {"type": "prometheus", "uid": "prometheus"}
+N = 'instance=~"$node"'
+NM = 'instance=~"$node", model_type=~"$model_type"'
+
+
+def q(expr: str, legend: str = "", fmt: str = "time_series", instant: bool = False) -> dict[str, Any]:
+    return {"expr": expr, "legendFormat": legend, "format": fmt, "instant": instant, "range": not instant}
+
+
+# (title, type, unit, width, height, targets, description)
+ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], str]]]] = [
+    (
+        "Cache health",
+        [
+            (
+                "Cluster hit rate",
+                "stat",
+                "percentunit",
+                6,
+                5,
+                [
+                    q(
+                        f"sum(rate(modelcache_cache_hits_total{{{NM}}}[1m])) / (sum(rate(modelcache_cache_hits_total{{{NM}}}[1m]))"
+                        f" + sum(rate(modelcache_cache_misses_total{{{NM}}}[1m])))",
+                        "hit rate",
+                    )
+                ],
+                "Share of lookups served from a node's cache over the last minute (from hits and misses).",
+            ),
+            (
+                "Hit rate per node",
+                "timeseries",
+                "percentunit",
+                18,
+                5,
+                [
+                    q(
+                        f"sum by (instance) (rate(modelcache_cache_hits_total{{{NM}}}[1m])) / (sum by (instance) "
+                        f"(rate(modelcache_cache_hits_total{{{NM}}}[1m])) + sum by (instance) "
+                        f"(rate(modelcache_cache_misses_total{{{NM}}}[1m])))",
+                        "{{instance}}",
+                    )
+                ],
+                "Per-node hit rate; a node well below the others gets more model types than it can hold.",
+            ),
+            (
+                "Misses per second",
+                "timeseries",
+                "ops",
+                8,
+                7,
+                [q(f"sum by (instance) (rate(modelcache_cache_misses_total{{{NM}}}[1m]))", "{{instance}}")],
+                "Each miss waits for a model load.",
+            ),
+            (
+                "Evictions per second",
+                "timeseries",
+                "ops",
+                8,
+                7,
+                [q(f"sum by (instance) (rate(modelcache_cache_evictions_total{{{N}}}[1m]))", "{{instance}}")],
+                "Sustained evictions mean thrashing: capacity is too small for the models routed to the node.",
+            ),
+            (
+                "Cached models vs capacity",
+                "timeseries",
+                "short",
+                8,
+                7,
+                [
+                    q(f"modelcache_cached_models{{{N}}}", "{{instance}} cached"),
+                    q(f"modelcache_cache_capacity_models{{{N}}}", "{{instance}} capacity"),
+                ],
+                "Models held per node against MODELCACHE_CACHE_SIZE.",
+            ),
+            (
+                "Cache bytes",
+                "timeseries",
+                "bytes",
+                12,
+                7,
+                [q(f"modelcache_cache_bytes{{{N}}}", "{{instance}}")],
+                "Artifact bytes of the cached models per node (MODELCACHE_CACHE_MAX_BYTES bounds it when set).",
+            ),
+            (
+                "What each node has cached",
+                "table",
+                "short",
+                12,
+                7,
+                [
+                    q(
+                        f"max by (instance, model_type, version) (modelcache_cached_model_info{{{NM}}})",
+                        "",
+                        "table",
+                        True,
+                    )
+                ],
+                "One row per cached model version per node.",
+            ),
+        ],
+    ),
+    (
+        "Loads",
+        [
+            (
+                "Model load latency",
+                "timeseries",
+                "s",
+                12,
+                7,
+                [
+                    q(
+                        f"histogram_quantile({p}, sum by (le) (rate(modelcache_model_load_seconds_bucket{{{NM}}}[5m])))",
+                        f"p{int(p * 100)}",
+                    )
+                    for p in (0.5, 0.95, 0.99)
+                ],
+                "Read + sha256 check + deserialize, retries included, from the load histogram.",
+            ),
+            (
+                "Load failures and fallbacks",
+                "timeseries",
+                "short",
+                12,
+                7,
+                [
+                    q(
+                        f"sum by (instance, model_type, reason) (increase(modelcache_model_load_failures_total{{{NM}}}[5m]))",
+                        "{{instance}} {{model_type}} {{reason}}",
+                    ),
+                    q(
+                        f"sum by (instance, model_type) (increase(modelcache_fallbacks_total{{{NM}}}[5m]))",
+                        "fallback {{instance}} {{model_type}}",
+                    ),
+                ],
+                "Loads that failed after every retry (by reason), and requests served by a lower version instead.",
+            ),
+        ],
+    ),
+    (
+        "Predictions",
+        [
+            (
+                "Throughput by model (rows/s)",
+                "timeseries",
+                "rps",
+                12,
+                7,
+                [
+                    q(
+                        f"sum by (model_type) (rate(modelcache_predictions_total{{{NM}}}[1m]))",
+                        "{{model_type}}",
+                    )
+                ],
+                "Rows predicted per second; a batch of N counts N.",
+            ),
+            (
+                "Predict latency by model",
+                "timeseries",
+                "s",
+                12,
+                7,
+                [
+                    q(
+                        f"histogram_quantile({p}, sum by (le, model_type) "
+                        f"(rate(modelcache_predict_seconds_bucket{{{NM}}}[1m])))",
+                        f"{{{{model_type}}}} p{int(p * 100)}",
+                    )
+                    for p in (0.5, 0.99)
+                ],
+                "Model prediction time per request, without any load.",
+            ),
+        ],
+    ),
+    (
+        "Cluster",
+        [
+            (
+                "Reload events",
+                "timeseries",
+                "short",
+                8,
+                7,
+                [
+                    q(
+                        f"sum by (source, outcome) (increase(modelcache_reloads_total{{{N}}}[5m]))",
+                        "{{source}} {{outcome}}",
+                    )
+                ],
+                "Reloads and pin changes applied, by where they came from and how they ended.",
+            ),
+            (
+                "Reload propagation latency",
+                "timeseries",
+                "s",
+                8,
+                7,
+                [
+                    q(
+                        f"histogram_quantile({p}, sum by (le) (rate(modelcache_reload_propagation_seconds_bucket{{{N}}}[5m])))",
+                        f"p{int(p * 100)}",
+                    )
+                    for p in (0.5, 0.99)
+                ],
+                "From a change being published in Redis to a node having applied it.",
+            ),
+            (
+                "Redis connectivity per node",
+                "timeseries",
+                "short",
+                8,
+                7,
+                [q(f"modelcache_redis_connected{{{N}}}", "{{instance}}")],
+                "1 while the node reaches Redis. Predictions do not need Redis; pins and reloads do.",
+            ),
+        ],
+    ),
+]
+
+
+def build() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    y = 0
+    pid = 1
+    for row_title, row in ROWS:
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+                "panels": [],
+            }
+        )
+        pid += 1
+        y += 1
+        x = 0
+        row_height = 0
+        for title, kind, unit, w, h, targets, description in row:
+            if x + w > 24:
+                x, y = 0, y + row_height
+                row_height = 0
+            panel: dict[str, Any] = {
+                "id": pid,
+                "type": kind,
+                "title": title,
+                "description": description,
+                "datasource": DS,
+                "gridPos": {"x": x, "y": y, "w": w, "h": h},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {},
+                "targets": [
+                    {**t, "refId": chr(ord("A") + i), "datasource": DS} for i, t in enumerate(targets)
+                ],
+            }
+            if kind == "stat":
+                panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}
+                panel["fieldConfig"]["defaults"]["thresholds"] = {
+                    "mode": "absolute",
+                    "steps": [
+                        {"color": "red", "value": None},
+                        {"color": "orange", "value": 0.8},
+                        {"color": "green", "value": 0.9},
+                    ],
+                }
+            if kind == "table":
+                panel["transformations"] = [
+                    {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True}}}
+                ]
+            panels.append(panel)
+            pid += 1
+            x += w
+            row_height = max(row_height, h)
+        y += row_height
+
+    def variable(name: str, label: str, query: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DS,
+            "query": {"query": query, "refId": f"{name}-var"},
+            "definition": query,
+            "refresh": 2,
+            "multi": True,
+            "includeAll": True,
+            "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "sort": 1,
+        }
+
+    return {
+        "uid": "modelcache-cache-health",
+        "title": "modelcache — cache health",
+        "tags": ["modelcache"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                variable("node", "node", "label_values(modelcache_cache_capacity_models, instance)"),
+                variable("model_type", "model type", "label_values(modelcache_cache_hits_total, model_type)"),
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+if __name__ == "__main__":
+    json.dump(build(), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
