@@ -153,3 +153,20 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, interval: float
             return True
         time.sleep(interval)
     return check()
+
+
+def require_binary(name: str, install: str) -> str:
+    """The path of `name`; skip (fail under CI=true) when it is missing, naming what to install."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        message = f"{name} is not installed: {install}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI must run this test, not skip it)")
+        pytest.skip(message)
+    return path

@@ -218,7 +218,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                     )
                     for p in (0.5, 0.99)
                 ],
-                "From a change being published in Redis to a node having applied it.",
+                "From a change being published in Redis to a node having applied it (15-minute window: changes are rare).",
             ),
             (
                 "Redis connectivity per node",

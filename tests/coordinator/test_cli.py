@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from coordinator.cli import main
+from coordinator.nginx import find_nginx
 from coordinator.registry import Registry
 from tests.helpers import free_port, stop_process, train_booster
 
@@ -142,9 +143,18 @@ def test_main_returns_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
     """The quick start: `modelcache up` on an empty registry, then the curl calls it prints."""
-    port = free_port()
+    port, lb_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [*CLI, "up", "--port", str(port), "--registry", str(tmp_path / "registry")],
+        [
+            *CLI,
+            "up",
+            "--port",
+            str(port),
+            "--lb-port",
+            str(lb_port),
+            "--registry",
+            str(tmp_path / "registry"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -173,6 +183,9 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
             assert out.returncode == 0 and "error" not in json.loads(out.stdout), curl
         assert token in text
         assert len(re.findall(r"^node: http://127\.0\.0\.1:\d+$", text, re.M)) == 3
+        if find_nginx() is not None:
+            assert re.search(rf"^load balancer: http://127\.0\.0\.1:{lb_port}\b", text, re.M)
+            assert all(f":{lb_port}/" in c for c in curls)
         # The printed cluster-wide pin reached every node.
         pin = next(c for c in curls if "/api/v1/pins/churn" in c)
         acks = json.loads(subprocess.run(shlex.split(pin), capture_output=True, text=True, timeout=30).stdout)
