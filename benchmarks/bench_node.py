@@ -13,50 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from common import ROOT, machine, start_nodes, stop_nodes
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from coordinator.demo import publish_demo_models  # noqa: E402
-from coordinator.registry import Registry  # noqa: E402
+from coordinator.demo import publish_demo_models
+from coordinator.registry import Registry
 
 ROW = [12, 70.5, 2, 1, None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(registry: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "MODELCACHE_REGISTRY": str(registry), "MODELCACHE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("node did not start")
 
 
 def v2_body(rows: int) -> dict:
@@ -121,7 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "registry")
         publish_demo_models(registry)
-        proc, url = start_node(registry.root)
+        nodes = start_nodes(registry.root)
+        url = nodes[0][1]
         try:
             with httpx.Client(timeout=10) as client:
                 single = measure(
@@ -136,11 +104,10 @@ def main() -> None:
                 v2_single = measure(client, f"{url}/v2/models/churn/infer", v2_body(1), args.requests)
                 v2_batch = measure(client, f"{url}/v2/models/churn/infer", v2_body(100), args.requests // 4)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_nodes(nodes)
         hit = in_process_hit_cost(registry)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "predict_single_row": single,
         "batch_predict_100_rows": batch,
         "v2_infer_single_row": v2_single,

@@ -16,61 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from common import ROOT, machine, start_nodes, stop_nodes
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from coordinator.demo import publish_demo_models  # noqa: E402
-from coordinator.redis_server import RedisServer  # noqa: E402
-from coordinator.registry import Registry  # noqa: E402
-from coordinator.state import ClusterState  # noqa: E402
+from coordinator.demo import publish_demo_models
+from coordinator.redis_server import RedisServer
+from coordinator.registry import Registry
+from coordinator.state import ClusterState
 
 ROW = [12, 70.5, 2, 1, None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_nodes(registry: Path, redis_url: str, n: int) -> list[tuple[subprocess.Popen[bytes], str]]:
-    nodes = []
-    for _ in range(n):
-        port = free_port()
-        env = {
-            **os.environ,
-            "MODELCACHE_REGISTRY": str(registry),
-            "MODELCACHE_REDIS_URL": redis_url,
-            "MODELCACHE_LOG_LEVEL": "warning",
-            "MODELCACHE_NODE_ID": f"node-{port}",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        nodes.append((proc, f"http://127.0.0.1:{port}"))
-    for _proc, url in nodes:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-    return nodes
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis_server:
         registry = Registry(Path(tmp) / "registry")
         publish_demo_models(registry)
-        nodes = start_nodes(registry.root, redis_server.url, args.nodes)
+        nodes = start_nodes(registry.root, args.nodes, redis_server.url)
         urls = [url for _, url in nodes]
         state = ClusterState.from_url(redis_server.url, origin="bench")
         try:
@@ -139,11 +97,9 @@ def main() -> None:
             hot = run_changes(state, registry, urls, "churn", ("1.0.0", "1.1.0"), args.changes, predict=True)
         finally:
             state.close()
-            for proc, _ in nodes:
-                proc.terminate()
-                proc.wait(10)
+            stop_nodes(nodes)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "nodes": args.nodes,
         "excluding_load": cold,
         "including_load": hot,

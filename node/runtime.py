@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -184,8 +183,3 @@ def _adapt_object(obj: Any) -> Adapter:
     if callable(getattr(obj, "predict", None)):
         return EstimatorAdapter(obj)
     raise TypeError(f"{type(obj).__name__} has no predict() method")
-
-
-def clean_number(value: float) -> float | None:
-    """JSON has no NaN: report it as null."""
-    return None if isinstance(value, float) and math.isnan(value) else value

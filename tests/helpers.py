@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import httpx
 import numpy as np
 import xgboost as xgb
 
+from coordinator.processes import free_port as free_port
+from coordinator.processes import stop_process as stop_process
 from coordinator.registry import ModelMetadata, Registry
 
 FEATURES = ("f0", "f1", "f2", "f3")
@@ -39,12 +40,6 @@ def corrupt(registry: Registry, meta: ModelMetadata) -> None:
     path.write_bytes(bytes(data))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,16 +52,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class NodeProcess:

@@ -66,57 +66,28 @@ def test_publish_then_models(tmp_path: Path) -> None:
 
 def test_publish_errors_are_clear(tmp_path: Path) -> None:
     train_booster().save_model(tmp_path / "m.ubj")
-    reg = str(tmp_path / "reg")
-    run("publish", str(tmp_path / "m.ubj"), "--model-type", "m", "--version", "1.0", "--registry", reg)
-    again = run(
-        "publish",
-        str(tmp_path / "m.ubj"),
-        "--model-type",
-        "m",
-        "--version",
-        "1.0",
-        "--registry",
-        reg,
-        check=False,
-    )
+
+    def publish(model_type: str, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            "publish",
+            str(tmp_path / "m.ubj"),
+            "--model-type",
+            model_type,
+            "--version",
+            version,
+            "--registry",
+            str(tmp_path / "reg"),
+            *extra,
+            check=False,
+        )
+
+    assert publish("m", "1.0").returncode == 0
+    again = publish("m", "1.0")
     assert again.returncode == 2 and "already published; pass --force" in again.stderr
-    forced = run(
-        "publish",
-        str(tmp_path / "m.ubj"),
-        "--model-type",
-        "m",
-        "--version",
-        "1.0",
-        "--registry",
-        reg,
-        "--force",
-    )
-    assert forced.returncode == 0
-    bad = run(
-        "publish",
-        str(tmp_path / "m.ubj"),
-        "--model-type",
-        "../x",
-        "--version",
-        "1.0",
-        "--registry",
-        reg,
-        check=False,
-    )
+    assert publish("m", "1.0", "--force").returncode == 0
+    bad = publish("../x", "1.0")
     assert bad.returncode == 2 and "invalid model type" in bad.stderr
-    bad_metric = run(
-        "publish",
-        str(tmp_path / "m.ubj"),
-        "--model-type",
-        "m",
-        "--version",
-        "2.0",
-        "--metric",
-        "oops",
-        "--registry",
-        reg,
-        check=False,
-    )
+    bad_metric = publish("m", "2.0", "--metric", "oops")
     assert bad_metric.returncode == 2 and "name=0.93" in bad_metric.stderr
 
 

@@ -1,0 +1,62 @@
+"""What the benchmarks share: real node processes on free loopback ports, and the machine line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coordinator.processes import free_port, stop_process  # noqa: E402
+
+Node = tuple[subprocess.Popen[bytes], str]
+
+
+def start_nodes(registry: Path, n: int = 1, redis_url: str | None = None) -> list[Node]:
+    """Start `n` nodes (`python -m node`) and wait until each is ready."""
+    nodes = []
+    for _ in range(n):
+        port = free_port()
+        env = {
+            **os.environ,
+            "MODELCACHE_REGISTRY": str(registry),
+            "MODELCACHE_LOG_LEVEL": "warning",
+            "MODELCACHE_NODE_ID": f"node-{port}",
+        }
+        if redis_url:
+            env["MODELCACHE_REDIS_URL"] = redis_url
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        nodes.append((proc, f"http://127.0.0.1:{port}"))
+    for proc, url in nodes:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {url} did not start")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+    return nodes
+
+
+def stop_nodes(nodes: list[Node]) -> None:
+    for proc, _ in nodes:
+        stop_process(proc)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
