@@ -182,13 +182,15 @@ def test_alternating_pins_under_load_fail_no_request(
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(load, nodes[i % 3]) for i in range(6)]
         for i in range(10):
+            before = len(results)
             change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
             rows = state.wait_for_acks(change, timeout_s=10)
             assert [r.outcome for r in rows] == ["ok"] * 3
+            assert eventually(lambda n=before: len(results) >= n + 20)  # requests keep flowing across pins
         stop.set()
         for f in futures:
             f.result(60)
-    assert len(results) > 100
+    assert len(results) >= 200
     assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:3]
     assert {v for _, v in results} <= {"1.0", "2.0"}
 
@@ -239,7 +241,7 @@ def test_redis_outage_loses_no_prediction_and_resynchronises(
             thread.join(30)
         state.close()
         server.stop()
-    assert len(results) > 100 and set(results) == {200}
+    assert len(results) > 50 and set(results) == {200}
 
 
 def test_killed_node_leaves_and_a_restarted_one_warms_up(
