@@ -89,3 +89,5 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
     assert value(s, "modelcache_reloads_total", source="api", outcome="ok") == 1
     assert value(s, "modelcache_served_version_info", model_type="c", version="1.0") == 1
     assert value(s, "modelcache_redis_connected") == 0
+    cached = {k[1] for k in s if k[0] == "modelcache_cached_model_info"}
+    assert cached == {(("model_type", "a"), ("version", "1.0")), (("model_type", "c"), ("version", "0.9"))}

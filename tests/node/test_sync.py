@@ -252,11 +252,15 @@ def test_killed_node_leaves_and_a_restarted_one_warms_up(
     prefix: str,
     state: ClusterState,
 ) -> None:
-    """Invariants 7: kill a node; it drops out; restarted, it warms the pinned version before ready."""
+    """Invariant 7: kill a node; it drops out; restarted, it warms pinned and popular models before ready."""
     publish("m", "1.0")
     publish("m", "2.0")
+    publish("hot", "1.0")
     nodes = cluster(3)
     state.wait_for_acks(state.pin("m", "1.0", registry), timeout_s=10)
+    for _ in range(5):
+        served(nodes[0], "hot")  # the cluster's most requested model, recorded by heartbeats
+    assert eventually(lambda: state.popular(1) == ["hot"])
     victim = nodes[2]
     victim.kill()
 
@@ -267,10 +271,12 @@ def test_killed_node_leaves_and_a_restarted_one_warms_up(
     assert eventually(lambda: f"node-{victim.port}" not in status_ids(), timeout=10)
     assert len(status_ids()) == 2
 
+    victim.env["MODELCACHE_WARMUP_POPULAR"] = "true"
     victim.start(wait=False)
     wait_http(f"{victim.url}/readyz", victim.proc)
     stats = httpx.get(f"{victim.url}/api/v1/cache/stats").json()
-    assert [(m["model_type"], m["version"]) for m in stats["models"]] == [("m", "1.0")]  # warm before ready
+    # Warm before ready: the pinned version, and (configured) the most requested model.
+    assert sorted((m["model_type"], m["version"]) for m in stats["models"]) == [("hot", "1.0"), ("m", "1.0")]
     body = served(victim)
     assert (body["version"], body["cached"]) == ("1.0", True)
     assert eventually(lambda: f"node-{victim.port}" in status_ids(), timeout=10)
