@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Before XGBoost (imported below) starts its OpenMP runtime: one thread per process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import logging
-import os
 
 import uvicorn
 
@@ -26,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s {settings.resolved_node_id} %(name)s %(levelname)s %(message)s",
     )
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     app = build_app(settings)
     uvicorn.run(
         app,

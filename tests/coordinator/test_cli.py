@@ -107,6 +107,11 @@ def test_demo_models_publish_types_versions_and_a_prerelease(tmp_path: Path) -> 
     assert "already there" in run("demo-models", "--registry", str(reg)).stdout
 
 
+def test_node_command_runs_the_node_entry_point() -> None:
+    out = run("node", "--help")
+    assert "usage: modelcache node" in out.stdout and "--redis-url" in out.stdout
+
+
 def test_main_returns_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--registry", str(tmp_path)]) == 0
     assert "no models" in capsys.readouterr().out
