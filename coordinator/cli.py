@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     _redis_arg(p)
 
-    p = sub.add_parser("node", help="run one node (arguments as `python -m node --help`)")
+    # No -h of its own: `modelcache node --help` reaches the node's parser.
+    p = sub.add_parser("node", help="run one node (see `modelcache node --help`)", add_help=False)
     p.add_argument("node_args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("publish", help="publish a model file into the registry")
