@@ -128,10 +128,12 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 
 # -- processes -----------------------------------------------------------------
-def cmd_node(args: argparse.Namespace) -> int:
-    # Exec the node's own entry point: the coordinator never imports the node package.
-    argv = [sys.executable, "-m", "node", *args.node_args]
-    os.execv(sys.executable, argv)
+def run_node(node_args: Sequence[str]) -> int:
+    """`modelcache node ...`: exec the node's own entry point with the same arguments.
+
+    Exec, not import: the coordinator never imports the node package.
+    """
+    os.execv(sys.executable, [sys.executable, "-m", "node", *node_args])
     return 0  # pragma: no cover
 
 
@@ -227,7 +229,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "publish": cmd_publish,
     "models": cmd_models,
     "demo-models": cmd_demo_models,
-    "node": cmd_node,
     "up": cmd_up,
     "pin": cmd_pin,
     "unpin": cmd_unpin,
@@ -251,9 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     _redis_arg(p)
 
-    # No -h of its own: `modelcache node --help` reaches the node's parser.
-    p = sub.add_parser("node", help="run one node (see `modelcache node --help`)", add_help=False)
-    p.add_argument("node_args", nargs=argparse.REMAINDER)
+    # Listed for the help text; main() hands `node ...` to the node's own parser.
+    sub.add_parser("node", help="run one node (see `modelcache node --help`)", add_help=False)
 
     p = sub.add_parser("publish", help="publish a model file into the registry")
     p.add_argument("artifact", help="model file: .ubj or .json (XGBoost), .joblib or .pkl")
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["node"]:
+        return run_node(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
