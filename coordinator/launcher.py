@@ -189,7 +189,9 @@ def _print_banner(
     env = f"MODELCACHE_REDIS_URL={redis_url}" + (
         f" MODELCACHE_REDIS_PREFIX={prefix}" if prefix != "modelcache:" else ""
     )
-    console.print(f"  {env} modelcache status")
-    console.print(f"  {env} modelcache reload churn --wait")
+    # The command as this shell can run it (a venv's script is not necessarily on PATH).
+    cli = sys.argv[0] if Path(sys.argv[0]).name == "modelcache" else f"{sys.executable} -m coordinator.cli"
+    console.print(f"  {env} {cli} status")
+    console.print(f"  {env} {cli} reload churn --wait")
     console.print(f"  open {entry}/docs for the API reference")
     console.print("\nCtrl-C stops everything.")
