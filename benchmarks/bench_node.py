@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, machine, start_nodes, stop_nodes
+from common import ROOT, report, start_nodes, stop_nodes
 
 from coordinator.demo import publish_demo_models
 from coordinator.registry import Registry
@@ -106,17 +105,16 @@ def main() -> None:
         finally:
             stop_nodes(nodes)
         hit = in_process_hit_cost(registry)
-    result = {
-        "machine": machine(),
-        "predict_single_row": single,
-        "batch_predict_100_rows": batch,
-        "v2_infer_single_row": v2_single,
-        "v2_infer_100_rows": v2_batch,
-        "in_process_hit": hit,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    report(
+        args.out,
+        {
+            "predict_single_row": single,
+            "batch_predict_100_rows": batch,
+            "v2_infer_single_row": v2_single,
+            "v2_infer_100_rows": v2_batch,
+            "in_process_hit": hit,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ and call → every node answering predictions with the new version.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, machine, start_nodes, stop_nodes
+from common import ROOT, report, start_nodes, stop_nodes
 
 from coordinator.demo import publish_demo_models
 from coordinator.redis_server import RedisServer
@@ -98,15 +97,14 @@ def main() -> None:
         finally:
             state.close()
             stop_nodes(nodes)
-    result = {
-        "machine": machine(),
-        "nodes": args.nodes,
-        "excluding_load": cold,
-        "including_load": hot,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    report(
+        args.out,
+        {
+            "nodes": args.nodes,
+            "excluding_load": cold,
+            "including_load": hot,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -60,3 +61,11 @@ def stop_nodes(nodes: list[Node]) -> None:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(out: str, result: dict[str, object]) -> None:
+    """Print the result and write it as JSON (with the machine it was taken on)."""
+    result = {"machine": machine(), **result}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))

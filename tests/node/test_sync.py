@@ -30,6 +30,16 @@ def served(node: NodeProcess, model_type: str = "m") -> dict:
     return r.json()
 
 
+def warm_cluster(cluster: Cluster, publish: PublishFn, *versions: str) -> list[NodeProcess]:
+    """Publish `m` at `versions`, start three nodes, and have each serve `m` once (so it is cached)."""
+    for version in versions:
+        publish("m", version)
+    nodes = cluster(3)
+    for n in nodes:
+        served(n)
+    return nodes
+
+
 def cli(registry: Registry, redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
     where = [] if args[0] == "status" else ["--registry", str(registry.root)]
     return subprocess.run(
@@ -88,10 +98,7 @@ def test_pin_via_cli_and_http_reaches_every_node(
 def test_reload_after_publishing_reaches_every_node(
     cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, prefix: str
 ) -> None:
-    publish("m", "1.0")
-    nodes = cluster(3)
-    for n in nodes:
-        served(n)
+    nodes = warm_cluster(cluster, publish, "1.0")
     publish("m", "1.1")
     out = cli(registry, redis_server.url, prefix, "reload", "m", "--wait", "--json")
     assert out.returncode == 0, out.stderr
@@ -116,11 +123,7 @@ def test_lost_events_converge_by_reconcile(
     cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, state: ClusterState
 ) -> None:
     """Invariant 3: with the pub/sub connections killed, and with no event at all, nodes converge."""
-    publish("m", "1.0")
-    publish("m", "2.0")
-    nodes = cluster(3)
-    for n in nodes:
-        served(n)
+    nodes = warm_cluster(cluster, publish, "1.0", "2.0")
     admin = redis.Redis.from_url(redis_server.url)
     assert admin.client_kill_filter(_type="pubsub") >= 3
     state.pin("m", "1.0", registry)
@@ -144,10 +147,7 @@ def test_lost_events_converge_by_reconcile(
 def test_corrupt_version_pinned_everywhere_keeps_the_previous(
     cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, prefix: str
 ) -> None:
-    publish("m", "1.0")
-    nodes = cluster(3)
-    for n in nodes:
-        served(n)
+    nodes = warm_cluster(cluster, publish, "1.0")
     corrupt(registry, publish("m", "1.1"))
     out = cli(registry, redis_server.url, prefix, "pin", "m", "1.1", "--wait", "--json")
     assert out.returncode == 1
