@@ -178,7 +178,7 @@ def create_app(
         resolved = await service.get(model_type, body.version)
         started = time.perf_counter()
         out = resolved.model.predict([body.features])
-        _observe(model_type, started, 1)
+        metrics.observe_prediction(model_type, time.perf_counter() - started, 1)
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
@@ -198,7 +198,7 @@ def create_app(
         resolved = await service.get(model_type, body.version)
         started = time.perf_counter()
         out = resolved.model.predict(body.instances)
-        _observe(model_type, started, len(body.instances))
+        metrics.observe_prediction(model_type, time.perf_counter() - started, len(body.instances))
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
@@ -209,10 +209,6 @@ def create_app(
         if out.probabilities is not None:
             payload["probabilities"] = out.probabilities
         return _respond(payload, resolved)
-
-    def _observe(model_type: str, started: float, rows: int) -> None:
-        metrics.predict_seconds.labels(model_type).observe(time.perf_counter() - started)
-        metrics.predictions.labels(model_type).inc(rows)
 
     def _respond(payload: dict[str, Any], resolved: Resolved) -> Response:
         headers = {"X-Modelcache-Version": resolved.version}

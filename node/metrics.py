@@ -135,6 +135,11 @@ class NodeMetrics:
             registry=r,
         )
 
+    def observe_prediction(self, model_type: str, seconds: float, rows: int) -> None:
+        """One predict call of `rows` rows, whichever protocol it came in by."""
+        self.predict_seconds.labels(model_type).observe(seconds)
+        self.predictions.labels(model_type).inc(rows)
+
     def track_cached(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
         """Export what the cache holds (bounded by its capacity) for the dashboard's table."""
         self.registry.register(_CachedModels(entries))

@@ -154,8 +154,7 @@ def create_v2_router(
             out = model.adapter.predict(x)
         except InvalidInput as exc:
             raise TensorError(str(exc)) from None
-        metrics.predict_seconds.labels(name).observe(time.perf_counter() - started)
-        metrics.predictions.labels(name).inc(len(x))
+        metrics.observe_prediction(name, time.perf_counter() - started, len(x))
         available: dict[str, Any] = {"predict": out.labels}
         if out.class_probabilities is not None:
             available["predict_proba"] = out.class_probabilities
