@@ -1,6 +1,6 @@
 """Every Prometheus metric a node exports, on an injected registry.
 
-Names are binding (DESIGN.md). Labels carry only bounded values: model types
+Names are binding (docs/design.md). Labels carry only bounded values: model types
 that exist in the registry, never request data. Hit rate is left to PromQL.
 """
 
