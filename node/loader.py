@@ -187,13 +187,19 @@ class LoadPool:
                 self._idle -= 1
                 self._queued -= 1
                 self._running[ident] = (label, time.monotonic())
+            result: Any = None
+            error: BaseException | None = None
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as exc:  # handed to the waiter; the thread goes on
-                future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._running.pop(ident, None)
+                error = exc
+            # No longer "in progress" before anyone sees the result.
+            with self._lock:
+                self._running.pop(ident, None)
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
 
 class LoadBudget:
