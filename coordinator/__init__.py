@@ -8,6 +8,9 @@ from coordinator.errors import (
     MetadataError,
     ModelCacheError,
     ModelNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    UnsafePath,
     VersionNotFound,
 )
 from coordinator.registry import ModelMetadata, Registry
@@ -22,5 +25,8 @@ __all__ = [
     "ModelMetadata",
     "ModelNotFound",
     "Registry",
+    "RegistryError",
+    "RegistryUnavailable",
+    "UnsafePath",
     "VersionNotFound",
 ]

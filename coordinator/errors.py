@@ -4,12 +4,17 @@
     ├── InvalidName              a model type or version that fails validation
     ├── ModelNotFound            no such model type in the registry
     │   └── VersionNotFound      the model type exists, that version does not
-    ├── MetadataError            metadata.json missing, unreadable or malformed
+    ├── RegistryError            one model's files could not be read (the rest of the registry may be fine)
+    │   ├── MetadataError        metadata.json missing, oversized or malformed
+    │   ├── RegistryUnavailable  an OSError (permission, I/O, not a regular file) reading the registry
+    │   └── UnsafePath           a symlink inside the registry (never followed)
     ├── AlreadyPublished         publishing over an existing version without force
     ├── ArtifactError            an artifact that cannot be published (unknown format, missing)
     └── ClusterUnavailable       Redis cannot be reached for a cluster-wide call
 
 No HTTP status codes here: the node's API maps these in one place.
+Messages name the model and version, never a filesystem path: `str(exc)` reaches
+clients, so the path is kept in the `path` attribute for log lines only.
 """
 
 from __future__ import annotations
@@ -47,12 +52,32 @@ class VersionNotFound(ModelNotFound):
         ModelCacheError.__init__(self, f"model type {model_type!r} has no version {version!r}{hint}")
 
 
-class MetadataError(ModelCacheError):
-    code = "bad_metadata"
+class RegistryError(ModelCacheError):
+    """The registry's files for one model could not be used; `path` is for logs, not clients."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path, self.reason = path, reason
-        super().__init__(f"metadata {path}: {reason}")
+    code = "registry_error"
+
+    def __init__(self, model_type: str, version: str | None, reason: str, path: str = "") -> None:
+        self.model_type, self.version, self.reason, self.path = model_type, version, reason, path
+        what = f"{model_type} {version}" if version else model_type
+        super().__init__(f"{self.subject} of {what}: {reason}")
+
+    subject = "registry entry"
+
+
+class MetadataError(RegistryError):
+    code = "bad_metadata"
+    subject = "metadata"
+
+
+class RegistryUnavailable(RegistryError):
+    code = "registry_unavailable"
+    subject = "registry files"
+
+
+class UnsafePath(RegistryError):
+    code = "unsafe_path"
+    subject = "registry files"
 
 
 class AlreadyPublished(ModelCacheError):

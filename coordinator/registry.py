@@ -5,21 +5,37 @@
 
 Publishing writes into a hidden temporary directory beside the target and
 renames it into place, so a version appears whole or not at all (invariant 6).
+Published directories are made world-readable (0777 & ~umask, so 0755 under the
+usual umask 022): nodes may run as a different user than the publisher.
+
+Filesystems fail, so reading is defensive. Every failure is about one model and
+raises a `RegistryError` naming it (paths go to logs, never into the message);
+listing skips an unreadable model type and goes on with the rest. metadata.json
+is read at most `MAX_METADATA_BYTES` and validated field by field; an artifact
+is read at most `size_bytes + 1` bytes, so the caller can refuse one that grew.
+
+Symlinks: nothing below the root is followed (the root itself may be a symlink,
+e.g. to a mount). Files are opened one path component at a time with
+`O_NOFOLLOW`, so a symlinked model-type directory, version directory,
+metadata.json or artifact is refused with `UnsafePath` (a load failure: the node
+falls back as for a corrupt artifact), and listing ignores symlinked directories.
+Names are validated too, so no path can leave the root.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from coordinator.errors import (
     AlreadyPublished,
@@ -27,8 +43,12 @@ from coordinator.errors import (
     InvalidName,
     MetadataError,
     ModelNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    UnsafePath,
     VersionNotFound,
 )
+from coordinator.metadata import ARTIFACT_NAMES, ModelMetadata
 from coordinator.versions import (
     latest_stable,
     normalize_version,
@@ -38,63 +58,12 @@ from coordinator.versions import (
 )
 
 FORMATS = {".ubj": "xgboost-ubj", ".json": "xgboost-json", ".joblib": "joblib", ".pkl": "joblib"}
-ARTIFACT_NAMES = {"xgboost-ubj": "model.ubj", "xgboost-json": "model.json", "joblib": "model.joblib"}
 METADATA_FILE = "metadata.json"
-_REQUIRED = ("model_type", "version", "format", "artifact", "sha256", "size_bytes", "created_at")
+MAX_METADATA_BYTES = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What `metadata.json` says about one published version."""
-
-    model_type: str
-    version: str
-    format: str
-    artifact: str
-    sha256: str
-    size_bytes: int
-    created_at: str
-    features: tuple[str, ...] = ()
-    metrics: dict[str, float] = field(default_factory=dict)
-    task: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["features"] = list(self.features)
-        if self.task is None:
-            del data["task"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "metadata") -> ModelMetadata:
-        if not isinstance(data, Mapping):
-            raise MetadataError(source, "expected a JSON object")
-        missing = [k for k in _REQUIRED if k not in data]
-        if missing:
-            raise MetadataError(source, f"missing field(s): {', '.join(missing)}")
-        if data["format"] not in ARTIFACT_NAMES:
-            raise MetadataError(source, f"unknown format {data['format']!r}")
-        artifact = str(data["artifact"])
-        if "/" in artifact or "\\" in artifact or artifact.startswith("."):
-            raise MetadataError(source, f"artifact {artifact!r} must be a plain file name")
-        sha = str(data["sha256"])
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise MetadataError(source, "sha256 must be 64 lowercase hex digits")
-        try:
-            return cls(
-                model_type=validate_model_type(str(data["model_type"])),
-                version=normalize_version(str(data["version"])),
-                format=str(data["format"]),
-                artifact=artifact,
-                sha256=sha,
-                size_bytes=int(data["size_bytes"]),
-                created_at=str(data["created_at"]),
-                features=tuple(str(f) for f in data.get("features") or ()),
-                metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
-                task=data.get("task"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise MetadataError(source, f"malformed field: {exc}") from None
+log = logging.getLogger("modelcache.registry")
 
 
 def sha256_file(path: Path) -> str:
@@ -125,20 +94,43 @@ class Registry:
         return f"Registry({str(self.root)!r})"
 
     # -- reading -----------------------------------------------------------
+    def scan(self) -> dict[str, list[str] | RegistryError]:
+        """Each model type: its versions (ascending), or the error that kept them from being read."""
+        try:
+            with os.scandir(self.root) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.error("cannot list the registry %s: %s", self.root, exc)
+            raise RegistryUnavailable("", None, f"cannot list the registry ({exc.strerror})") from None
+        out: dict[str, list[str] | RegistryError] = {}
+        for entry in entries:
+            try:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue  # a symlinked model type is not followed (module docstring)
+                validate_model_type(entry.name)
+                found = self._version_dirs(entry.name)
+            except InvalidName:
+                continue
+            except RegistryError as exc:
+                out[entry.name] = exc
+                continue
+            except OSError as exc:
+                log.warning("cannot inspect %s: %s", entry.path, exc)
+                out[entry.name] = RegistryUnavailable(entry.name, None, f"cannot inspect ({exc.strerror})")
+                continue
+            if found:
+                out[entry.name] = sort_versions(found)
+        return out
+
     def model_types(self) -> list[str]:
-        """Every model type with at least one published version, sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and self._version_dirs(p)
-        )
+        """Every readable model type with at least one published version, sorted."""
+        return sorted(mt for mt, found in self.scan().items() if isinstance(found, list))
 
     def versions(self, model_type: str) -> list[str]:
         """Published versions of `model_type`, ascending by PEP 440."""
-        model_dir = self.root / validate_model_type(model_type)
-        found = self._version_dirs(model_dir) if model_dir.is_dir() else []
+        found = self._version_dirs(validate_model_type(model_type))
         if not found:
             raise ModelNotFound(model_type, self.model_types())
         return sort_versions(found)
@@ -152,41 +144,131 @@ class Registry:
         return latest
 
     def metadata(self, model_type: str, version: str) -> ModelMetadata:
-        """Read `metadata.json` only; the artifact is not touched."""
+        """Read and validate `metadata.json` only; the artifact is not touched."""
         version = normalize_version(version)
-        path = self.root / validate_model_type(model_type) / version / METADATA_FILE
+        validate_model_type(model_type)
         try:
-            raw = path.read_bytes()
+            raw = self._read(model_type, version, METADATA_FILE, MAX_METADATA_BYTES)
         except FileNotFoundError:
-            known = self._version_dirs(path.parent.parent) if path.parent.parent.is_dir() else []
+            known = self._version_dirs(model_type)
             if not known:
                 raise ModelNotFound(model_type, self.model_types()) from None
-            if path.parent.is_dir():
-                raise MetadataError(str(path), "file is missing") from None
+            if version in known or os.path.lexists(self.root / model_type / version):
+                raise MetadataError(model_type, version, "metadata.json is missing") from None
             raise VersionNotFound(model_type, version, sort_versions(known)) from None
+        if len(raw) > MAX_METADATA_BYTES:
+            raise MetadataError(
+                model_type, version, f"metadata.json is larger than {MAX_METADATA_BYTES} bytes"
+            )
         try:
             data = json.loads(raw)
-        except ValueError as exc:
-            raise MetadataError(str(path), f"not valid JSON ({exc})") from None
-        meta = ModelMetadata.from_dict(data, str(path))
+        except (ValueError, RecursionError) as exc:
+            raise MetadataError(model_type, version, f"not valid JSON ({exc})") from None
+        meta = ModelMetadata.from_dict(data, model_type, version)
         if (meta.model_type, meta.version) != (model_type, version):
-            raise MetadataError(
-                str(path), f"describes {meta.model_type} {meta.version}, not {model_type} {version}"
-            )
+            raise MetadataError(model_type, version, f"describes {meta.model_type} {meta.version} instead")
         return meta
+
+    def read_artifact(self, meta: ModelMetadata) -> bytes:
+        """At most `size_bytes + 1` bytes of the artifact: more than `size_bytes` means it grew."""
+        try:
+            return self._read(meta.model_type, meta.version, meta.artifact, meta.size_bytes)
+        except FileNotFoundError:
+            log.error("artifact %s is missing", self.artifact_path(meta))
+            raise RegistryUnavailable(
+                meta.model_type, meta.version, f"artifact {meta.artifact} is missing"
+            ) from None
 
     def artifact_path(self, meta: ModelMetadata) -> Path:
         return self.root / meta.model_type / meta.version / meta.artifact
 
-    def _version_dirs(self, model_dir: Path) -> list[str]:
+    def _read(self, model_type: str, version: str, name: str, limit: int) -> bytes:
+        """Up to `limit + 1` bytes of a regular file, opened without following symlinks.
+
+        FileNotFoundError passes through (the caller knows what is missing); every
+        other OSError becomes a `RegistryError` for this model.
+        """
+        path = self.root / model_type / version / name
+        try:
+            fd = self._open_nofollow((model_type, version, name))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._os_error(model_type, version, name, exc) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.error("%s is not a regular file", path)
+                raise RegistryUnavailable(model_type, version, f"{name} is not a regular file", str(path))
+            chunks, remaining = [], limit + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise self._os_error(model_type, version, name, exc) from None
+        finally:
+            os.close(fd)
+
+    def _open_nofollow(self, parts: tuple[str, ...]) -> int:
+        # One component at a time relative to the parent's fd: a symlink anywhere
+        # below the root fails the open (ELOOP/ENOTDIR), with no check-then-use race.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for i, part in enumerate(parts):
+            try:
+                child = os.open(part, _FILE_FLAGS if i == len(parts) - 1 else _DIR_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def _os_error(self, model_type: str, version: str, name: str, exc: OSError) -> RegistryError:
+        path = self.root / model_type / version / name
+        log.error("cannot read %s: %s", path, exc)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and self._symlink_on_the_way(path):
+            reason = f"{name} is reached through a symlink, which the registry refuses"
+            return UnsafePath(model_type, version, reason, str(path))
+        return RegistryUnavailable(model_type, version, f"cannot read {name} ({exc.strerror})", str(path))
+
+    def _symlink_on_the_way(self, path: Path) -> bool:
+        return any(p.is_symlink() for p in (path, path.parent, path.parent.parent))
+
+    def _version_dirs(self, model_type: str) -> list[str]:
+        model_dir = self.root / model_type
+        try:
+            if model_dir.is_symlink():
+                log.warning("ignoring %s: the registry does not follow symlinks", model_dir)
+                return []
+            with os.scandir(model_dir) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            log.error("cannot list %s: %s", model_dir, exc)
+            raise RegistryUnavailable(
+                model_type, None, f"cannot list its versions ({exc.strerror})", str(model_dir)
+            ) from None
         out = []
-        for p in model_dir.iterdir():
-            if p.name.startswith(".") or not (p / METADATA_FILE).is_file():
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
             try:
-                out.append(normalize_version(p.name))
+                version = normalize_version(entry.name)
+                if entry.is_symlink():
+                    log.warning("ignoring %s: the registry does not follow symlinks", entry.path)
+                    continue
+                os.lstat(os.path.join(entry.path, METADATA_FILE))
             except InvalidName:
                 continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # no metadata.json: half-written, or not a version
+            except OSError as exc:
+                # It exists but cannot be inspected: list it, so loading it fails with the
+                # reason (and falls back) instead of the version silently vanishing.
+                log.warning("cannot inspect %s: %s", entry.path, exc)
+            out.append(version)
         return out
 
     # -- publishing --------------------------------------------------------
@@ -216,6 +298,8 @@ class Registry:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=final.parent))
         try:
+            # mkdtemp makes 0700; nodes may run as another user, so apply the umask as mkdir would.
+            os.chmod(tmp, 0o777 & ~_umask())
             dest = tmp / ARTIFACT_NAMES[fmt]
             shutil.copyfile(src, dest)
             meta = ModelMetadata(
@@ -250,6 +334,20 @@ class Registry:
         _fsync_dir(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:

@@ -23,6 +23,9 @@ def build_service(settings: NodeSettings, metrics: NodeMetrics) -> ModelService:
         cache_size=settings.cache_size,
         cache_max_bytes=settings.cache_max_bytes,
         load_failure_ttl_s=settings.load_failure_ttl_s,
+        load_timeout_s=settings.load_timeout_s,
+        load_workers=settings.load_workers,
+        ondemand_loads_per_min=settings.ondemand_loads_per_min,
         pins=settings.pins,
     )
 

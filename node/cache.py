@@ -3,8 +3,9 @@
 `LRU` is a plain data structure: no locks, no I/O. `ModelCache` adds the one
 lock (held only for dictionary operations) and per-key single-flight, so a
 hit never waits on a load (invariant 1) and N concurrent misses for one key
-cause exactly one load. The caller supplies the load function; the cache
-never performs I/O itself.
+cause exactly one load. The caller supplies the load function and, optionally,
+where to run it (`submit`, e.g. a bounded load pool) and how long a caller
+waits for it (`timeout`); the cache never performs I/O itself.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ class ModelCache(Generic[K, V]):
         max_models: int,
         max_bytes: int | None = None,
         on_evict: Callable[[K, V], None] | None = None,
+        submit: Callable[[K, Callable[[], None]], object] | None = None,
     ) -> None:
         self._lru: LRU[K, V] = LRU(max_models, max_bytes)
+        self._submit = submit
         self._lock = threading.Lock()
         self._pending: dict[K, Future[V]] = {}
         self._entry_stats: dict[K, EntryStats] = {}
@@ -160,24 +163,45 @@ class ModelCache(Generic[K, V]):
         with self._lock:
             return self._lru.peek(key)
 
-    # -- lookups -----------------------------------------------------------
-    def get_or_load(self, key: K, load: Callable[[], tuple[V, int]]) -> tuple[V, bool]:
-        """Return (value, hit). On a miss the first caller runs `load`; others wait for it."""
-        value, future, leader = self._lookup(key)
-        if future is None:
-            return value, True  # type: ignore[return-value]
-        if leader:
-            self._run_load(key, future, load)
-        return future.result(), False
+    def loading(self, key: K) -> bool:
+        """Whether a load of `key` is in flight (a caller now would join it)."""
+        with self._lock:
+            return key in self._pending
 
-    async def aget_or_load(self, key: K, load: Callable[[], tuple[V, int]]) -> tuple[V, bool]:
-        """Like `get_or_load`, but a miss loads in a worker thread and awaits it."""
+    # -- lookups -----------------------------------------------------------
+    def get_or_load(
+        self, key: K, load: Callable[[], tuple[V, int]], timeout: float | None = None
+    ) -> tuple[V, bool]:
+        """Return (value, hit). On a miss the first caller starts `load`; all wait up to `timeout`.
+
+        A TimeoutError leaves the load running: its result is cached when it lands.
+        """
         value, future, leader = self._lookup(key)
         if future is None:
             return value, True  # type: ignore[return-value]
         if leader:
-            await asyncio.to_thread(self._run_load, key, future, load)
-        return await asyncio.wrap_future(future), False
+            if self._submit is None:
+                self._run_load(key, future, load)
+            else:
+                self._submit(key, lambda: self._run_load(key, future, load))
+        return future.result(timeout), False
+
+    async def aget_or_load(
+        self, key: K, load: Callable[[], tuple[V, int]], timeout: float | None = None
+    ) -> tuple[V, bool]:
+        """Like `get_or_load`, but the waiting is awaited (a miss never blocks the event loop)."""
+        value, future, leader = self._lookup(key)
+        if future is None:
+            return value, True  # type: ignore[return-value]
+        if leader:
+            if self._submit is None:
+                loop = asyncio.get_running_loop()
+                loop.run_in_executor(None, self._run_load, key, future, load)
+            else:
+                self._submit(key, lambda: self._run_load(key, future, load))
+        # wait_for cancels only the asyncio wrapper: the shared future is already
+        # running (see _lookup), so other waiters and the load are unaffected.
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout), False
 
     def _lookup(self, key: K) -> tuple[V | None, Future[V] | None, bool]:
         with self._lock:
@@ -193,6 +217,7 @@ class ModelCache(Generic[K, V]):
             if future is not None:
                 return None, future, False
             future = self._pending[key] = Future()
+            future.set_running_or_notify_cancel()  # so a waiter's timeout cannot cancel it for all
             return None, future, True
 
     def _run_load(self, key: K, future: Future[V], load: Callable[[], tuple[V, int]]) -> None:

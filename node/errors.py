@@ -3,12 +3,17 @@
 ModelCacheError (coordinator.errors)
 ├── InvalidInput         a request the model cannot take (feature count, names, values)
 ├── BatchTooLarge        more instances than MODELCACHE_MAX_BATCH
-├── ModelLoadError       the artifact could not be loaded
-│   └── ChecksumMismatch the artifact's bytes do not match metadata.sha256
+├── ModelLoadError       the version could not be loaded (`reason`: deserialize, checksum,
+│   │                    metadata, io, symlink, size, timeout: bounded metric label values)
+│   ├── ChecksumMismatch the artifact's bytes do not match metadata.sha256
+│   └── LoadTimeout      the load did not finish within MODELCACHE_LOAD_TIMEOUT_S
+├── LoadRateLimited      too many on-demand loads of non-default versions (per node)
 └── NotReady             the node is still warming up
 """
 
 from __future__ import annotations
+
+import math
 
 from coordinator.errors import ModelCacheError
 
@@ -32,8 +37,10 @@ class ModelLoadError(ModelCacheError):
     code = "model_load_failed"
     reason = "deserialize"
 
-    def __init__(self, model_type: str, version: str, detail: str) -> None:
+    def __init__(self, model_type: str, version: str, detail: str, reason: str | None = None) -> None:
         self.model_type, self.version, self.detail = model_type, version, detail
+        if reason is not None:
+            self.reason = reason
         super().__init__(f"could not load {model_type} {version}: {detail}")
 
 
@@ -47,6 +54,34 @@ class ChecksumMismatch(ModelLoadError):
             version,
             f"artifact sha256 {actual[:12]}… does not match metadata {expected[:12]}…; "
             "the file is corrupt or was altered: republish it",
+        )
+
+
+class LoadTimeout(ModelLoadError):
+    code = "load_timeout"
+    reason = "timeout"
+
+    def __init__(self, model_type: str, version: str, timeout_s: float) -> None:
+        super().__init__(
+            model_type,
+            version,
+            f"loading took longer than {timeout_s:g}s (MODELCACHE_LOAD_TIMEOUT_S); "
+            "the registry's filesystem may be slow or hung",
+        )
+
+
+class LoadRateLimited(ModelCacheError):
+    """A 429: explicit non-default versions may be loaded on demand only so often per node."""
+
+    code = "too_many_loads"
+
+    def __init__(self, model_type: str, version: str, per_minute: int, retry_after_s: float) -> None:
+        self.model_type, self.version = model_type, version
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        super().__init__(
+            f"{model_type} {version} is not cached and this node already loaded {per_minute} "
+            f"non-default versions in the last minute (MODELCACHE_ONDEMAND_LOADS_PER_MIN); "
+            f"retry in {self.retry_after_s}s or request the default version"
         )
 
 

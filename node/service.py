@@ -16,17 +16,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.errors import ModelNotFound, VersionNotFound
+from prometheus_client import Gauge
+
+from coordinator.errors import ModelNotFound, RegistryError, VersionNotFound
 from coordinator.registry import Registry
 from coordinator.versions import (
     is_prerelease,
+    latest_stable,
     normalize_version,
     parse_version,
     validate_model_type,
 )
 from node.cache import ModelCache
-from node.errors import ModelLoadError
-from node.loader import Loader
+from node.errors import LoadRateLimited, LoadTimeout, ModelLoadError
+from node.loader import LoadBudget, Loader, LoadPool
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel
 
@@ -77,12 +80,21 @@ class ModelService:
         cache_size: int = 3,
         cache_max_bytes: int | None = None,
         load_failure_ttl_s: float = 30.0,
+        load_timeout_s: float = 60.0,
+        load_workers: int = 4,
+        ondemand_loads_per_min: int = 30,
         pins: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry, self.loader, self.metrics = registry, loader, metrics
+        self.load_timeout_s = load_timeout_s
+        self.pool = LoadPool(load_workers)
+        self.ondemand = LoadBudget(ondemand_loads_per_min, clock)
         self.cache: ModelCache[Key, LoadedModel] = ModelCache(
-            cache_size, cache_max_bytes, on_evict=self._on_evict
+            cache_size,
+            cache_max_bytes,
+            on_evict=self._on_evict,
+            submit=lambda key, run: self.pool.submit(run, f"{key[0]} {key[1]}"),
         )
         self.failure_ttl_s = load_failure_ttl_s
         self._clock = clock
@@ -97,6 +109,11 @@ class ModelService:
         metrics.cached_models.set_function(lambda: len(self.cache))
         metrics.cache_bytes.set_function(lambda: self.cache.total_bytes)
         metrics.track_cached(self.cache.cached_keys)
+        Gauge(
+            "modelcache_loads_in_progress",
+            "Model loads running on this node's load pool now (stuck ones included).",
+            registry=metrics.registry,
+        ).set_function(lambda: len(self.pool.in_progress()))
 
     # -- resolution --------------------------------------------------------
     @property
@@ -129,17 +146,28 @@ class ModelService:
             self._known_types.add(model_type)
 
     # -- the request path --------------------------------------------------
-    async def get(self, model_type: str, version: str | None = None) -> Resolved:
-        """The model for a request; loads on a miss, falls back if the default cannot load."""
-        resolved = await self._get(model_type, version)
+    async def get(self, model_type: str, version: str | None = None, *, limit_loads: bool = True) -> Resolved:
+        """The model for a request; loads on a miss, falls back if the default cannot load.
+
+        With `limit_loads`, a miss on an explicit version that is not the default
+        spends the on-demand load budget (LoadRateLimited when it is empty), so
+        clients cannot turn the cache into a load/evict loop. Hits and the default
+        (pinned or latest) version are never limited; internal callers that route
+        to a version themselves (e.g. a canary) pass `limit_loads=False`.
+        """
+        resolved = await self._get(model_type, version, limit_loads)
         self._requests[model_type] += 1
         return resolved
 
-    async def _get(self, model_type: str, version: str | None) -> Resolved:
+    async def _get(self, model_type: str, version: str | None, limit_loads: bool) -> Resolved:
+        deadline = self._clock() + self.load_timeout_s
         if version is not None:
             self._check_known(model_type)
             version = normalize_version(version)
-            model, hit = await self._lookup((model_type, version))
+            key = (model_type, version)
+            if limit_loads:
+                self._spend_ondemand(key)
+            model, hit = await self._lookup(key)
             return Resolved(model, version, hit)
         version = self.default_version(model_type)
         key = (model_type, version)
@@ -149,16 +177,43 @@ class ModelService:
                 return Resolved(model, version, hit)
             except ModelLoadError as exc:
                 self._mark_failed(key, exc.detail)
-        return await self._fallback(model_type, version)
+            except VersionNotFound:
+                # Removed from the registry since it became the default: fall back, not 404.
+                self._mark_failed(key, "the version was removed from the registry")
+        return await self._fallback(model_type, version, deadline)
 
-    async def _lookup(self, key: Key) -> tuple[LoadedModel, bool]:
+    def _spend_ondemand(self, key: Key) -> None:
+        if key in self.cache or self.cache.loading(key):
+            return
+        if key[1] == self.default_version(key[0]) or key[1] == self._pins.get(key[0]):
+            return
+        wait = self.ondemand.take()
+        if wait:
+            log.warning("on-demand load of %s %s refused: budget spent", *key)
+            raise LoadRateLimited(key[0], key[1], self.ondemand.per_minute, wait)
+
+    async def _lookup(self, key: Key, timeout: float | None = None) -> tuple[LoadedModel, bool]:
+        timeout = self.load_timeout_s if timeout is None else timeout
         try:
-            model, hit = await self.cache.aget_or_load(key, lambda: self._load(key))
+            model, hit = await self.cache.aget_or_load(key, lambda: self._load(key), timeout)
+        except TimeoutError:
+            self.metrics.cache_misses.labels(key[0]).inc()
+            self.metrics.model_load_failures.labels(key[0], "timeout").inc()
+            log.error("load of %s %s did not finish within %.1fs", *key, timeout)
+            raise LoadTimeout(*key, self.load_timeout_s) from None
         except Exception:
             self.metrics.cache_misses.labels(key[0]).inc()  # a failed lookup is a miss too
             raise
         (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(key[0]).inc()
         return model, hit
+
+    def _bounded(self, key: Key, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (a load or a check of `key`) on the load pool; LoadTimeout beyond the bound."""
+        try:
+            return self.pool.run(fn, self.load_timeout_s, f"{key[0]} {key[1]}")
+        except TimeoutError:
+            self.metrics.model_load_failures.labels(key[0], "timeout").inc()
+            raise LoadTimeout(*key, self.load_timeout_s) from None
 
     def _load(self, key: Key) -> tuple[LoadedModel, int]:
         model_type, version = key
@@ -183,22 +238,26 @@ class ModelService:
     def _mark_failed(self, key: Key, detail: str) -> None:
         self._failed[key] = (self._clock() + self.failure_ttl_s, detail)
 
-    async def _fallback(self, model_type: str, failed: str) -> Resolved:
+    async def _fallback(self, model_type: str, failed: str, deadline: float) -> Resolved:
         reason = self._failed.get((model_type, failed), (0.0, "load failed"))[1]
         ceiling = parse_version(failed)
-        candidates = [
-            v
-            for v in reversed(self.registry.versions(model_type))
-            if parse_version(v) < ceiling and not is_prerelease(v)
-        ]
+        try:
+            versions = self.registry.versions(model_type)
+        except RegistryError as exc:
+            raise ModelLoadError(model_type, failed, f"{reason}; {exc}", reason="io") from None
+        candidates = [v for v in reversed(versions) if parse_version(v) < ceiling and not is_prerelease(v)]
         for candidate in candidates:
             key = (model_type, candidate)
-            if self._recently_failed(key):
+            remaining = deadline - self._clock()
+            # One request waits at most one load timeout in all: past it, only cached fallbacks.
+            if self._recently_failed(key) or (remaining <= 0 and key not in self.cache):
                 continue
             try:
-                model, hit = await self._lookup(key)
+                model, hit = await self._lookup(key, max(remaining, 0.0))
             except ModelLoadError as exc:
                 self._mark_failed(key, exc.detail)
+                continue
+            except VersionNotFound:
                 continue
             self.metrics.fallbacks.labels(model_type).inc()
             log.warning(
@@ -247,7 +306,7 @@ class ModelService:
             # Nothing to swap: the next request loads the new default lazily. Still check
             # the artifact's checksum, so a corrupt target is refused here as on nodes that load it.
             try:
-                self.loader.read_verified(self.registry.metadata(model_type, target))
+                self._bounded((model_type, target), lambda: self.loader.verify(model_type, target))
             except (ModelLoadError, ModelNotFound) as exc:
                 detail = f"{exc}; still serving {previous}" if previous else str(exc)
                 return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
@@ -258,7 +317,7 @@ class ModelService:
                 Outcome(model_type, "ok", target, previous, "not cached on this node; loads on use"),
             )
         try:
-            model, size = self._load((model_type, target))
+            model, size = self._bounded((model_type, target), lambda: self._load((model_type, target)))
         except (ModelLoadError, ModelNotFound) as exc:
             detail = f"{exc}; still serving {previous}" if previous else str(exc)
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
@@ -272,7 +331,7 @@ class ModelService:
         """Load `version` afresh beside any cached copy and swap it in; the default is unchanged."""
         previous = self._default.get(model_type)
         try:
-            model, size = self._load((model_type, version))
+            model, size = self._bounded((model_type, version), lambda: self._load((model_type, version)))
         except (ModelLoadError, ModelNotFound) as exc:
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
         self.cache.replace((model_type, version), model, size)
@@ -296,7 +355,7 @@ class ModelService:
         for model_type in list(model_types)[: self.cache.capacity]:
             try:
                 version = self.default_version(model_type)
-                self.cache.get_or_load((model_type, version), lambda k=(model_type, version): self._load(k))
+                self._get_or_load((model_type, version))
                 loaded.append(f"{model_type}:{version}")
             except Exception as exc:
                 log.error("warm-up of %s failed: %s", model_type, exc)
@@ -306,8 +365,30 @@ class ModelService:
         """Make sure a model is cached (repository 'load'); return its version."""
         version = normalize_version(version) if version else self.default_version(model_type)
         self._check_known(model_type)
-        self.cache.get_or_load((model_type, version), lambda: self._load((model_type, version)))
+        self._get_or_load((model_type, version))
         return version
+
+    def _get_or_load(self, key: Key) -> LoadedModel:
+        try:
+            return self.cache.get_or_load(key, lambda: self._load(key), self.load_timeout_s)[0]
+        except TimeoutError:
+            self.metrics.model_load_failures.labels(key[0], "timeout").inc()
+            raise LoadTimeout(*key, self.load_timeout_s) from None
+
+    def load_health(self, stuck_after_s: float | None = None) -> list[str]:
+        """Problems with loading, for /readyz: empty when loads are not wedged."""
+        limit = self.load_timeout_s if stuck_after_s is None else stuck_after_s
+        running = self.pool.in_progress()
+        stuck = [f"{label} ({seconds:.0f}s)" for label, seconds in running if seconds > limit]
+        problems = []
+        if stuck:
+            problems.append(f"{len(stuck)} load(s) stuck longer than {limit:g}s: {', '.join(stuck)}")
+        if len(running) >= self.pool.workers and self.pool.queued:
+            problems.append(
+                f"all {self.pool.workers} load workers busy (MODELCACHE_LOAD_WORKERS), "
+                f"{self.pool.queued} load(s) waiting"
+            )
+        return problems
 
     def unload(self, model_type: str, version: str | None = None) -> list[str]:
         """Drop cached versions of a model type (all, or one); return those dropped."""
@@ -366,24 +447,21 @@ class ModelService:
         }
 
     def list_models(self) -> list[dict[str, Any]]:
+        """Every model type; one whose files cannot be read is listed with an `error`."""
         cached = self.cached_versions()
         out = []
-        for mt in self.registry.model_types():
-            versions = self.registry.versions(mt)
-            try:
-                latest: str | None = self.registry.latest(mt)
-            except VersionNotFound:
-                latest = None
-            out.append(
-                {
-                    "model_type": mt,
-                    "versions": versions,
-                    "latest": latest,
-                    "pin": self._pins.get(mt),
-                    "serving": self._default.get(mt),
-                    "cached": cached.get(mt, []),
-                }
-            )
+        for mt, found in sorted(self.registry.scan().items()):
+            entry: dict[str, Any] = {"model_type": mt}
+            if isinstance(found, RegistryError):
+                entry |= {"versions": [], "latest": None, "error": str(found)}
+            else:
+                entry |= {"versions": found, "latest": latest_stable(found)}
+            entry |= {
+                "pin": self._pins.get(mt),
+                "serving": self._default.get(mt),
+                "cached": cached.get(mt, []),
+            }
+            out.append(entry)
         return out
 
 

@@ -44,6 +44,12 @@ class NodeSettings(BaseSettings):
     """First wait between load attempts; doubles after each failure."""
     load_failure_ttl_s: float = Field(30.0, ge=0)
     """How long a version that failed to load is skipped in favour of its fallback."""
+    load_timeout_s: float = Field(60.0, gt=0)
+    """Longest a request (or reload) waits for a model load; beyond it the load fails (503)."""
+    load_workers: int = Field(4, ge=1)
+    """Threads dedicated to model loads: stuck reads on a hung filesystem cannot use more."""
+    ondemand_loads_per_min: int = Field(30, ge=1)
+    """Loads of explicitly requested non-default versions allowed per minute per node (429 beyond)."""
     pins: dict[str, str] = {}
     """Local version pins (JSON object); cluster pins from Redis take precedence."""
     warmup: list[str] = []

@@ -177,3 +177,32 @@ class TestModelCache:
         cache.get_or_load("b", loaded("B", 60))
         assert cache.cached_keys() == ["b"]
         assert cache.total_bytes == 60
+
+
+def test_a_waiter_timing_out_leaves_the_shared_load_to_the_others() -> None:
+    """wait_for cancels the caller's wrapper only: the load goes on and others still get it."""
+    release = threading.Event()
+    started = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    cache: ModelCache[str, str] = ModelCache(2, submit=lambda _key, run: pool.submit(run))
+
+    def slow() -> tuple[str, int]:
+        started.set()
+        release.wait(5)
+        return "A", 1
+
+    async def main() -> tuple[str, bool]:
+        with pytest.raises(TimeoutError):
+            await cache.aget_or_load("a", slow, timeout=0.05)
+        assert started.is_set() and cache.loading("a")
+        second = asyncio.create_task(cache.aget_or_load("a", slow, timeout=5))
+        await asyncio.sleep(0.05)
+        release.set()
+        return await second
+
+    try:
+        assert asyncio.run(main()) == ("A", False)
+        assert cache.loads == 1 and "a" in cache and not cache.loading("a")
+    finally:
+        release.set()
+        pool.shutdown()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import threading
 from pathlib import Path
 
 import joblib
@@ -9,9 +12,9 @@ import pytest
 from coordinator.errors import ModelNotFound, VersionNotFound
 from coordinator.registry import Registry
 from node.errors import ChecksumMismatch, ModelLoadError
-from node.loader import Loader
+from node.loader import Loader, LoadPool
 from node.runtime import deserialize
-from tests.helpers import PublishFn, corrupt
+from tests.helpers import PublishFn, corrupt, eventually
 
 
 class Payload:
@@ -86,3 +89,74 @@ def test_tampered_joblib_is_never_unpickled(registry: Registry, tmp_path: Path) 
     with pytest.raises(ModelLoadError):
         deserialize(meta, evil)
     assert marker.exists()
+
+
+def _edit_metadata(registry: Registry, model_type: str, version: str, **changes: object) -> None:
+    path = registry.root / model_type / version / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_artifact_larger_than_size_bytes_is_refused_unread(registry: Registry, publish: PublishFn) -> None:
+    """A sparse 8 GiB artifact: the loader reads size_bytes + 1 bytes, not gigabytes."""
+    meta = publish("m", "1.0")
+    os.truncate(registry.artifact_path(meta), 8 << 30)
+    sleeps: list[float] = []
+    with pytest.raises(ModelLoadError, match="larger than its recorded size_bytes") as info:
+        Loader(registry, retries=2, sleep=sleeps.append).load("m", "1.0")
+    assert info.value.reason == "size"
+
+
+def test_size_bytes_zero_with_a_real_artifact_is_refused(registry: Registry, publish: PublishFn) -> None:
+    """size_bytes 0 would make the cache's byte budget count the model as free."""
+    publish("m", "1.0")
+    _edit_metadata(registry, "m", "1.0", size_bytes=0)
+    with pytest.raises(ModelLoadError, match=r"larger than its recorded size_bytes \(0\)"):
+        Loader(registry, retries=1).load("m", "1.0")
+
+
+def test_bad_metadata_is_a_load_error_with_a_reason_and_no_retry(
+    registry: Registry, publish: PublishFn
+) -> None:
+    publish("m", "1.0")
+    _edit_metadata(registry, "m", "1.0", size_bytes=True)
+    sleeps: list[float] = []
+    with pytest.raises(ModelLoadError, match="size_bytes must be a non-negative integer") as info:
+        Loader(registry, retries=3, sleep=sleeps.append).load("m", "1.0")
+    assert info.value.reason == "metadata" and sleeps == []
+    assert str(registry.root) not in str(info.value)
+
+
+def test_unreadable_artifact_is_retried_then_fails_without_a_path(
+    registry: Registry, publish: PublishFn
+) -> None:
+    """A directory where the artifact is expected: an OSError on read, as from a failing disk."""
+    meta = publish("m", "1.0")
+    path = registry.artifact_path(meta)
+    path.unlink()
+    path.mkdir()
+    sleeps: list[float] = []
+    with pytest.raises(ModelLoadError, match=r"model\.ubj is not a regular file") as info:
+        Loader(registry, retries=3, backoff_s=0.1, sleep=sleeps.append).load("m", "1.0")
+    assert info.value.reason == "io" and sleeps == [0.1, 0.2]
+    assert str(registry.root) not in str(info.value)
+
+
+def test_load_pool_runs_at_most_its_workers_and_reports_them() -> None:
+    pool = LoadPool(2)
+    release = threading.Event()
+    started: list[int] = []
+
+    def job(i: int) -> int:
+        started.append(i)
+        release.wait(5)
+        return i
+
+    futures = [pool.submit(lambda i=i: job(i), f"m {i}") for i in range(5)]
+    assert eventually(lambda: len(pool.in_progress()) == 2)
+    assert len(started) == 2 and pool.queued == 3
+    assert {label for label, _ in pool.in_progress()} <= {f"m {i}" for i in range(5)}
+    with pytest.raises(TimeoutError):
+        pool.run(lambda: 1, 0.05)
+    release.set()
+    assert sorted(f.result(5) for f in futures) == [0, 1, 2, 3, 4]
+    assert eventually(lambda: pool.in_progress() == [])

@@ -1,18 +1,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from coordinator.errors import InvalidName, ModelNotFound, VersionNotFound
 from coordinator.registry import Registry
-from node.errors import ChecksumMismatch, ModelLoadError
+from node.errors import ChecksumMismatch, LoadRateLimited, ModelLoadError
 from node.loader import Loader
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel
 from node.service import ModelService
-from tests.helpers import PublishFn, corrupt
+from tests.helpers import PublishFn, corrupt, eventually
 
 ROW = [[0.1, 0.2, 0.3, 0.4]]
 
@@ -238,3 +244,143 @@ def test_stats_use_the_documented_names(registry: Registry, publish: PublishFn) 
     assert stats["miss_rate"] == pytest.approx(2 / 3, abs=1e-5)
     assert stats["models"][0]["model_type"] == "b"
     assert stats["cache_bytes"] == stats["models"][0]["size_bytes"] > 0
+
+
+# -- filesystems fail (issue 8 section 2) and the on-demand load bound ---------
+def _metadata_path(registry: Registry, model_type: str, version: str) -> Path:
+    return registry.root / model_type / version / "metadata.json"
+
+
+@pytest.mark.parametrize("breakage", ["invalid json", "size_bytes true", "directory", "symlink"])
+def test_unusable_metadata_on_the_default_falls_back(
+    registry: Registry, publish: PublishFn, breakage: str
+) -> None:
+    publish("m", "1.0.0")
+    publish("m", "1.1.0")
+    path = _metadata_path(registry, "m", "1.1.0")
+    if breakage == "invalid json":
+        path.write_text("{not json")
+    elif breakage == "size_bytes true":
+        path.write_text(json.dumps({**json.loads(path.read_text()), "size_bytes": True}))
+    elif breakage == "directory":  # an OSError on read, from real file state
+        path.unlink()
+        path.mkdir()
+    else:
+        path.rename(path.with_name("real.json"))
+        path.symlink_to("real.json")
+    service = make_service(registry)
+    resolved = get(service, "m")
+    assert (resolved.version, resolved.fallback_from) == ("1.0.0", "1.1.0")
+    assert sample(service, "modelcache_fallbacks_total", model_type="m") == 1
+
+
+def test_default_version_removed_while_serving_falls_back(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0.0")
+    publish("m", "1.1.0")
+    service = make_service(registry)
+    assert get(service, "m").version == "1.1.0"
+    service.unload("m")
+    shutil.rmtree(registry.root / "m" / "1.1.0")
+    resolved = get(service, "m")
+    assert (resolved.version, resolved.fallback_from) == ("1.0.0", "1.1.0")
+
+
+@pytest.fixture
+def fifo_artifact(registry: Registry, publish: PublishFn) -> Iterator[Callable[[str, str], None]]:
+    """Replace a published artifact with a FIFO: open() blocks, as a read on a hung NFS mount."""
+    made: list[Path] = []
+
+    def _make(model_type: str, version: str) -> None:
+        path = registry.artifact_path(publish(model_type, version))
+        path.unlink()
+        os.mkfifo(path)
+        made.append(path)
+
+    yield _make
+    for path in made:  # unblock the reader (its open returns; the load then fails and ends)
+        while True:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader waits on it any more
+                break
+
+
+def test_a_hung_read_times_out_and_does_not_starve_other_loads(
+    registry: Registry, publish: PublishFn, fifo_artifact: Callable[[str, str], None]
+) -> None:
+    fifo_artifact("hung", "1.0")
+    publish("ok", "1.0")
+    service = make_service(registry, load_timeout_s=0.5, load_workers=2)
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"longer than 0\.5s"):
+        get(service, "hung")
+    assert time.monotonic() - started < 2.0
+    assert sample(service, "modelcache_loads_in_progress") == 1  # still stuck in open()
+    assert sample(service, "modelcache_model_load_failures_total", model_type="hung", reason="timeout") == 1
+    # Other models load on the remaining worker; metadata does not use the pool at all.
+    assert get(service, "ok").version == "1.0"
+    assert asyncio.run(asyncio.to_thread(registry.metadata, "hung", "1.0")).version == "1.0"
+    # Reloads are bounded too: the outcome says so instead of hanging the reconcile loop.
+    [outcome] = service.reload("hung", "1.0")
+    assert outcome.outcome == "failed" and "longer than 0.5s" in outcome.detail
+    [problem] = service.load_health()
+    assert problem.startswith("2 load(s) stuck longer than 0.5s: hung 1.0 (")
+    # The pool is the bound: with every worker stuck, a further load waits and times out
+    # (the node still serves cache hits), and the health check says why.
+    publish("late", "1.0")
+    with pytest.raises(ModelLoadError, match="longer than"):
+        get(service, "late")
+    assert get(service, "ok").cached
+    assert service.load_health()[1] == "all 2 load workers busy (MODELCACHE_LOAD_WORKERS), 1 load(s) waiting"
+
+
+def test_load_health_is_empty_when_loads_finish(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0")
+    service = make_service(registry, load_timeout_s=5)
+    get(service, "m")
+    assert service.load_health() == []
+    # The request wakes as the model lands; the pool thread finishes its bookkeeping just after.
+    assert eventually(lambda: sample(service, "modelcache_loads_in_progress") == 0, timeout=2)
+
+
+def test_ondemand_loads_of_non_default_versions_are_bounded(registry: Registry, publish: PublishFn) -> None:
+    for v in ("1.0", "2.0", "3.0", "4.0"):
+        publish("m", v)
+    now = [1000.0]
+    service = make_service(registry, cache_size=1, ondemand_loads_per_min=2, clock=lambda: now[0])
+    assert get(service, "m", "1.0").version == "1.0"
+    assert get(service, "m", "2.0").version == "2.0"
+    with pytest.raises(LoadRateLimited) as info:
+        get(service, "m", "3.0")
+    assert info.value.code == "too_many_loads" and info.value.retry_after_s == 30
+    assert "MODELCACHE_ONDEMAND_LOADS_PER_MIN" in str(info.value)
+    assert get(service, "m", "2.0").cached  # a hit of any version is never limited
+    assert get(service, "m").version == "4.0"  # nor a load of the default...
+    assert get(service, "m", "4.0").cached is True  # ...named explicitly (evicting 2.0 on the way)
+    assert get(make_service(registry, pins={"m": "1.0"}, ondemand_loads_per_min=1), "m", "1.0").version
+    assert asyncio.run(service.get("m", "3.0", limit_loads=False)).version == "3.0"  # internal routing
+    now[0] += 30  # one token back at 2 per minute
+    assert get(service, "m", "1.0").version == "1.0"
+    with pytest.raises(LoadRateLimited):
+        get(service, "m", "2.0")
+
+
+def test_list_models_goes_on_past_an_unreadable_model_type(
+    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Monkeypatched os.scandir: as root, no file mode makes listing a directory fail."""
+    publish("a", "1.0")
+    publish("b", "1.0")
+    real_scandir = os.scandir
+    denied = registry.root / "b"
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path) == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = {m["model_type"]: m for m in make_service(registry).list_models()}
+    assert listing["a"]["versions"] == ["1.0"] and "error" not in listing["a"]
+    assert listing["b"]["versions"] == [] and "Permission denied" in listing["b"]["error"]
+    assert str(registry.root) not in listing["b"]["error"]
