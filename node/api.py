@@ -27,6 +27,7 @@ from node.http_common import (
     error_response,
     install_error_handlers,
     read_body,
+    refused_input,
 )
 from node.metrics import NodeMetrics
 from node.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
@@ -55,17 +56,11 @@ TimeoutQuery = Annotated[float, Query(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=Fals
 
 
 def predict_rows(model: LoadedModel, rows: list[Row], label: str) -> Predictions:
-    """Predict, turning the model's own refusal of the input into a 422.
-
-    An estimator without NaN support raises ValueError at predict time for a null
-    feature; that is the client's input, not a server fault.
-    """
+    """Predict; the model's own refusal of the input is a 422, not a 500."""
     try:
         return model.predict(rows)
     except (ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        hint = " (null marks a missing value, which this model cannot take)" if "NaN" in first else ""
-        raise InvalidInput(f"{label} cannot predict this input: {first}{hint}") from None
+        raise refused_input(label, exc) from None
 
 
 class Cluster(Protocol):

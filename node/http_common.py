@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -34,6 +34,8 @@ from node.tensors import TensorError
 log = logging.getLogger("modelcache.api")
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Bodies above this are parsed and validated in a worker thread: a 1 MB batch costs
 # tens of ms of parsing, which on the event loop would stall every other request.
@@ -176,6 +178,24 @@ def _is_type_tag(part: object) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("list", "dict"))
 
 
+def refused_input(label: str, exc: Exception) -> InvalidInput:
+    """A model's own refusal of the input (ValueError/TypeError at predict time) as a 422.
+
+    An estimator without NaN support raises ValueError for a null feature: the
+    client's input, not a server fault.
+    """
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    hint = " (null marks a missing value, which this model cannot take)" if "NaN" in first else ""
+    return InvalidInput(f"{label} cannot predict this input: {scrub(first)}{hint}")
+
+
+async def off_loop_if_big(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn` in a worker thread when it works on a body over OFFLOAD_BYTES, else inline."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
 # -- bodies -----------------------------------------------------------------
 def require_json(request: Request) -> None:
     """Refuse a body that says it is something other than JSON (absent means JSON)."""
@@ -214,9 +234,7 @@ async def read_body(request: Request, model: type[M], max_rows: int | None = Non
     """The request's JSON body as `model`; big bodies are decoded off the event loop."""
     require_json(request)
     raw = await request.body()
-    if len(raw) > OFFLOAD_BYTES:
-        return await asyncio.to_thread(decode_body, raw, model, max_rows)
-    return decode_body(raw, model, max_rows)
+    return await off_loop_if_big(len(raw), decode_body, raw, model, max_rows)
 
 
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
