@@ -11,27 +11,32 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-import orjson
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coordinator.errors import (
-    ClusterUnavailable,
-    InvalidName,
-    MetadataError,
-    ModelCacheError,
-    ModelNotFound,
+from node.errors import BatchTooLarge, InvalidInput
+from node.http_common import (
+    AdminError,
+    FastJSON,
+    NotAvailable,
+    add_schemas,
+    body_doc,
+    error_response,
+    install_error_handlers,
+    read_body,
+    refused_input,
 )
-from node.errors import BatchTooLarge, InvalidInput, ModelLoadError, NotReady
 from node.metrics import NodeMetrics
-from node.middleware import BodyLimitMiddleware, NodeHeaderMiddleware
+from node.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
+from node.runtime import LoadedModel, Predictions, Row
 from node.schemas import (
     ADMIN_ERRORS,
     ERRORS,
+    MAX_TIMEOUT_S,
     BatchBody,
     BatchRequest,
     BatchResponse,
@@ -43,45 +48,23 @@ from node.schemas import (
 )
 from node.service import ModelService, Resolved
 from node.settings import NodeSettings
-from node.tensors import TensorError
 from node.v2 import create_v2_router
 
 log = logging.getLogger("modelcache.api")
 
-
-class FastJSON(JSONResponse):
-    """JSON rendered by orjson: the prediction path's serialisation is a visible share of its cost."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+# Query parameters get the same bounds as the bodies' `timeout_s` (NaN, inf, <= 0 are refused).
+TimeoutQuery = Annotated[float, Query(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
 
 
-class AdminError(ModelCacheError):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status, self.code = status, code
-        super().__init__(message)
-
-
-class NotAvailable(ModelCacheError):
-    code = "not_implemented"
-
-
-ERROR_STATUS: list[tuple[type[Exception], int]] = [
-    (TensorError, 400),
-    (InvalidName, 422),
-    (ModelNotFound, 404),
-    (InvalidInput, 422),
-    (BatchTooLarge, 413),
-    (ModelLoadError, 503),
-    (MetadataError, 503),
-    (NotReady, 503),
-    (ClusterUnavailable, 503),
-    (NotAvailable, 501),
-]
-
-
-def error_response(status: int, code: str, message: str, **headers: str) -> FastJSON:
-    return FastJSON({"error": message, "code": code}, status_code=status, headers=headers)
+def predict_rows(model: LoadedModel, rows: list[Row], label: str) -> Predictions:
+    """Predict; the model's own refusal of the input is a 422, not a 500."""
+    try:
+        # A value beyond float32 becomes inf, which to_matrix refuses with a 422; the cast's
+        # overflow warning is expected, not an error (it is one under filterwarnings=error).
+        with np.errstate(over="ignore"):
+            return model.predict(rows)
+    except (ValueError, TypeError) as exc:
+        raise refused_input(label, exc) from None
 
 
 class Cluster(Protocol):
@@ -139,22 +122,12 @@ def create_app(
         lifespan=lifespan,
         default_response_class=FastJSON,
     )
+    # Added last is outermost: the node header goes on everything, the 500 included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(NodeHeaderMiddleware, node_id=node_id)
-
-    @app.exception_handler(ModelCacheError)
-    async def _known(_req: Request, exc: ModelCacheError) -> Response:
-        if isinstance(exc, AdminError):
-            extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-            return error_response(exc.status, exc.code, str(exc), **extra)
-        for cls, status in ERROR_STATUS:
-            if isinstance(exc, cls):
-                return error_response(status, exc.code, str(exc))
-        return error_response(500, exc.code, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, "invalid_input", _describe_validation(exc))
+    install_error_handlers(app, settings.registry)
+    add_schemas(app, [PredictRequest, PredictBody, BatchRequest, BatchBody, ReloadRequest, PinRequest])
 
     def require_admin(request: Request) -> None:
         if not settings.admin_token:
@@ -177,7 +150,7 @@ def create_app(
     async def _predict(model_type: str, body: PredictBody) -> Response:
         resolved = await service.get(model_type, body.version)
         started = time.perf_counter()
-        out = resolved.model.predict([body.features])
+        out = predict_rows(resolved.model, [body.features], f"{model_type} {resolved.version}")
         metrics.observe_prediction(model_type, time.perf_counter() - started, 1)
         payload: dict[str, Any] = {
             "model_type": model_type,
@@ -191,13 +164,13 @@ def create_app(
         return _respond(payload, resolved)
 
     async def _batch(model_type: str, body: BatchBody) -> Response:
-        if len(body.instances) > settings.max_batch:
+        if len(body.instances) > settings.max_batch:  # read_body checked already; kept for direct calls
             raise BatchTooLarge(len(body.instances), settings.max_batch)
         if not body.instances:
             raise InvalidInput("instances is empty: send at least one row")
         resolved = await service.get(model_type, body.version)
         started = time.perf_counter()
-        out = resolved.model.predict(body.instances)
+        out = predict_rows(resolved.model, body.instances, f"{model_type} {resolved.version}")
         metrics.observe_prediction(model_type, time.perf_counter() - started, len(body.instances))
         payload: dict[str, Any] = {
             "model_type": model_type,
@@ -217,14 +190,32 @@ def create_app(
             headers["X-Modelcache-Fallback"] = f"{resolved.fallback_from} -> {resolved.version}"
         return FastJSON(payload, headers=headers)
 
-    @app.post("/api/v1/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
-    async def predict(body: PredictRequest) -> Response:
+    # Bodies are read with `read_body`, not declared as parameters: FastAPI would parse and
+    # validate them on the event loop, before admin checks, and before counting rows.
+    max_rows = settings.max_batch
+
+    @app.post(
+        "/api/v1/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        tags=["predict"],
+        openapi_extra=body_doc(PredictRequest),
+    )
+    async def predict(request: Request) -> Response:
         """Predict one row. The version is the request's, else the pin, else the latest stable."""
+        body = await read_body(request, PredictRequest)
         return await _predict(body.model_type, body)
 
-    @app.post("/api/v1/batch_predict", response_model=BatchResponse, responses=ERRORS, tags=["predict"])
-    async def batch_predict(body: BatchRequest) -> Response:
+    @app.post(
+        "/api/v1/batch_predict",
+        response_model=BatchResponse,
+        responses=ERRORS,
+        tags=["predict"],
+        openapi_extra=body_doc(BatchRequest),
+    )
+    async def batch_predict(request: Request) -> Response:
         """Predict many rows with one model in one call (cheaper per row than /predict)."""
+        body = await read_body(request, BatchRequest, max_rows)
         return await _batch(body.model_type, body)
 
     @app.post(
@@ -232,20 +223,22 @@ def create_app(
         response_model=PredictResponse,
         responses=ERRORS,
         tags=["predict"],
+        openapi_extra=body_doc(PredictBody),
     )
-    async def predict_in_path(model_type: str, body: PredictBody) -> Response:
+    async def predict_in_path(model_type: str, request: Request) -> Response:
         """As /api/v1/predict, with the model in the path so a load balancer can route by it."""
-        return await _predict(model_type, body)
+        return await _predict(model_type, await read_body(request, PredictBody))
 
     @app.post(
         "/api/v1/models/{model_type}/batch_predict",
         response_model=BatchResponse,
         responses=ERRORS,
         tags=["predict"],
+        openapi_extra=body_doc(BatchBody),
     )
-    async def batch_in_path(model_type: str, body: BatchBody) -> Response:
+    async def batch_in_path(model_type: str, request: Request) -> Response:
         """As /api/v1/batch_predict, with the model in the path."""
-        return await _batch(model_type, body)
+        return await _batch(model_type, await read_body(request, BatchBody, max_rows))
 
     # -- models -------------------------------------------------------------
     @app.get("/api/v1/models", tags=["models"])
@@ -260,12 +253,19 @@ def create_app(
         cached = meta.version in service.cached_versions().get(model_type, [])
         return {**meta.to_dict(), "cached_on_node": cached}
 
-    @app.post("/api/v1/models/reload", dependencies=admin, responses=ADMIN_ERRORS, tags=["admin"])
-    async def reload(body: ReloadRequest) -> dict[str, Any]:
+    @app.post(
+        "/api/v1/models/reload",
+        dependencies=admin,
+        responses=ADMIN_ERRORS,
+        tags=["admin"],
+        openapi_extra=body_doc(ReloadRequest),
+    )
+    async def reload(request: Request) -> dict[str, Any]:
         """Reload without downtime: the new model loads beside the old, then swaps in.
 
         `scope=node` reloads this node only; `scope=cluster` reaches every node through Redis.
         """
+        body = await read_body(request, ReloadRequest)  # after the admin check: no parsing for strangers
         if body.scope == "cluster":
             return await need_cluster().reload(body.model_type, body.version, body.wait, body.timeout_s)
         outcomes = await asyncio.to_thread(service.reload, body.model_type, body.version, source="api")
@@ -282,13 +282,22 @@ def create_app(
         pins = await cluster.pins() if cluster is not None else service.pins
         return {"pins": pins}
 
-    @app.put("/api/v1/pins/{model_type}", dependencies=admin, responses=ADMIN_ERRORS, tags=["cluster"])
-    async def put_pin(model_type: str, body: PinRequest) -> dict[str, Any]:
+    @app.put(
+        "/api/v1/pins/{model_type}",
+        dependencies=admin,
+        responses=ADMIN_ERRORS,
+        tags=["cluster"],
+        openapi_extra=body_doc(PinRequest),
+    )
+    async def put_pin(model_type: str, request: Request) -> dict[str, Any]:
         """Pin a model type to a version on every node (refused if the version does not exist)."""
+        body = await read_body(request, PinRequest)
         return await need_cluster().set_pin(model_type, body.version, body.wait, body.timeout_s)
 
     @app.delete("/api/v1/pins/{model_type}", dependencies=admin, responses=ADMIN_ERRORS, tags=["cluster"])
-    async def delete_pin(model_type: str, wait: bool = False, timeout_s: float = 10.0) -> dict[str, Any]:
+    async def delete_pin(
+        model_type: str, wait: bool = False, timeout_s: TimeoutQuery = 10.0
+    ) -> dict[str, Any]:
         """Remove a pin: every node goes back to the latest stable version."""
         return await need_cluster().unpin(model_type, wait, timeout_s)
 
@@ -326,23 +335,3 @@ def create_app(
     app.state.service = service
     app.state.readiness = state
     return app
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
-    """One readable sentence from pydantic's error list."""
-    errors = list(exc.errors())
-    # A union (list or map) reports a failure per branch; keep the branch the input took.
-    shape_errors = {"dict_type", "list_type"}
-    specific = [e for e in errors if e.get("type") not in shape_errors] or errors
-    parts = []
-    for err in specific[:5]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(p)]
-        msg = err.get("msg", "invalid")
-        if err.get("type") in ("float_type", "float_parsing", "float_finite_number"):
-            msg = "must be a number or null"
-        parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
-    return "invalid request: " + "; ".join(parts)
-
-
-def _is_type_tag(part: object) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("list", "dict"))

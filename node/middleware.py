@@ -1,9 +1,21 @@
-"""Pure ASGI middleware: request size limit, and the node id on every response."""
+"""Pure ASGI middleware: request size limit, the last-resort 500, the node id on every response."""
 
 from __future__ import annotations
 
-import orjson
+import logging
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from node.http_common import INTERNAL_ERROR, error_body
+
+log = logging.getLogger("modelcache.api")
+
+
+async def send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = error_body(code, message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -23,6 +35,16 @@ class BodyLimitMiddleware:
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._reject(send)
+                return
+            # A compressed body would be parsed as garbage, and inflating it is a bomb waiting to happen.
+            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                encoding = value.decode("latin-1")[:40]
+                await send_error(
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed",
+                )
                 return
         chunks: list[bytes] = []
         size = 0
@@ -51,16 +73,42 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": f"request body exceeds {self.max_bytes} bytes (MODELCACHE_MAX_BODY_BYTES); "
-                "send fewer rows per request",
-                "code": "body_too_large",
-            }
+        message = (
+            f"request body exceeds {self.max_bytes} bytes (MODELCACHE_MAX_BODY_BYTES); "
+            "send fewer rows per request"
         )
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "body_too_large", message)
+
+
+class InternalErrorMiddleware:
+    """Turn an exception no handler mapped into a 500 in the documented shape, with no internals.
+
+    Starlette's own catch-all answers plain text and re-raises; this one logs the
+    traceback and answers `{"error", "code": "internal_error"}`. Inputs should never
+    get here: the fuzz tests assert that no request does.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # too late for a response: let the server drop the connection
+                raise
+            await send_error(send, 500, "internal_error", INTERNAL_ERROR)
 
 
 class NodeHeaderMiddleware:

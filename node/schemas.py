@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 # Strict: "1.5" (a string) or true is refused with 422 rather than coerced.
 Value = StrictFloat | None
 Features = list[Value] | dict[str, Value]
+
+MAX_TIMEOUT_S = 120.0
+# Bounded and finite: a NaN, infinite or huge timeout would hold a request (and its Redis wait) forever.
+Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
 
 _ROW = {
     "tenure_months": 12,
@@ -117,14 +121,14 @@ class ReloadRequest(BaseModel):
     version: str | None = Field(None, description="Load this exact version afresh.")
     scope: Literal["cluster", "node"] = "cluster"
     wait: bool = Field(False, description="Cluster scope: wait for every node's acknowledgement.")
-    timeout_s: float = Field(10.0, gt=0, le=120)
+    timeout_s: Timeout = 10.0
 
 
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "1.0.0"}]})
     version: str
     wait: bool = False
-    timeout_s: float = Field(10.0, gt=0, le=120)
+    timeout_s: Timeout = 10.0
 
 
 class ErrorBody(BaseModel):

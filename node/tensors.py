@@ -6,6 +6,7 @@ tensor data extension) are testable on their own.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from node.errors import InvalidInput
+from node.errors import BatchTooLarge, InvalidInput
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -49,7 +50,10 @@ class InferRequest:
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Split a (possibly binary-extended) body into its JSON header and binary tail."""
+    """Split a (possibly binary-extended) body into its JSON header and binary tail.
+
+    Every field's type is checked here, so later code can index and hash it safely.
+    """
     if header_length is not None:
         try:
             n = int(header_length)
@@ -64,33 +68,53 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise TensorError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise TensorError('request needs "inputs": a non-empty list of tensors')
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise TensorError('request needs "inputs": a non-empty list of tensor objects')
+    for tensor in inputs:
+        _parameters(tensor, f"input {str(tensor.get('name', 'input-0'))[:60]!r}")
     outputs = doc.get("outputs")
     if outputs is not None and (
-        not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs)
+        not isinstance(outputs, list)
+        or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
     ):
-        raise TensorError('"outputs" must be a list of {"name": ...} objects')
+        raise TensorError('"outputs" must be a list of {"name": "<output name>"} objects')
+    for output in outputs or []:
+        _parameters(output, f"output {output['name'][:60]!r}")
     request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str | int | float):
+        raise TensorError('"id" must be a string')
     return InferRequest(
         id=None if request_id is None else str(request_id),
-        inputs=doc["inputs"],
+        inputs=inputs,
         outputs=outputs,
-        parameters=doc.get("parameters") or {},
+        parameters=_parameters(doc, "request"),
         binary=binary,
     )
 
 
-def decode_input(request: InferRequest, n_features: int) -> np.ndarray:
-    """The single input tensor as a float32 matrix [N, F] (NaN for missing)."""
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise TensorError(f'{where}: "parameters" must be an object')
+    return params
+
+
+def decode_input(request: InferRequest, n_features: int, max_rows: int | None = None) -> np.ndarray:
+    """The single input tensor as a float32 matrix [N, F] (NaN for missing).
+
+    `max_rows` refuses an over-limit batch on its declared shape, before any data is decoded.
+    """
     if len(request.inputs) != 1:
         raise TensorError(
             f"expected exactly one input tensor of shape [N, {n_features}], got {len(request.inputs)}"
         )
     tensor = request.inputs[0]
-    name = tensor.get("name", "input-0")
+    name = str(tensor.get("name", "input-0"))[:60]
     datatype = tensor.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise TensorError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
     shape = tensor.get("shape")
     if (
@@ -98,65 +122,86 @@ def decode_input(request: InferRequest, n_features: int) -> np.ndarray:
         or len(shape) != 2
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise TensorError(f"input {name!r}: shape must be [N, {n_features}], got {shape!r}")
+        raise TensorError(f"input {name!r}: shape must be [N, {n_features}], got {shape!r}"[:300])
     if n_features and shape[1] != n_features:
         raise TensorError(f"input {name!r}: the model takes {n_features} features, shape says {shape[1]}")
     if shape[0] == 0:
         raise TensorError(f"input {name!r}: shape {shape} has no rows")
+    if max_rows is not None and shape[0] > max_rows:
+        raise BatchTooLarge(shape[0], max_rows)
     count = shape[0] * shape[1]
     dtype = DTYPES[datatype]
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
-        array = _from_binary(request, name, dtype, int(size), count)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TensorError(f"input {name!r}: binary_data_size must be a non-negative integer")
+        array = _from_binary(request, name, dtype, size, count)
     else:
         array = _from_json(tensor.get("data"), name, datatype, dtype, shape)
-    x = array.reshape(shape).astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
+        x = array.reshape(shape).astype(np.float32)
     if np.isinf(x).any():
-        raise TensorError(f"input {name!r}: values must be finite")
+        raise TensorError(f"input {name!r}: values must be finite (and within float32's range)")
     return x
 
 
+_FLOAT_TYPES = frozenset({int, float, type(None)})
+_INT_TYPES = frozenset({int, float})
+
+
 def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray:
+    """Vectorised: one C-level pass collects the values' types, numpy converts the rest.
+
+    JSON nested by row (`[[..], [..]]`) or flat (`[..]`); any other nesting is refused.
+    """
     if not isinstance(data, list):
         raise TensorError(f'input {name!r}: "data" must be a list (flat or nested, row-major)')
     count = shape[0] * shape[1]
-    if (
-        data
-        and isinstance(data[0], list)
-        and (len(data) != shape[0] or any(not isinstance(r, list) or len(r) != shape[1] for r in data))
-    ):
-        raise TensorError(f"input {name!r}: nested data does not have shape {shape}")
-    flat = _flatten(data)
-    if len(flat) != count:
-        raise TensorError(f"input {name!r}: shape needs {count} values, data has {len(flat)}")
-    for v in flat:
-        ok = (
-            isinstance(v, bool)
-            if datatype == "BOOL"
-            else (v is None and dtype.kind == "f") or (isinstance(v, int | float) and not isinstance(v, bool))
-        )
-        if not ok:
-            raise TensorError(f"input {name!r}: {v!r} is not a valid {datatype} value")
-        if dtype.kind in "iu" and isinstance(v, float) and not v.is_integer():
-            raise TensorError(f"input {name!r}: {v!r} is not an integer ({datatype})")
+    nested = bool(data) and isinstance(data[0], list)
+    if nested:
+        if len(data) != shape[0] or any(type(r) is not list or len(r) != shape[1] for r in data):
+            raise TensorError(f"input {name!r}: nested data does not have shape {shape}")
+        values: Any = itertools.chain.from_iterable(data)
+    else:
+        if len(data) != count:
+            raise TensorError(f"input {name!r}: shape needs {count} values, data has {len(data)}")
+        values = data
+    # Exact types: bool is an int subclass, and must not pass for a number (nor 1 for a BOOL).
+    allowed = frozenset({bool}) if datatype == "BOOL" else _FLOAT_TYPES if dtype.kind == "f" else _INT_TYPES
+    found = set(map(type, values))
+    if not found <= allowed:
+        flat = itertools.chain.from_iterable(data) if nested else data
+        bad = next(v for v in flat if type(v) not in allowed)
+        raise TensorError(f"input {name!r}: {_show(bad)} is not a valid {datatype} value")
     try:
-        return np.array(flat, dtype=np.float64 if dtype.kind == "f" else dtype)
+        if dtype.kind == "f":
+            # None becomes NaN (missing) in a float array.
+            return np.array(data, dtype=np.float64).reshape(-1)
+        if dtype.kind == "b":
+            return np.array(data, dtype=np.bool_).reshape(-1)
+        if float in found:
+            return _integral(np.array(data, dtype=np.float64).reshape(-1), name, datatype, dtype)
+        return np.array(data, dtype=dtype).reshape(-1)
     except OverflowError:
         raise TensorError(f"input {name!r}: a value is out of range for {datatype}") from None
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
+def _integral(values: np.ndarray, name: str, datatype: str, dtype: np.dtype[Any]) -> np.ndarray:
+    """Floats sent for an integer datatype: whole, and within the datatype's range."""
+    whole = values == np.floor(values)
+    if not whole.all():
+        bad = values[~whole][0].item()
+        raise TensorError(f"input {name!r}: {bad!r} is not an integer ({datatype})")
+    info = np.iinfo(dtype)
+    # max + 1 is exact as a float (a power of two); max itself may round up past the range.
+    if (values < info.min).any() or (values >= float(info.max) + 1).any():
+        raise TensorError(f"input {name!r}: a value is out of range for {datatype}")
+    return values.astype(dtype)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _from_binary(request: InferRequest, name: str, dtype: np.dtype[Any], size: int, count: int) -> np.ndarray:

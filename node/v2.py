@@ -18,7 +18,8 @@ from fastapi.responses import Response
 
 from coordinator.errors import InvalidName
 from coordinator.versions import normalize_version
-from node.errors import BatchTooLarge, InvalidInput
+from node.errors import InvalidInput
+from node.http_common import off_loop_if_big, refused_input
 from node.metrics import NodeMetrics
 from node.service import ModelService
 from node.settings import NodeSettings
@@ -140,20 +141,21 @@ def create_v2_router(
 
     async def _infer(name: str, version: str | None, request: Request) -> Response:
         body = await request.body()
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        # A big body is parsed and decoded in a worker thread: the event loop keeps serving.
+        parsed = await off_loop_if_big(len(body), parse_request, body, request.headers.get(HEADER_LENGTH))
         try:
             resolved = await service.get(name, version)
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         model = resolved.model
-        x = decode_input(parsed, model.n_features)
-        if len(x) > settings.max_batch:
-            raise BatchTooLarge(len(x), settings.max_batch)
+        x = await off_loop_if_big(len(body), decode_input, parsed, model.n_features, settings.max_batch)
         started = time.perf_counter()
         try:
             out = model.adapter.predict(x)
         except InvalidInput as exc:
             raise TensorError(str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise TensorError(str(refused_input(f"{name} {resolved.version}", exc))) from None
         metrics.observe_prediction(name, time.perf_counter() - started, len(x))
         available: dict[str, Any] = {"predict": out.labels}
         if out.class_probabilities is not None:
@@ -222,7 +224,12 @@ def create_v2_router(
     async def repository_load(name: str, request: Request) -> dict[str, Any]:
         """Load a model's default version (or `parameters.version`) into this node's cache (admin)."""
         body = await request.body()
-        version = ((_json_object(body).get("parameters") or {}).get("version")) if body.strip() else None
+        params = _json_object(body).get("parameters") if body.strip() else None
+        if params is not None and not isinstance(params, dict):
+            raise TensorError('"parameters" must be an object')
+        version = (params or {}).get("version")
+        if version is not None and not isinstance(version, str):
+            raise TensorError('"parameters.version" must be a string')
         try:
             loaded = await asyncio.to_thread(service.load, name, version)
         except InvalidName as exc:

@@ -261,3 +261,255 @@ def test_openapi_documents_every_route_with_examples(client: TestClient) -> None
     assert schemas["PredictRequest"]["examples"]
     assert schemas["BatchRequest"]["examples"]
     assert "404" in paths["/api/v1/predict"]["post"]["responses"]
+
+
+# -- no input reaches a 500 (issue 8 §3) ---------------------------------------------------------
+def assert_error_shape(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "code"} and isinstance(body["error"], str), body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def test_unknown_route_and_wrong_method_answer_the_error_shape(client: TestClient) -> None:
+    assert_error_shape(client.get("/api/v1/nope"), 404, "not_found")
+    assert_error_shape(client.post("/v2/models/churn/nope", json={}), 404, "not_found")
+    r = client.get("/api/v1/predict")
+    assert_error_shape(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    assert_error_shape(client.delete("/healthz"), 405, "method_not_allowed")
+
+
+def test_unexpected_exception_is_a_500_without_internals(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("boom at /srv/secret/place")
+
+    monkeypatch.setattr(client.app.state.service, "get", broken)
+    r = client.post("/api/v1/predict", json={"model_type": "churn", "features": ROW})
+    body = assert_error_shape(r, 500, "internal_error")
+    assert "secret" not in r.text and "boom" not in body["error"]
+    assert r.headers["x-modelcache-node"] == "n1"
+    assert "boom at /srv/secret/place" in caplog.text and "Traceback" in caplog.text
+
+
+DEEP = b'{"model_type": "churn", "features": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code", "fragment"),
+    [
+        (DEEP, {}, 422, "invalid_input", "depth limit"),
+        (b'{"model_type": "churn", "features": [NaN, 1, 2, 3]}', {}, 422, "invalid_input", "not valid JSON"),
+        (b'{"model_type": "churn", "features": [Infinity, 1, 2, 3]}', {}, 422, "invalid_input", "JSON"),
+        (b'{"model_type": "churn", "features": [1e400, 1, 2, 3]}', {}, 422, "invalid_input", "infinity"),
+        # Finite as a double, infinite as the float32 the model takes.
+        (b'{"model_type": "churn", "features": [1e300, 1, 2, 3]}', {}, 422, "invalid_input", "finite"),
+        (
+            b'{"model_type": "churn", "features": [1' + b"0" * 40 + b", 1, 2, 3]}",
+            {},
+            422,
+            "invalid_input",
+            "",
+        ),
+        (b"", {}, 422, "invalid_input", "empty"),
+        (b"[1, 2]", {}, 422, "invalid_input", "invalid request"),
+        (b'"churn"', {}, 422, "invalid_input", "invalid request"),
+        (b'{"model_type": "churn", "features": [1, 2, 3, 4]}', {"Content-Type": "text/plain"}, 415, None, ""),
+        (b"model_type=churn", {"Content-Type": "application/x-www-form-urlencoded"}, 415, None, "JSON"),
+        (b"\x1f\x8b\x08\x00", {"Content-Encoding": "gzip"}, 415, None, "uncompressed"),
+        (b'{"model_type": "\xc3\xa9t\xc3\xa9", "features": [1, 2, 3, 4]}', {}, 422, "invalid_name", ""),
+        (
+            b'{"model_type": "churn", "features": [1, 2, 3, 4], "routing_key": 7}',
+            {},
+            422,
+            "invalid_input",
+            "",
+        ),
+        (b'{"model_type": "churn", "features": {"f0": 1, "f1": 2}}', {}, 422, "invalid_input", "missing"),
+        (b'{"model_type": "ch\xffrn", "features": [1, 2, 3, 4]}', {}, 422, "invalid_input", "JSON"),
+        (b'{"model_type": "churn", "features": [1, 2, 3, 4], "version": 1}', {}, 422, "invalid_input", ""),
+    ],
+    ids=[
+        "deep-nesting",
+        "nan-literal",
+        "infinity-literal",
+        "1e400",
+        "beyond-float32",
+        "huge-int",
+        "empty",
+        "top-level-list",
+        "top-level-string",
+        "content-type-text",
+        "content-type-form",
+        "gzip",
+        "unicode-model-name",
+        "unknown-field",
+        "missing-feature-names",
+        "invalid-utf8",
+        "version-not-a-string",
+    ],
+)
+def test_bad_bodies_are_4xx_in_the_error_shape(
+    client: TestClient, content: bytes, headers: dict, status: int, code: str | None, fragment: str
+) -> None:
+    headers = {"Content-Type": "application/json", **headers}
+    r = client.post("/api/v1/predict", content=content, headers=headers)
+    body = assert_error_shape(r, status, code)
+    assert fragment in body["error"]
+
+
+def test_duplicate_keys_last_one_wins(client: TestClient) -> None:
+    """Defined, not refused: RFC 8259 leaves duplicates to the parser, orjson keeps the last."""
+    content = b'{"model_type": "nope", "model_type": "churn", "features": [1, 2, 3, 4]}'
+    r = client.post("/api/v1/predict", content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["model_type"] == "churn"
+
+
+def test_null_into_a_model_without_missing_value_support_is_422(
+    client: TestClient, registry: Registry, tmp_path
+) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4))
+    joblib.dump(LogisticRegression().fit(x, x[:, 0] > 0), tmp_path / "lr.joblib")
+    registry.publish(tmp_path / "lr.joblib", "lr", "1.0", features=FEATURES)
+    ok = client.post("/api/v1/predict", json={"model_type": "lr", "features": [1, 2, 3, 4]})
+    assert ok.status_code == 200
+    r = client.post("/api/v1/predict", json={"model_type": "lr", "features": [1, None, 3, 4]})
+    body = assert_error_shape(r, 422, "invalid_input")
+    assert "lr 1.0 cannot predict this input" in body["error"] and "missing value" in body["error"]
+    r = client.post("/api/v1/batch_predict", json={"model_type": "lr", "instances": [[1, 2, 3, None]]})
+    assert_error_shape(r, 422, "invalid_input")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "121", "1e308", "soon"])
+def test_timeout_query_is_validated_like_a_body(client: TestClient, value: str) -> None:
+    r = client.delete(f"/api/v1/pins/churn?timeout_s={value}", headers=ADMIN)
+    assert_error_shape(r, 422, "invalid_input")
+    assert "timeout_s" in r.json()["error"]
+
+
+def test_timeout_query_in_bounds_passes_validation(client: TestClient) -> None:
+    r = client.delete("/api/v1/pins/churn?timeout_s=120", headers=ADMIN)
+    assert_error_shape(r, 501, "not_implemented")  # validated, then: no cluster on this node
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", -1, 0, 121, 1e308])
+def test_timeout_in_bodies_is_bounded_and_finite(client: TestClient, value: object) -> None:
+    r = client.put("/api/v1/pins/churn", json={"version": "1.0.0", "timeout_s": value}, headers=ADMIN)
+    assert_error_shape(r, 422, "invalid_input")
+    r = client.post("/api/v1/models/reload", json={"scope": "node", "timeout_s": value}, headers=ADMIN)
+    assert_error_shape(r, 422, "invalid_input")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/api/v1/models/reload", b'{"scope": "everywhere", "bogus": [1, 2]}'),
+        ("POST", "/api/v1/models/reload", b"{not json"),
+        ("PUT", "/api/v1/pins/churn", b'{"version": 7}'),
+        ("DELETE", "/api/v1/pins/churn?timeout_s=nan", b""),
+        ("POST", "/v2/repository/models/churn/load", b"{not json"),
+        ("POST", "/v2/repository/models/churn/load", b'{"parameters": [1]}'),
+    ],
+)
+def test_admin_token_is_checked_before_the_body(
+    client: TestClient, method: str, path: str, content: bytes
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    r = client.request(method, path, content=content, headers=headers)
+    assert_error_shape(r, 401, "unauthorized")
+    r = client.request(method, path, content=content, headers={**headers, "Authorization": "Bearer wrong"})
+    assert_error_shape(r, 403, "forbidden")
+
+
+def test_over_limit_batch_is_refused_before_validation(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.schemas import BatchBody, BatchRequest
+
+    calls: list[str] = []
+    for model in (BatchRequest, BatchBody):
+        real = model.model_validate
+        monkeypatch.setattr(
+            model, "model_validate", lambda doc, _r=real, **k: calls.append("v") or _r(doc, **k)
+        )
+    rows = [["not", "numbers", "at", "all"]] * 6
+    r = client.post("/api/v1/batch_predict", json={"model_type": "churn", "instances": rows})
+    assert_error_shape(r, 413, "batch_too_large")
+    r = client.post("/api/v1/models/churn/batch_predict", json={"instances": rows})
+    assert_error_shape(r, 413, "batch_too_large")
+    assert calls == []
+    r = client.post("/api/v1/batch_predict", json={"model_type": "churn", "instances": [ROW] * 5})
+    assert r.status_code == 200 and calls == ["v"]
+
+
+def test_big_bodies_are_decoded_off_the_event_loop(
+    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import node.http_common as common
+
+    publish("churn", "1.0.0")
+    threads: list[bool] = []
+    real = common.decode_body
+
+    def spy(*args: object) -> object:
+        try:
+            asyncio.get_running_loop()
+            threads.append(False)
+        except RuntimeError:  # no loop in this thread: a worker
+            threads.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(common, "decode_body", spy)
+    settings = NodeSettings(registry=registry.root, max_batch=10_000, max_body_bytes=1 << 20)
+    with TestClient(build_app(settings)) as c:
+        small = c.post("/api/v1/batch_predict", json={"model_type": "churn", "instances": [ROW] * 10})
+        big = c.post("/api/v1/batch_predict", json={"model_type": "churn", "instances": [ROW] * 5000})
+    assert small.status_code == big.status_code == 200
+    assert threads == [False, True]  # inline when small, in asyncio's worker thread when big
+
+
+def test_errors_do_not_reveal_registry_paths_or_digests(
+    client: TestClient, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    import re
+
+    corrupt(registry, registry.metadata("churn", "1.0.0"))  # checksum mismatch
+    fraud = registry.metadata("fraud", "1.0.0")
+    registry.artifact_path(fraud).unlink()  # "cannot read <path>"
+    bad_meta = registry.root / "churn" / "1.1.0" / "metadata.json"
+    bad_meta.write_text("{broken")  # MetadataError names the file
+    responses = [
+        client.post("/api/v1/predict", json={"model_type": "churn", "version": "1.0.0", "features": ROW}),
+        client.post("/api/v1/predict", json={"model_type": "churn", "version": "1.1.0", "features": ROW}),
+        client.post("/api/v1/predict", json={"model_type": "churn", "features": ROW}),
+        client.post("/api/v1/predict", json={"model_type": "fraud", "features": ROW}),
+        client.get("/api/v1/models/churn/versions/1.1.0"),
+        client.get("/v2/models/churn/versions/1.1.0"),
+        client.post("/v2/models/churn/versions/1.0.0/infer", json={"inputs": [v2_input()]}),
+        client.post("/v2/models/fraud/infer", json={"inputs": [v2_input()]}),
+    ]
+    root = str(registry.root)
+    for r in responses:
+        assert r.status_code in (503, 422, 404), r.text
+        assert root not in r.text and "metadata.json" not in r.text, r.text
+        assert not re.search(r"[0-9a-f]{12}", r.json()["error"]), r.text
+        assert r.json()["error"] and r.json()["code"]
+    assert "churn 1.0.0" in responses[0].json()["error"] and "republish" in responses[0].json()["error"]
+    assert "churn 1.1.0" in responses[1].json()["error"]
+    assert "fraud 1.0.0" in responses[3].json()["error"]
+    assert root in caplog.text  # the operator's log keeps the detail
+
+
+def v2_input() -> dict:
+    return {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [0.5, -1.0, 2.0, None]}

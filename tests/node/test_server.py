@@ -16,6 +16,7 @@ from tests.helpers import NodeProcess, PublishFn, write_slow_model
 
 ROW = [0.1, 0.2, 0.3, 0.4]
 TOKEN = "test-token"
+JSON = {"Content-Type": "application/json"}
 
 
 def predict(client: httpx.Client, url: str, model_type: str, **extra) -> httpx.Response:
@@ -120,3 +121,50 @@ def test_sigterm_stops_the_node_cleanly(
     # uvicorn shuts down gracefully, then re-raises the signal as its exit status.
     assert node.proc.wait(15) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in node.log.read_text()
+
+
+def test_over_limit_batches_do_not_stall_healthz(
+    registry: Registry, publish: PublishFn, node_process: Callable[..., NodeProcess]
+) -> None:
+    """While three clients send ~1 MB over-limit batches, /healthz keeps answering.
+
+    No absolute times: the median healthz latency during the flood is compared to the
+    same client's median before it, with a generous ratio (here ~13x with the fix, ~130x without).
+    """
+    import statistics
+
+    publish("a", "1.0")
+    node = node_process(registry.root, MODELCACHE_MAX_BODY_BYTES=str(2 << 20), MODELCACHE_MAX_BATCH="100")
+    big = b'{"model_type": "a", "instances": [' + b",".join([b"[0.123456, 1.5, 2.25, 3.0]"] * 36000) + b"]}"
+    assert 900_000 < len(big) < 2 << 20
+
+    def healthz_latencies(c: httpx.Client, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            assert c.get(f"{node.url}/healthz").status_code == 200
+            out.append(time.perf_counter() - started)
+        return out
+
+    stop = threading.Event()
+    rejected: list[int] = []
+
+    def flood() -> None:
+        with httpx.Client(timeout=30) as own:
+            while not stop.is_set():
+                r = own.post(f"{node.url}/api/v1/batch_predict", content=big, headers=JSON)
+                rejected.append(r.status_code)
+
+    with httpx.Client(timeout=30) as c:
+        healthz_latencies(c, 20)  # warm the connection
+        before = statistics.median(healthz_latencies(c, 60))
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(flood) for _ in range(3)]
+            while len(rejected) < 3:
+                time.sleep(0.01)
+            during = statistics.median(healthz_latencies(c, 60))
+            stop.set()
+            for f in futures:
+                f.result(60)
+    assert rejected and set(rejected) == {413}
+    assert during < 50 * before, (before, during)  # ~13x here with the fix, ~130x without

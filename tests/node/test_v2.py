@@ -219,3 +219,73 @@ def test_v2_requests_count_in_the_same_metrics(client: TestClient) -> None:
     assert 'modelcache_cache_hits_total{model_type="churn"} 1.0' in text
     assert 'modelcache_cache_misses_total{model_type="churn"} 1.0' in text
     assert 'modelcache_predictions_total{model_type="churn"} 10.0' in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [tensor(rows(1))], "parameters": [1, 2]},
+        {"inputs": [tensor(rows(1))], "parameters": "binary"},
+        {"inputs": {"name": "input-0"}},
+        {"inputs": [1, 2]},
+        {"inputs": "x"},
+        {"inputs": [tensor(rows(1))], "outputs": {"name": "predict"}},
+        {"inputs": [tensor(rows(1))], "outputs": [{"name": ["predict"]}]},
+        {"inputs": [tensor(rows(1))], "outputs": [{"name": "predict", "parameters": [True]}]},
+        {"inputs": [{**tensor(rows(1)), "parameters": [1]}]},
+        {"inputs": [{**tensor(rows(1)), "datatype": ["FP32"]}]},
+        {"inputs": [{**tensor(rows(1)), "datatype": {"a": 1}}]},
+        {"inputs": [{**tensor(rows(1)), "shape": [1, "4"]}]},
+        {"inputs": [{**tensor(rows(1)), "shape": [1, True, 4]}]},
+        {"inputs": [{**tensor(rows(1)), "parameters": {"binary_data_size": "sixteen"}}]},
+        {"inputs": [{**tensor(rows(1)), "parameters": {"binary_data_size": -16}}]},
+        {"inputs": [{**tensor(rows(1)), "parameters": {"binary_data_size": 1.5}}]},
+        {"inputs": [{**tensor(rows(1)), "data": [[1, 2], [3, 4]]}]},
+        {"inputs": [{**tensor(rows(1)), "data": [[[1, 2, 3, 4]]]}]},
+        {"inputs": [{**tensor(rows(1)), "data": [1, [2, 3], 4]}]},
+        {"inputs": [{**tensor(rows(1)), "data": [True, 1.0, 2.0, 3.0]}]},
+        {"inputs": [{**tensor(rows(1)), "data": [1e300, 1.0, 2.0, 3.0]}]},
+        {"inputs": [{**tensor(rows(1)), "data": {"a": 1}}]},
+        {"inputs": [tensor(rows(1))], "id": {"nested": [1]}},
+        [tensor(rows(1))],
+    ],
+)
+def test_wrong_types_anywhere_are_400(client: TestClient, body: object) -> None:
+    r = client.post("/v2/models/churn/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error", "code"} and r.json()["code"] == "bad_tensor"
+
+
+def test_v2_bodies_that_no_parser_accepts_are_400(client: TestClient) -> None:
+    deep = b'{"inputs": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    for content in (deep, b'{"inputs": [NaN]}', b'{"inputs": [1e400]}', b"", b"\xff\xfe"):
+        r = client.post("/v2/models/churn/infer", content=content)
+        assert r.status_code == 400 and r.json()["code"] == "bad_tensor", (content[:20], r.text)
+
+
+def test_over_limit_batch_is_refused_on_its_shape(client: TestClient) -> None:
+    """The declared shape is enough: 201 rows (limit 200) answer 413 before any data is decoded."""
+    body = {"inputs": [{"name": "input-0", "shape": [201, 4], "datatype": "FP32", "data": []}]}
+    r = client.post("/v2/models/churn/infer", json=body)
+    assert r.status_code == 413 and r.json()["code"] == "batch_too_large"
+
+
+def test_null_into_a_model_without_missing_value_support_is_400(
+    client: TestClient, registry: Registry, tmp_path
+) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    x = rows(50).astype(np.float64)
+    joblib.dump(LogisticRegression().fit(x, x[:, 0] > 0), tmp_path / "lr.joblib")
+    registry.publish(tmp_path / "lr.joblib", "lr", "1.0")
+    good = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}
+    assert client.post("/v2/models/lr/infer", json={"inputs": [good]}).status_code == 200
+    r = client.post("/v2/models/lr/infer", json={"inputs": [{**good, "data": [1, None, 3, 4]}]})
+    assert r.status_code == 400 and "missing value" in r.json()["error"]
+
+
+@pytest.mark.parametrize("body", [{"parameters": [1]}, {"parameters": {"version": 1}}, [1]])
+def test_repository_load_checks_types(client: TestClient, body: object) -> None:
+    r = client.post("/v2/repository/models/churn/load", json=body, headers=ADMIN)
+    assert r.status_code == 400 and r.json()["code"] == "bad_tensor"
