@@ -109,10 +109,19 @@ def create_app(
 
     async def _warm() -> None:
         started = time.perf_counter()
-        if warmup is not None:
-            loaded = await asyncio.to_thread(warmup)
-            log.info("warm-up loaded %s in %.2fs", loaded or "nothing", time.perf_counter() - started)
+        try:
+            if warmup is not None:
+                loaded = await asyncio.to_thread(warmup)
+                log.info("warm-up loaded %s in %.2fs", loaded or "nothing", time.perf_counter() - started)
+        except Exception:
+            # A node that cannot warm still serves (models load on use); never stay unready.
+            log.exception("warm-up failed; serving with a cold cache")
         state["ready"] = True
+
+    def problems() -> list[str]:
+        """Why this node should not take traffic now; empty when it should."""
+        found = [] if state["ready"] else [f"node {node_id} is still warming up"]
+        return found + service.load_health()
 
     app = FastAPI(
         title="modelcache node",
@@ -319,9 +328,10 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"], responses={503: ERRORS[503]})
     async def readyz() -> Response:
-        """Readiness: 503 until start-up and warm-up are done."""
-        if not state["ready"]:
-            return error_response(503, "not_ready", f"node {node_id} is still warming up")
+        """Readiness: 503 until warm-up is done, and while model loading is wedged."""
+        found = problems()
+        if found:
+            return error_response(503, "not_ready", "; ".join(found))
         return FastJSON({"status": "ready", "node_id": node_id})
 
     @app.get("/metrics", tags=["operations"])
@@ -330,7 +340,7 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(
-        create_v2_router(settings, service, metrics, require_admin, lambda: state["ready"], FastJSON)
+        create_v2_router(settings, service, metrics, require_admin, lambda: not problems(), FastJSON)
     )
     app.state.service = service
     app.state.readiness = state

@@ -24,11 +24,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from coordinator.errors import (
     ClusterUnavailable,
     InvalidName,
-    MetadataError,
     ModelCacheError,
     ModelNotFound,
+    RegistryError,
 )
-from node.errors import BatchTooLarge, ChecksumMismatch, InvalidInput, ModelLoadError, NotReady
+from node.errors import (
+    BatchTooLarge,
+    ChecksumMismatch,
+    InvalidInput,
+    LoadRateLimited,
+    ModelLoadError,
+    NotReady,
+)
 from node.tensors import TensorError
 
 log = logging.getLogger("modelcache.api")
@@ -70,8 +77,9 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (InvalidInput, 422),
     (BatchTooLarge, 413),
     (UnsupportedMediaType, 415),
+    (LoadRateLimited, 429),
     (ModelLoadError, 503),
-    (MetadataError, 503),
+    (RegistryError, 503),
     (NotReady, 503),
     (ClusterUnavailable, 503),
     (NotAvailable, 501),
@@ -110,19 +118,10 @@ def client_message(exc: ModelCacheError, registry_root: Path) -> str:
         )
     if isinstance(exc, ModelLoadError):
         return f"could not load {exc.model_type} {exc.version}: {scrub(exc.detail, [str(registry_root)])}"
-    if isinstance(exc, MetadataError):
-        return (
-            f"metadata of {_entry(exc.path, registry_root)} is unusable ({scrub(exc.reason)}); republish it"
-        )
+    if isinstance(exc, RegistryError):
+        # Its message names the model and version only; scrub in case a reason quoted a path.
+        return f"{scrub(str(exc), [str(registry_root)])}; fix or republish that version"
     return str(exc).replace(str(registry_root), "<registry>")
-
-
-def _entry(path: str, root: Path) -> str:
-    try:
-        parts = Path(path).relative_to(root).parts
-    except ValueError:
-        return "a registry entry"
-    return " ".join(parts[:2]) if len(parts) >= 2 else "a registry entry"
 
 
 def install_error_handlers(app: FastAPI, registry_root: Path) -> None:
@@ -138,7 +137,8 @@ def install_error_handlers(app: FastAPI, registry_root: Path) -> None:
         if status >= 500:
             # The detail (paths, digests, library messages) goes to the log, not to the client.
             log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc)
-        return error_response(status, exc.code, message)
+        extra = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, LoadRateLimited) else {}
+        return error_response(status, exc.code, message, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> Response:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from coordinator.registry import Registry
-from node.app import build_app
+from node.api import create_app
+from node.app import build_app, build_service
+from node.metrics import NodeMetrics
 from node.settings import NodeSettings
-from tests.helpers import FEATURES, PublishFn, corrupt
+from tests.helpers import FEATURES, PublishFn, corrupt, eventually
 
 TOKEN = "s3cret-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -513,3 +518,56 @@ def test_errors_do_not_reveal_registry_paths_or_digests(
 
 def v2_input() -> dict:
     return {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [0.5, -1.0, 2.0, None]}
+
+
+def test_on_demand_loads_beyond_the_budget_are_429_with_retry_after(
+    registry: Registry, publish: PublishFn
+) -> None:
+    for version in ("1.0", "1.1", "1.2"):
+        publish("m", version)
+    settings = NodeSettings(registry=registry.root, ondemand_loads_per_min=1, load_retries=1)
+    with TestClient(build_app(settings)) as c:
+        assert c.post(
+            "/api/v1/predict", json={"model_type": "m", "version": "1.0", "features": ROW}
+        ).is_success
+        r = c.post("/api/v1/predict", json={"model_type": "m", "version": "1.1", "features": ROW})
+        assert r.status_code == 429 and r.json()["code"] == "too_many_loads"
+        assert int(r.headers["retry-after"]) >= 1
+        # Hits of any version and the default version are never limited.
+        assert c.post(
+            "/api/v1/predict", json={"model_type": "m", "version": "1.0", "features": ROW}
+        ).is_success
+        assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).json()["version"] == "1.2"
+
+
+def test_readyz_says_when_loading_is_wedged(registry: Registry, publish: PublishFn) -> None:
+    path = registry.artifact_path(publish("hung", "1.0"))
+    path.unlink()
+    os.mkfifo(path)  # open() blocks, as a read on a hung network filesystem does
+    settings = NodeSettings(registry=registry.root, load_timeout_s=0.3, load_workers=1, load_retries=1)
+    try:
+        with TestClient(build_app(settings)) as c:
+            assert c.get("/readyz").status_code == 200
+            r = c.post("/api/v1/predict", json={"model_type": "hung", "features": ROW})
+            assert r.status_code == 503 and "longer than 0.3s" in r.json()["error"]
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "stuck" in ready.json()["error"]
+            assert c.get("/v2/health/ready").status_code == 503
+            assert c.get("/healthz").status_code == 200  # alive, just not ready
+    finally:
+        with contextlib.suppress(OSError):  # unblock the stuck reader so its thread ends
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_failing_warm_up_still_ends_ready(registry: Registry, publish: PublishFn) -> None:
+    publish("m", "1.0")
+    settings = NodeSettings(registry=registry.root)
+    metrics = NodeMetrics(CollectorRegistry())
+
+    def warmup() -> list[str]:
+        raise RuntimeError("cluster state unreadable")
+
+    app = create_app(settings, build_service(settings, metrics), metrics, warmup=warmup)
+    with TestClient(app) as c:
+        assert eventually(lambda: c.get("/readyz").status_code == 200, timeout=5)
+        assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).is_success
