@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from common import ROOT, report
 
 from coordinator.demo import publish_demo_models

@@ -37,7 +37,6 @@ class Predictions:
     probabilities: list[float] | list[list[float]] | None
     class_probabilities: np.ndarray | None = None
 
-
     def rows(self, start: int, stop: int) -> Predictions:
         """The outputs of rows `start:stop` (one caller's share of a batched predict)."""
         classes = self.class_probabilities

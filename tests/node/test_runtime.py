@@ -174,7 +174,8 @@ def test_categorical_model_falls_back_to_inplace_predict() -> None:
     adapter = BoosterAdapter(booster)
     assert adapter.dense is None
     probe = x[:5]
-    np.testing.assert_allclose(adapter.predict(probe).probabilities, booster.inplace_predict(probe), atol=1e-6)
+    want = booster.inplace_predict(probe)
+    np.testing.assert_allclose(adapter.predict(probe).probabilities, want, atol=1e-6)
 
 
 def test_unusual_objective_falls_back_to_inplace_predict() -> None:
