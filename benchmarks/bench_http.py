@@ -2,6 +2,7 @@
 
     python benchmarks/bench_http.py [--reps 3] [--duration 3] [--conns 1 64]
         [--base-root DIR]  # also run a node from another checkout (e.g. before a change)
+    [--batch-modes thread adaptive]  # also the bare app over node.batching
 
 Starts, on the demo model `churn`, the bare app (`bare_app.py`, the baseline)
 and a real node (`python -m node`, one uvicorn worker), optionally a second
@@ -86,10 +87,10 @@ def start_node(root: Path, registry: Path) -> tuple[subprocess.Popen, str]:
     return start_server(cmd, root, env, port, "/readyz"), f"http://127.0.0.1:{port}"
 
 
-def start_bare(model_path: Path) -> tuple[subprocess.Popen, str]:
+def start_bare(model_path: Path, batch: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), "--port", str(port)]
-    cmd += ["--model", str(model_path)]
+    cmd += ["--model", str(model_path)] + (["--batch", batch] if batch else [])
     return start_server(cmd, ROOT, {}, port, "/healthz"), f"http://127.0.0.1:{port}"
 
 
@@ -155,6 +156,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--base-root", type=Path, help="also run a node from this checkout, as node-base")
+    parser.add_argument(
+        "--batch-modes",
+        nargs="*",
+        default=[],
+        choices=["thread", "adaptive"],
+        help="also run the bare app over node.batching (bare+batch-MODE)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "http.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -170,6 +178,8 @@ def main() -> None:
         servers = {"bare": start_bare(registry.artifact_path(meta))}
         try:
             servers["node"] = start_node(ROOT, registry.root)
+            for mode in args.batch_modes:
+                servers[f"bare+batch-{mode}"] = start_bare(registry.artifact_path(meta), mode)
             if args.base_root:
                 servers["node-base"] = start_node(args.base_root.resolve(), registry.root)
             for name, (_proc, url) in servers.items():  # warm connections, model and code paths

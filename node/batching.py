@@ -64,11 +64,12 @@ class _Request:
 class _Lane:
     """The requests of one key waiting for the predict in flight to finish."""
 
-    __slots__ = ("queue", "task")
+    __slots__ = ("collecting", "queue", "task")
 
     def __init__(self) -> None:
         self.queue: deque[_Request] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.collecting = False  # a lone caller is yielding once to see who else comes
 
 
 class Batcher:
@@ -101,15 +102,39 @@ class Batcher:
         x = _validated(model, rows)
         lane = self._lanes.get(key)
         if lane is None and len(x) <= self.inline_max_rows:
-            return _single(self._run([_Request(model, x, None)]))
+            return await self._lone(key, model, x)
         loop = asyncio.get_running_loop()
         request = _Request(model, x, loop.create_future())
         if lane is None:
             lane = self._lanes[key] = _Lane()
         lane.queue.append(request)
-        if lane.task is None:
+        if lane.task is None and not lane.collecting:
             lane.task = loop.create_task(self._drain(key, lane))
         return await request.future  # type: ignore[misc]
+
+    async def _lone(self, key: Hashable, model: LoadedModel, x: np.ndarray) -> Predictions:
+        """A small request for an idle lane: yield once, then predict on the loop if still alone.
+
+        The one yield lets requests that are already runnable reach the lane; if
+        any did, everyone goes to the predict thread together. Otherwise the
+        predict runs here, without a thread hop (the cheaper way at low load).
+        """
+        lane = self._lanes[key] = _Lane()
+        lane.collecting = True
+        request = _Request(model, x, None)
+        try:
+            await asyncio.sleep(0)  # a yield, not a timer: no deadline is set
+        finally:
+            lane.collecting = False
+            if not lane.queue:
+                del self._lanes[key]
+            elif lane.task is None:  # company arrived (or this caller was cancelled): drain it
+                lane.task = asyncio.get_running_loop().create_task(self._drain(key, lane))
+        if lane.task is None:
+            return _single(self._run([request]))
+        request.future = asyncio.get_running_loop().create_future()
+        lane.queue.appendleft(request)
+        return await request.future
 
     async def _drain(self, key: Hashable, lane: _Lane) -> None:
         """Predict the lane's queue batch by batch until it is empty, then retire the lane."""

@@ -68,9 +68,10 @@ def _run(main: Callable[[], Any]) -> Any:
     return asyncio.run(main())
 
 
-def test_concurrent_requests_get_what_sequential_ones_get(model: LoadedModel) -> None:
+@pytest.mark.parametrize("inline_max_rows", [0, 1])
+def test_concurrent_requests_get_what_sequential_ones_get(model: LoadedModel, inline_max_rows: int) -> None:
     metrics = NodeMetrics()
-    batcher = Batcher(64, metrics)
+    batcher = Batcher(64, metrics, inline_max_rows=inline_max_rows)
     requests = [_rows(i) for i in range(40)]
 
     async def main() -> list[Predictions]:
@@ -133,14 +134,23 @@ def test_a_lone_request_is_predicted_at_once_without_a_timer(
     batcher.close()
 
 
-def test_inline_mode_predicts_a_lone_small_request_before_returning_control(model: LoadedModel) -> None:
+def test_a_lone_small_request_is_predicted_on_the_loop_when_inline_is_on(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spied, spy = _spied(model)
     batcher = Batcher(64, inline_max_rows=1)
+    threads: list[int] = []
+    real = spy.predict
+    monkeypatch.setattr(spy, "predict", lambda x: threads.append(threading.get_ident()) or real(x))
 
-    coro = batcher.predict(KEY, spied, [[0.1, 0.2, 0.3, 0.4]])
-    with pytest.raises(StopIteration) as done:
-        coro.send(None)  # completes in its first step: it never suspended
-    _same(done.value.value, model.predict([[0.1, 0.2, 0.3, 0.4]]))
+    async def main() -> Predictions:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "call_later", lambda *a: pytest.fail("timer"))
+        monkeypatch.setattr(loop, "call_at", lambda *a: pytest.fail("timer"))
+        return await batcher.predict(KEY, spied, [[0.1, 0.2, 0.3, 0.4]])
+
+    _same(_run(main), model.predict([[0.1, 0.2, 0.3, 0.4]]))
+    assert threads == [threading.get_ident()]  # no hop to the predict thread
     assert spy.sizes == [1] and batcher._lanes == {}
     batcher.close()
 
