@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,11 @@ from coordinator.registry import Registry
 
 # (layer, substrings of a frame "function (file:line)"); the innermost matching frame decides.
 LAYERS = [
-    ("idle (event loop waiting)", ("select (", "epoll", "_run_once", "run_forever")),
+    # uvloop runs the loop in C: samples whose innermost Python frame is asyncio.run
+    # are the loop's own C work (epoll wait, socket reads, callbacks' C parts).
+    ("idle (event loop waiting)", ("asyncio/runners.py", "concurrent/futures/thread.py")),
+    # uvicorn 0.54: httptools_impl.py:524 is `self.transport.write(...)` of the response.
+    ("socket write of the response (kernel)", ("httptools_impl.py:524",)),
     ("xgboost predict (C call + its Python wrapper)", ("xgboost/", "__call__ (node/runtime")),
     ("node runtime (matrix, outputs)", ("node/runtime.py",)),
     ("node service + cache lookup", ("node/service.py", "node/cache.py")),
@@ -39,7 +44,7 @@ LAYERS = [
     ("fastapi request handling", ("fastapi/",)),
     ("starlette (routing, middleware, responses)", ("starlette/",)),
     ("uvicorn/httptools protocol", ("uvicorn/", "httptools")),
-    ("asyncio/uvloop machinery", ("asyncio/", "uvloop")),
+    ("asyncio machinery", ("asyncio/", "uvloop")),
 ]
 
 
@@ -68,7 +73,8 @@ def main() -> None:
         proc, url = start_node(ROOT, registry.root)
         raw = args.out.with_suffix(".collapsed.txt")
         try:
-            spy_cmd = ["py-spy", "record", "--pid", str(proc.pid), "--rate", "1000"]
+            py_spy = str(Path(sys.executable).with_name("py-spy"))  # installed beside this Python
+            spy_cmd = [py_spy, "record", "--pid", str(proc.pid), "--rate", "1000"]
             spy_cmd += ["--duration", str(args.seconds), "--format", "raw", "--output", str(raw)]
             spy = subprocess.Popen(
                 spy_cmd,
@@ -97,6 +103,7 @@ def main() -> None:
             "share_of_busy_time": {
                 k: round(v / busy, 3) for k, v in samples.most_common() if not k.startswith("idle")
             },
+            "note": "idle = the loop in C (epoll, socket reads) and idle worker threads",
             "idle_share": round(samples["idle (event loop waiting)"] / total, 3) if total else 0,
         },
     )
