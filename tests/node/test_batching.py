@@ -89,7 +89,7 @@ def test_concurrent_requests_get_what_sequential_ones_get(model: LoadedModel, in
 
 def test_requests_arriving_during_a_predict_form_the_next_batch(model: LoadedModel) -> None:
     spied, spy = _spied(model)
-    batcher = Batcher(64)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
     spy.release.clear()
 
     async def main() -> list[Predictions]:
@@ -111,7 +111,7 @@ def test_a_lone_request_is_predicted_at_once_without_a_timer(
     model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spied, spy = _spied(model)
-    batcher = Batcher(64)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
     spy.release.clear()
 
     async def main() -> Predictions:
@@ -213,7 +213,7 @@ def test_max_rows_bounds_every_predict_call(model: LoadedModel) -> None:
 
 def test_a_cancelled_caller_does_not_stall_the_others(model: LoadedModel) -> None:
     spied, spy = _spied(model)
-    batcher = Batcher(64)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
     spy.release.clear()
 
     async def main() -> list[Any]:
