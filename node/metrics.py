@@ -27,6 +27,7 @@ PREDICT_BUCKETS = (
     0.25,
     1,
 )
+BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -99,6 +100,13 @@ class NodeMetrics:
             "modelcache_predictions_total",
             "Rows predicted (a batch of N counts N).",
             ["model_type"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "modelcache_batch_rows",
+            "Rows per predict call after coalescing concurrent requests (1: predicted alone).",
+            ["model_type"],
+            buckets=BATCH_ROW_BUCKETS,
             registry=r,
         )
         self.reloads = Counter(

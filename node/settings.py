@@ -64,6 +64,8 @@ class NodeSettings(BaseSettings):
     """Largest request body accepted (413 beyond)."""
     max_batch: int = Field(1000, ge=1)
     """Most instances in one batch_predict request (413 beyond)."""
+    batch_max_rows: int = Field(256, ge=1)
+    """Most rows one coalesced predict call takes from concurrent requests for one model."""
     log_level: str = "info"
     """Log level of the node process."""
 

@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coordinator.registry import Registry
+from node.batching import Batcher
+from node.errors import InvalidInput
+from node.metrics import NodeMetrics
+from node.runtime import LoadedModel, Predictions, deserialize
+from tests.helpers import FEATURES, PublishFn
+
+KEY = ("m", "1.0")
+
+
+class Spy:
+    """Wraps a model's adapter: records each predict call's row count, can hold calls, can fail rows."""
+
+    def __init__(self, real: Any, bad_value: float | None = None) -> None:
+        self.real, self.bad_value = real, bad_value
+        self.task, self.n_features = real.task, real.n_features
+        self.sizes: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        self.sizes.append(len(x))
+        self.started.set()
+        assert self.release.wait(10)
+        if self.bad_value is not None and (x == self.bad_value).any():
+            raise ValueError("this row breaks the model")
+        return self.real.predict(x)
+
+
+@pytest.fixture
+def model(registry: Registry, publish: PublishFn) -> LoadedModel:
+    meta = publish("m", "1.0", objective="multi:softprob")
+    return deserialize(meta, registry.artifact_path(meta).read_bytes())
+
+
+def _spied(model: LoadedModel, **kw: Any) -> tuple[LoadedModel, Spy]:
+    spy = Spy(model.adapter, **kw)
+    return LoadedModel(model.meta, spy), spy
+
+
+def _rows(i: int) -> list:
+    rng = np.random.default_rng(i)
+    n = 1 + i % 3
+    rows: list = rng.normal(size=(n, 4)).round(3).tolist()
+    if i % 4 == 0:  # some requests send {name: value} maps
+        rows = [dict(zip(FEATURES, r, strict=True)) for r in rows]
+    return rows
+
+
+def _same(a: Predictions, b: Predictions) -> None:
+    assert a.labels == b.labels
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+    np.testing.assert_allclose(a.class_probabilities, b.class_probabilities, atol=1e-6)
+
+
+def _run(main: Callable[[], Any]) -> Any:
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("inline_max_rows", [0, 1])
+def test_concurrent_requests_get_what_sequential_ones_get(model: LoadedModel, inline_max_rows: int) -> None:
+    metrics = NodeMetrics()
+    batcher = Batcher(64, metrics, inline_max_rows=inline_max_rows)
+    requests = [_rows(i) for i in range(40)]
+
+    async def main() -> list[Predictions]:
+        return await asyncio.gather(*(batcher.predict(KEY, model, r) for r in requests))
+
+    for rows, got in zip(requests, _run(main), strict=True):
+        _same(got, model.predict(rows))
+    count = metrics.registry.get_sample_value("modelcache_batch_rows_count", {"model_type": "m"})
+    total = metrics.registry.get_sample_value("modelcache_batch_rows_sum", {"model_type": "m"})
+    assert total == sum(len(r) for r in requests)
+    assert count == batcher.calls < len(requests)  # they shared predict calls
+    assert batcher._lanes == {}  # the lane retires when drained
+    batcher.close()
+
+
+def test_requests_arriving_during_a_predict_form_the_next_batch(model: LoadedModel) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
+    spy.release.clear()
+
+    async def main() -> list[Predictions]:
+        first = asyncio.create_task(batcher.predict(KEY, spied, _rows(0)))
+        assert await asyncio.to_thread(spy.started.wait, 10)  # first predict in flight
+        later = [asyncio.create_task(batcher.predict(KEY, spied, _rows(i))) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        spy.release.set()
+        return await asyncio.gather(first, *later)
+
+    results = _run(main)
+    assert spy.sizes == [1, 2 + 3 + 1]  # the lone request alone, then the three queued together
+    for i, got in enumerate(results):
+        _same(got, model.predict(_rows(i)))
+    batcher.close()
+
+
+def test_a_lone_request_is_predicted_at_once_without_a_timer(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
+    spy.release.clear()
+
+    async def main() -> Predictions:
+        loop = asyncio.get_running_loop()
+
+        def no_timers(*_a: object, **_k: object) -> None:
+            raise AssertionError("the batcher set a timer")
+
+        task = asyncio.create_task(batcher.predict(KEY, spied, _rows(1)))
+        # Nothing else arrives; the predict must start on its own, and no timer may be set.
+        monkeypatch.setattr(loop, "call_later", no_timers)
+        monkeypatch.setattr(loop, "call_at", no_timers)
+        assert await loop.run_in_executor(None, spy.started.wait, 10)
+        monkeypatch.undo()
+        spy.release.set()
+        return await task
+
+    _same(_run(main), model.predict(_rows(1)))
+    assert spy.sizes == [2]
+    batcher.close()
+
+
+def test_a_lone_small_request_is_predicted_on_the_loop_when_inline_is_on(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=1)
+    threads: list[int] = []
+    real = spy.predict
+    monkeypatch.setattr(spy, "predict", lambda x: threads.append(threading.get_ident()) or real(x))
+
+    async def main() -> Predictions:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "call_later", lambda *a: pytest.fail("timer"))
+        monkeypatch.setattr(loop, "call_at", lambda *a: pytest.fail("timer"))
+        return await batcher.predict(KEY, spied, [[0.1, 0.2, 0.3, 0.4]])
+
+    _same(_run(main), model.predict([[0.1, 0.2, 0.3, 0.4]]))
+    assert threads == [threading.get_ident()]  # no hop to the predict thread
+    assert spy.sizes == [1] and batcher._lanes == {}
+    batcher.close()
+
+
+def test_an_invalid_request_fails_alone(model: LoadedModel) -> None:
+    batcher = Batcher(64)
+    requests: list[Any] = [_rows(i) for i in range(6)]
+    requests[3] = [[1.0, 2.0]]  # wrong width: refused before stacking
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.predict(KEY, model, r) for r in requests), return_exceptions=True
+        )
+
+    results = _run(main)
+    assert isinstance(results[3], InvalidInput) and "expected 4 features" in str(results[3])
+    for i, got in enumerate(results):
+        if i != 3:
+            _same(got, model.predict(requests[i]))
+    batcher.close()
+
+
+def test_a_row_that_breaks_the_batched_predict_fails_only_its_request(model: LoadedModel) -> None:
+    spied, spy = _spied(model, bad_value=666.0)
+    batcher = Batcher(64)
+    requests = [_rows(i) for i in range(8)]
+    requests[5] = [[666.0, 0.0, 0.0, 0.0]]  # valid input, but the model raises on it
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.predict(KEY, spied, r) for r in requests), return_exceptions=True
+        )
+
+    results = _run(main)
+    assert isinstance(results[5], ValueError)
+    for i, got in enumerate(results):
+        if i != 5:
+            _same(got, model.predict(requests[i]))
+    assert spy.sizes[0] > 1  # the failing call was a real batch, retried request by request
+    batcher.close()
+
+
+def test_max_rows_bounds_every_predict_call(model: LoadedModel) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(8)
+    requests = [[[0.1 * i, 0.2, 0.3, 0.4]] * 3 for i in range(12)] + [[[1.0, 2.0, 3.0, 4.0]] * 20]
+
+    async def main() -> list[Predictions]:
+        return await asyncio.gather(*(batcher.predict(KEY, spied, r) for r in requests))
+
+    results = _run(main)
+    assert max(s for s in spy.sizes if s != 20) <= 8
+    assert 6 in spy.sizes  # two requests of 3 rows share a call; a third would pass 8
+    assert 20 in spy.sizes  # a request larger than the bound goes alone, unsplit
+    assert sum(spy.sizes) == 12 * 3 + 20
+    for rows, got in zip(requests, results, strict=True):
+        _same(got, model.predict(rows))
+    batcher.close()
+
+
+def test_a_cancelled_caller_does_not_stall_the_others(model: LoadedModel) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=0)  # the predict-thread path
+    spy.release.clear()
+
+    async def main() -> list[Any]:
+        first = asyncio.create_task(batcher.predict(KEY, spied, _rows(0)))
+        assert await asyncio.to_thread(spy.started.wait, 10)
+        queued = [asyncio.create_task(batcher.predict(KEY, spied, _rows(i))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        queued[0].cancel()
+        spy.release.set()
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    results = _run(main)
+    assert isinstance(results[1], asyncio.CancelledError)
+    _same(results[2], model.predict(_rows(2)))
+    assert spy.sizes == [1, 3]  # the cancelled request was dropped from the batch
+    assert batcher._lanes == {}
+    batcher.close()
+
+
+def test_different_model_objects_never_share_a_call(model: LoadedModel) -> None:
+    old, old_spy = _spied(model)
+    new, new_spy = _spied(model)
+    batcher = Batcher(64)
+
+    async def main() -> None:
+        await asyncio.gather(*(batcher.predict(KEY, old if i % 2 else new, _rows(i)) for i in range(10)))
+
+    _run(main)
+    assert sum(old_spy.sizes) == sum(len(_rows(i)) for i in range(1, 10, 2))
+    assert sum(new_spy.sizes) == sum(len(_rows(i)) for i in range(0, 10, 2))
+    batcher.close()
+
+
+def test_v2_matrices_are_checked_and_batched(model: LoadedModel) -> None:
+    batcher = Batcher(64)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+
+    async def main() -> list[Any]:
+        good = batcher.predict(KEY, model, x)
+        bad = batcher.predict(KEY, model, np.zeros((2, 3), dtype=np.float32))
+        return await asyncio.gather(good, bad, return_exceptions=True)
+
+    good, bad = _run(main)
+    _same(good, model.adapter.predict(x))
+    assert isinstance(bad, InvalidInput) and "4 columns" in str(bad)
+    batcher.close()
