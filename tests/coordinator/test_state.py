@@ -13,6 +13,7 @@ from coordinator.keys import ALL
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
+from coordinator.wire import Ack, Change, Heartbeat, ModelAck, Outcome
 from tests.helpers import PublishFn
 
 
@@ -43,7 +44,8 @@ def test_pin_changes_keys_and_announces_atomically(
     assert before <= event["ts"] <= time.time()
     snap = state.read()
     assert snap.pins == {"churn": "1.0.0"} and snap.generations == {"churn": 1} and snap.seq == 1
-    assert snap.changes["churn"]["kind"] == "pin"
+    assert snap.changes["churn"] == Change.from_json(event) == change
+    assert change.epoch and snap.epoch == change.epoch
 
 
 def test_unpin_reload_and_reload_all_bump_generations(
@@ -88,8 +90,8 @@ def test_prefixes_isolate_clusters(
 
 
 def test_heartbeats_expire(state: ClusterState) -> None:
-    state.heartbeat("n1", {"node_id": "n1", "url": "http://x"}, ttl_s=0.2)
-    state.heartbeat("n2", {"node_id": "n2", "url": "http://y"}, ttl_s=30)
+    state.heartbeat(Heartbeat("n1", "http://x"), ttl_s=0.2)
+    state.heartbeat(Heartbeat("n2", "http://y"), ttl_s=30)
     assert [n["node_id"] for n in state.nodes()] == ["n1", "n2"]
     time.sleep(0.3)
     assert [n["node_id"] for n in state.nodes()] == ["n2"]
@@ -102,23 +104,10 @@ def test_wait_for_acks_reports_each_node_and_times_out(
 ) -> None:
     publish("churn", "1.0.0")
     for n in ("a", "b"):
-        state.heartbeat(n, {"node_id": n, "url": f"http://{n}"}, ttl_s=30)
+        state.heartbeat(Heartbeat(n, f"http://{n}"), ttl_s=30)
     change = state.pin("churn", "1.0.0", registry)
-    state.write_ack(
-        "a",
-        {
-            "seq": change.seq,
-            "outcomes": {
-                "churn": {
-                    "outcome": "ok",
-                    "version": "1.0.0",
-                    "detail": "loaded",
-                    "seq": change.seq,
-                    "propagation_ms": 3.0,
-                }
-            },
-        },
-    )
+    outcome = ModelAck("churn", Outcome.OK, "1.0.0", None, "loaded", change.epoch, change.seq, 1, 3.0)
+    state.write_ack(Ack("a", change.epoch, change.seq, time.time(), {"churn": outcome}))
     rows = state.wait_for_acks(change, timeout_s=0.2)
     assert [(r.node_id, r.outcome, r.version) for r in rows] == [("a", "ok", "1.0.0"), ("b", "timeout", None)]
     assert rows[0].propagation_ms == 3.0
