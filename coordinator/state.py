@@ -112,6 +112,9 @@ def connect(url: str, *, timeout: float = 2.0, decode_responses: bool = True) ->
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         decode_responses=decode_responses,
+        # Any key may hold non-UTF-8 bytes (a hand-edited value): decode them as U+FFFD, which
+        # then fails validation like any other junk, instead of raising inside redis-py.
+        encoding_errors="replace",
     )
 
 

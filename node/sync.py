@@ -239,12 +239,13 @@ class ClusterSync:
                 if woken or now >= next_reconcile:
                     self._reconcile()
                     next_reconcile = time.monotonic() + interval
+                    # Only a reconcile proves the loop works (a heartbeat alone would hide a stuck one).
+                    backoff.reset()
+                    self._succeeded("loop")
                 # Back from an outage: heartbeat at once, our membership key has likely expired.
                 if now >= next_heartbeat or (rejoining and self._connected):
                     self._heartbeat()
                     next_heartbeat = time.monotonic() + self.settings.heartbeat_s
-                backoff.reset()
-                self._succeeded("loop")
             except ClusterUnavailable as exc:
                 self._set_connected(False, str(exc))
                 # Retry soon, then less often while Redis stays away; jittered across the fleet.
