@@ -458,9 +458,16 @@ def test_background_threads_survive_unexpected_errors_and_report_them(
 
 
 def test_backoff_is_capped_decorrelated_jitter() -> None:
-    values = iter([0.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0])
+    values = iter([0.0, 1.0, 1.0, 1.0, 1.0, 0.25, 1.0])
     b = Backoff(base=0.1, cap=2.0, rand=lambda: next(values))
-    assert [round(b.next(), 6) for _ in range(6)] == [0.1, 0.3, 0.9, 2.0, 2.0, 1.05]  # 0.1 + 0.5 * (6 - 0.1)
+    assert [round(b.next(), 6) for _ in range(6)] == [
+        0.1,
+        0.3,
+        0.9,
+        2.0,
+        2.0,
+        1.575,
+    ]  # 0.1 + 0.25 * (3 * 2.0 - 0.1)
     b.reset()
     assert round(b.next(), 6) == 0.3  # back to the base: next in [0.1, 0.3]
     # Two nodes that lost Redis together do not retry together.
