@@ -20,9 +20,10 @@ from coordinator.registry import Registry
 from coordinator.state import ClusterState
 from coordinator.wire import Outcome
 from node.app import build_service
+from node.background import Backoff
 from node.metrics import NodeMetrics
 from node.settings import NodeSettings
-from node.sync import Backoff, ClusterSync
+from node.sync import ClusterSync
 from tests.conftest import CLUSTER_TOKEN
 from tests.helpers import NodeProcess, PublishFn, corrupt, eventually, metric, wait_http
 
