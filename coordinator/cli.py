@@ -16,7 +16,8 @@ from rich.table import Table
 
 from coordinator.errors import ClusterUnavailable, ModelCacheError, VersionNotFound
 from coordinator.registry import Registry
-from coordinator.state import Change, ClusterState
+from coordinator.state import ClusterState
+from coordinator.wire import Change, Outcome
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
@@ -148,7 +149,10 @@ def _report(state: ClusterState, change: Change, args: argparse.Namespace, what:
     if change.seq == 0:
         console.print(f"{what}: nothing changed")
         return 0
-    console.print(f"{what}: published as change #{change.seq} (generation {change.generation})")
+    # The epoch names the change too: seq restarts when Redis loses its data.
+    console.print(
+        f"{what}: published as change #{change.seq} (generation {change.generation}, epoch {change.epoch})"
+    )
     if not args.wait:
         return 0
     rows = state.wait_for_acks(change, args.timeout)
@@ -159,13 +163,13 @@ def _report(state: ClusterState, change: Change, args: argparse.Namespace, what:
         for col in ("node", "outcome", "serving", "propagation ms", "detail"):
             table.add_column(col)
         for r in rows:
-            color = "green" if r.outcome == "ok" else "red"
+            color = "green" if r.outcome is Outcome.OK else "red"
             ms = f"{r.propagation_ms:.1f}" if r.propagation_ms is not None else "-"
             table.add_row(r.node_id, f"[{color}]{r.outcome}[/]", r.version or "-", ms, r.detail)
         console.print(table)
     if not rows:
         err_console.print("[yellow]no live nodes to acknowledge[/]")
-    bad = [r for r in rows if r.outcome != "ok"]
+    bad = [r for r in rows if r.outcome is not Outcome.OK]
     if bad:
         err_console.print(f"[red]{len(bad)} of {len(rows)} node(s) failed or timed out[/]")
     return 1 if bad else 0

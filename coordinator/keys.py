@@ -32,6 +32,15 @@ class Keys:
         return f"{self.prefix}changes"
 
     @property
+    def epoch(self) -> str:
+        """String: random token created with the counters; a new one means Redis lost its data.
+
+        `seq` and generations restart at 1 after a FLUSHALL or an empty restart, so a change
+        is named by (epoch, seq), never by seq alone.
+        """
+        return f"{self.prefix}epoch"
+
+    @property
     def seq(self) -> str:
         """Counter: one number per change, cluster-wide; acknowledgements refer to it."""
         return f"{self.prefix}seq"

@@ -130,6 +130,12 @@ class NodeMetrics:
         self.redis_connected = Gauge(
             "modelcache_redis_connected", "1 while the node reaches Redis, else 0.", registry=r
         )
+        self.background_errors = Counter(
+            "modelcache_background_errors_total",
+            "Unexpected errors caught at the top of a background thread (which then goes on).",
+            ["thread"],
+            registry=r,
+        )
         self.served_version = Gauge(
             "modelcache_served_version_info",
             "1 for the version this node serves by default for each model type.",

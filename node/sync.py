@@ -5,7 +5,11 @@ Two background threads, neither on the request path (invariant 4):
 * the loop reconciles (reads pins and generations, applies what differs, acks)
   when woken, on every (re)connect and every RECONCILE_INTERVAL_S, and
   heartbeats every HEARTBEAT_S. A node that missed every event still converges
-  (invariant 3). Redis errors mark the node disconnected and back off.
+  (invariant 3). Redis errors mark the node disconnected and back off with jitter.
+
+Neither thread ever dies: everything is caught at its top, counted in
+`modelcache_background_errors_total{thread}`, and `health()` says when one is stuck.
+Everything read from Redis is untrusted; one bad model or message fails alone.
 """
 
 from __future__ import annotations
@@ -16,26 +20,34 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from coordinator.errors import ClusterUnavailable
 from coordinator.keys import ALL, Keys
-from coordinator.state import AckRow, Change, ClusterState, Snapshot, connect
+from coordinator.state import AckRow, ClusterState, LogThrottle, Snapshot, connect
+from coordinator.wire import Ack, Change, ChangeKind, Heartbeat, ModelAck, Outcome, WireError
+from node.background import UNHEALTHY_AFTER, Backoff, SyncHealth, ThreadHealth
 from node.metrics import NodeMetrics
-from node.service import ModelService, Outcome
+from node.service import ModelService
+from node.service import Outcome as Applied
 from node.settings import NodeSettings
 
 log = logging.getLogger("modelcache.sync")
-
-MAX_BACKOFF_S = 5.0
 
 
 class ClusterSync:
     """Keeps one node in step with the cluster, and carries the node's cluster-wide admin calls."""
 
-    def __init__(self, settings: NodeSettings, service: ModelService, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        service: ModelService,
+        metrics: NodeMetrics,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
         assert settings.redis_url, "ClusterSync needs MODELCACHE_REDIS_URL"
         self.settings, self.service, self.metrics = settings, service, metrics
         self.node_id = settings.resolved_node_id
@@ -43,19 +55,27 @@ class ClusterSync:
         self.state = ClusterState(connect(settings.redis_url), self.keys, origin=self.node_id)
         self.started_at = time.time()
         self._applied: dict[str, int] | None = None  # generations applied; None until first sync
-        self._outcomes: dict[str, dict[str, Any]] = {}
+        self._epoch = ""  # the epoch `_applied` belongs to
+        self._outcomes: dict[str, ModelAck] = {}
+        self._bad_pins: dict[str, str] = {}
         self._seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._health: dict[str, ThreadHealth] = {}
+        self._rand = rand
+        self._throttle = LogThrottle()
         self._reported: Counter[str] = Counter()
         self._connected = False
         metrics.redis_connected.set(0)
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        for target in (self._subscribe_forever, self._loop_forever):
-            thread = threading.Thread(target=target, name=f"modelcache-{target.__name__}", daemon=True)
+        for name, body in (("subscriber", self._subscribe_forever), ("loop", self._loop_forever)):
+            self._health[name] = ThreadHealth()
+            thread = threading.Thread(
+                target=self._guard, args=(name, body), name=f"modelcache-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -71,6 +91,19 @@ class ClusterSync:
             self.state.leave(self.node_id)  # drop out of the cluster view at once
         self.state.close()
 
+    def health(self) -> SyncHealth:
+        """Problems that should keep this node out of rotation (not Redis being down: invariant 4)."""
+        problems = []
+        if not self._stop.is_set():
+            for thread in self._threads:
+                if not thread.is_alive():
+                    problems.append(f"{thread.name} thread is not running")
+        for name, h in self._health.items():
+            if h.consecutive >= UNHEALTHY_AFTER:
+                problems.append(f"{name}: {h.consecutive} errors in a row, last: {h.last_error}")
+        errors = {name: h.errors for name, h in self._health.items()}
+        return SyncHealth(problems, self._connected, errors)
+
     def warm(self) -> list[str]:
         """Warm start (invariant 7): adopt pins, then preload pinned and popular models."""
         try:
@@ -78,6 +111,8 @@ class ClusterSync:
         except ClusterUnavailable as exc:
             log.warning("warm-up without cluster state: %s", exc)
             return self.service.warm(self.settings.warmup)
+        except Exception as exc:  # warm-up must end, or /readyz stays 503 for ever
+            self._failed("warmup", exc)
         wanted = list(self.settings.warmup) + sorted(self.service.pins)
         if self.settings.warmup_popular:
             with contextlib.suppress(ClusterUnavailable):
@@ -86,33 +121,61 @@ class ClusterSync:
         return self.service.warm(unique)
 
     # -- threads -------------------------------------------------------------
-    def _subscribe_forever(self) -> None:
-        backoff = 0.1
+    def _guard(self, name: str, body: Callable[[Backoff], None]) -> None:
+        """A background thread's top: nothing escapes, every failure is counted and retried."""
+        backoff = Backoff(rand=self._rand)
         while not self._stop.is_set():
-            pubsub = None
             try:
-                pubsub = connect(self.settings.redis_url, timeout=5).pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.keys.events)
-                backoff = 0.1
-                self._wake.set()  # (re)connected: reconcile, we may have missed events
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("type") == "message":
-                        self._wake.set()
-            except (redis.RedisError, OSError) as exc:
-                self._set_connected(False, f"subscriber: {exc}")
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(redis.RedisError, OSError):
-                        pubsub.close()
+                body(backoff)
+            except (redis.RedisError, OSError, ClusterUnavailable) as exc:
+                self._set_connected(False, f"{name}: {exc}")
+            except Exception as exc:  # a dead thread is worse than any error
+                self._failed(name, exc)
+            self._stop.wait(backoff.next())
 
-    def _loop_forever(self) -> None:
+    def _failed(self, name: str, exc: BaseException) -> None:
+        h = self._health.setdefault(name, ThreadHealth())
+        h.errors += 1
+        h.consecutive += 1
+        h.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.metrics.background_errors.labels(name).inc()
+        log.error("%s: unexpected error, going on: %s", name, h.last_error, exc_info=exc)
+
+    def _succeeded(self, name: str) -> None:
+        h = self._health.get(name)
+        if h is not None:
+            h.consecutive = 0
+
+    def _subscribe_forever(self, backoff: Backoff) -> None:
+        client = connect(self.settings.redis_url or "", timeout=5, decode_responses=False)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.events)
+            backoff.reset()
+            self._succeeded("subscriber")
+            self._wake.set()  # (re)connected: reconcile, we may have missed events
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.5)
+                if message is not None and message.get("type") == "message":
+                    self._on_event(message.get("data"))
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()
+            client.close()
+
+    def _on_event(self, data: Any) -> None:
+        """Anyone can PUBLISH here: only a well-formed change wakes the loop."""
+        try:
+            change = Change.from_json(data if isinstance(data, bytes) else b"")
+        except WireError as exc:
+            self._throttle.warning("event", "ignoring a message on %s: %s", self.keys.events, exc, logger=log)
+            return
+        log.debug("event: %s", change.summary())
+        self._wake.set()
+
+    def _loop_forever(self, backoff: Backoff) -> None:
         interval = self.settings.reconcile_interval_s
-        next_reconcile = time.monotonic()
-        next_heartbeat = time.monotonic()
-        backoff = 0.1
+        next_reconcile = next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
             woken = self._wake.wait(max(0.0, min(next_reconcile, next_heartbeat) - now))
@@ -125,19 +188,20 @@ class ClusterSync:
                 if woken or now >= next_reconcile:
                     self._reconcile()
                     next_reconcile = time.monotonic() + interval
+                    # Only a reconcile proves the loop works (a heartbeat alone would hide a stuck one).
+                    backoff.reset()
+                    self._succeeded("loop")
                 # Back from an outage: heartbeat at once, our membership key has likely expired.
                 if now >= next_heartbeat or (rejoining and self._connected):
                     self._heartbeat()
                     next_heartbeat = time.monotonic() + self.settings.heartbeat_s
-                backoff = 0.1
             except ClusterUnavailable as exc:
                 self._set_connected(False, str(exc))
-                # Retry soon, then less often while Redis stays away.
-                next_reconcile = next_heartbeat = time.monotonic() + backoff
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            except Exception:
-                log.exception("reconcile failed")
-                next_reconcile = time.monotonic() + interval
+                # Retry soon, then less often while Redis stays away; jittered across the fleet.
+                next_reconcile = next_heartbeat = time.monotonic() + backoff.next()
+            except Exception as exc:
+                self._failed("loop", exc)
+                next_reconcile = time.monotonic() + min(interval, backoff.next())
 
     def _set_connected(self, connected: bool, why: str = "") -> None:
         if connected != self._connected:
@@ -154,77 +218,147 @@ class ClusterSync:
         self._set_connected(True)
         if self._applied is None:
             # First contact: adopt the state as it is; nothing is cached yet, so nothing reloads.
-            self.service.set_pins(snap.pins, source="startup")
-            self._applied = dict(snap.generations)
+            self._adopt_pins(snap, "startup")
+            self._applied, self._epoch = dict(snap.generations), snap.epoch
+            self._note_bad_pins(snap)
             self._write_ack(snap)
             return
+        if snap.epoch != self._epoch:
+            # Redis lost its data: counters restarted, so a generation we "applied" may name a
+            # new change. Forget them all and apply the whole desired state again.
+            log.warning("cluster epoch %r -> %r: re-applying every change", self._epoch, snap.epoch)
+            self._applied, self._epoch = {}, snap.epoch
         applied_at = time.time()
-        outcomes: dict[str, Outcome] = {}
-        if snap.pins != self.service.pins:
-            for outcome in self.service.set_pins(snap.pins, source="cluster"):
-                outcomes[outcome.model_type] = outcome
-        for field, generation in sorted(snap.generations.items()):
-            # != rather than >: a Redis that lost its data restarts the counters.
-            if self._applied.get(field) == generation:
+        outcomes = self._adopt_pins(snap, "cluster")
+        for name, generation in sorted(snap.generations.items()):
+            if self._applied.get(name) == generation:
                 continue
-            change = snap.changes.get(field, {})
-            if field == ALL:
-                outcomes[ALL] = _combine(self.service.reload(source="cluster"))
-            elif field not in outcomes and change.get("kind") == "reload":
-                version = change.get("version") or None
-                [outcomes[field]] = self.service.reload(field, version, source="cluster")
-            elif field not in outcomes:  # a pin/unpin this node had already adopted
-                served = self.service.served_version(field)
-                outcomes[field] = Outcome(field, "ok", served, served, "already applied")
-            self._applied[field] = generation
-            self._record(field, outcomes[field], change, applied_at)
+            change = snap.changes.get(name)
+            if name in outcomes:  # a pin/unpin applied just above
+                pass
+            elif change is None:
+                why = snap.bad_changes.get(name, "no change record")
+                outcomes[name] = self._failure(name, f"cannot apply generation {generation}: {why}")
+            elif name == ALL:
+                outcomes[ALL] = _combine([self._safely(mt, self._reload, mt, None) for mt in self._types()])
+            elif change.kind is ChangeKind.RELOAD:
+                outcomes[name] = self._safely(name, self._reload, name, change.version or None)
+            else:  # a pin/unpin this node had already adopted
+                served = self.service.served_version(name)
+                outcomes[name] = Applied(name, "ok", served, served, "already applied")
+            self._applied[name] = generation
+            self._record(name, outcomes[name], change, snap, applied_at)
+        self._note_bad_pins(snap)
         self._write_ack(snap)
         if outcomes:
             self._heartbeat()  # the cluster view shows the new state at once
 
-    def _record(self, field: str, outcome: Outcome, change: dict[str, Any], applied_at: float) -> None:
-        delay = max(0.0, applied_at - float(change.get("ts", applied_at)))
-        self.metrics.reload_propagation_seconds.observe(delay)
-        done = time.time()
-        self._outcomes[field] = {
-            **outcome.to_dict(),
-            "seq": change.get("seq", 0),
-            "generation": change.get("generation"),
+    def _types(self) -> list[str]:
+        return sorted(set(self.service.cached_versions()) | set(self.service.serving()))
+
+    def _reload(self, model_type: str, version: str | None) -> Applied:
+        [outcome] = self.service.reload(model_type, version, source="cluster")
+        return outcome
+
+    def _adopt_pins(self, snap: Snapshot, source: str) -> dict[str, Applied]:
+        """Apply pin changes one model type at a time, so one that raises fails alone."""
+        current = self.service.pins
+        wanted = dict(snap.pins)
+        for model_type in snap.bad_pins:  # an unreadable pin changes nothing here
+            if model_type in current:
+                wanted[model_type] = current[model_type]
+        out: dict[str, Applied] = {}
+        for model_type in sorted(set(wanted) | set(current)):
+            if wanted.get(model_type) == current.get(model_type):
+                continue
+            step = {k: v for k, v in self.service.pins.items() if k != model_type}
+            if model_type in wanted:
+                step[model_type] = wanted[model_type]
+            out[model_type] = self._safely(model_type, self._set_pins, model_type, step, source)
+        return out
+
+    def _set_pins(self, model_type: str, pins: dict[str, str], source: str) -> Applied:
+        results = self.service.set_pins(pins, source=source)
+        served = self.service.served_version(model_type)
+        return next(
+            (r for r in results if r.model_type == model_type), Applied(model_type, "ok", served, served)
+        )
+
+    def _safely(self, model_type: str, fn: Callable[..., Applied], *args: Any) -> Applied:
+        try:
+            return fn(*args)
+        except ClusterUnavailable:
+            raise
+        except Exception as exc:  # any registry error: this model fails, the others go on
+            log.exception("applying %s failed", model_type)
+            self.metrics.reloads.labels("cluster", "failed").inc()
+            return self._failure(model_type, f"{type(exc).__name__}: {exc}")
+
+    def _failure(self, model_type: str, detail: str) -> Applied:
+        served = self.service.served_version(model_type)
+        if served:
+            detail = f"{detail}; still serving {served}"
+        return Applied(model_type, "failed", served, served, detail)
+
+    def _note_bad_pins(self, snap: Snapshot) -> None:
+        """An unusable pin is a failed outcome in the ack until someone fixes it."""
+        for model_type in set(self._bad_pins) - set(snap.bad_pins):
+            self._outcomes.pop(model_type, None)
+        for model_type, why in snap.bad_pins.items():
+            if self._bad_pins.get(model_type) != why:
+                change = snap.changes.get(model_type)
+                self._outcomes[model_type] = ModelAck(
+                    model_type,
+                    Outcome.FAILED,
+                    self.service.served_version(model_type),
+                    detail=why,
+                    epoch=snap.epoch,
+                    seq=change.seq if change else snap.seq,
+                    generation=change.generation if change else None,
+                )
+        self._bad_pins = dict(snap.bad_pins)
+
+    def _record(
+        self, name: str, outcome: Applied, change: Change | None, snap: Snapshot, applied_at: float
+    ) -> None:
+        ts = change.ts if change else applied_at
+        self.metrics.reload_propagation_seconds.observe(max(0.0, applied_at - ts))
+        self._outcomes[name] = ModelAck(
+            model_type=outcome.model_type,
+            outcome=Outcome(outcome.outcome),
+            version=outcome.version,
+            previous=outcome.previous,
+            detail=outcome.detail[:2000],
+            epoch=change.epoch if change else snap.epoch,
+            seq=change.seq if change else snap.seq,
+            generation=change.generation if change else None,
             # From the change being published to this node serving the result.
-            "propagation_ms": round((done - float(change.get("ts", done))) * 1000, 3),
-        }
+            propagation_ms=round((time.time() - ts) * 1000, 3),
+        )
 
     def _write_ack(self, snap: Snapshot) -> None:
         self._seq = snap.seq
-        self.state.write_ack(
-            self.node_id,
-            {
-                "node_id": self.node_id,
-                "seq": snap.seq,
-                "applied_at": time.time(),
-                "outcomes": self._outcomes,
-                "serving": self.service.serving(),
-            },
+        ack = Ack(
+            self.node_id, snap.epoch, snap.seq, time.time(), dict(self._outcomes), self.service.serving()
         )
+        self.state.write_ack(ack)
 
     def _heartbeat(self) -> None:
         counts = self.service.request_counts()
         delta = {mt: n - self._reported[mt] for mt, n in counts.items() if n > self._reported[mt]}
         stats = self.service.stats()
-        self.state.heartbeat(
-            self.node_id,
-            {
-                "node_id": self.node_id,
-                "url": self.settings.resolved_public_url,
-                "started_at": self.started_at,
-                "heartbeat_at": time.time(),
-                "applied_seq": self._seq,
-                "cached": [{"model_type": m["model_type"], "version": m["version"]} for m in stats["models"]],
-                "serving": self.service.serving(),
-                "stats": {k: v for k, v in stats.items() if k != "models"},
-            },
-            ttl_s=3 * self.settings.heartbeat_s,
+        beat = Heartbeat(
+            node_id=self.node_id,
+            url=self.settings.resolved_public_url,
+            started_at=self.started_at,
+            heartbeat_at=time.time(),
+            epoch=self._epoch,
+            applied_seq=self._seq,
+            cached=[{"model_type": m["model_type"], "version": m["version"]} for m in stats["models"]],
+            serving=self.service.serving(),
+            stats={k: v for k, v in stats.items() if k != "models"},
         )
+        self.state.heartbeat(beat, ttl_s=3 * self.settings.heartbeat_s)
         self.state.add_popularity(delta)
         self._reported.update(delta)
 
@@ -253,11 +387,12 @@ class ClusterSync:
         body: dict[str, Any] = {
             "scope": "cluster",
             "change": {
-                "kind": change.kind,
+                "kind": change.kind.value,
                 "model_type": change.model_type,
                 "version": change.version or None,
                 "seq": change.seq,
                 "generation": change.generation,
+                "epoch": change.epoch,
             },
         }
         if change.seq == 0:
@@ -272,20 +407,20 @@ class ClusterSync:
         body["acks"] = [
             {
                 "node_id": r.node_id,
-                "outcome": r.outcome,
+                "outcome": r.outcome.value,
                 "version": r.version,
                 "detail": r.detail,
                 "propagation_ms": r.propagation_ms,
             }
             for r in rows
         ]
-        body["ok"] = all(r.outcome == "ok" for r in rows)
+        body["ok"] = all(r.outcome is Outcome.OK for r in rows)
         return body
 
 
-def _combine(outcomes: list[Outcome]) -> Outcome:
+def _combine(outcomes: list[Applied]) -> Applied:
     failed = [o for o in outcomes if o.outcome != "ok"]
     detail = (
         "; ".join(f"{o.model_type}: {o.detail}" for o in failed) or f"reloaded {len(outcomes)} model type(s)"
     )
-    return Outcome(ALL, "failed" if failed else "ok", None, None, detail)
+    return Applied(ALL, "failed" if failed else "ok", None, None, detail)

@@ -10,6 +10,7 @@ def test_every_key_carries_the_prefix() -> None:
         keys.generations,
         keys.changes,
         keys.seq,
+        keys.epoch,
         keys.events,
         keys.popularity,
         keys.node("n1"),

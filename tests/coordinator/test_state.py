@@ -8,11 +8,13 @@ import time
 import pytest
 import redis
 
+from coordinator import cli
 from coordinator.errors import ClusterUnavailable, VersionNotFound
 from coordinator.keys import ALL
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
+from coordinator.wire import Ack, Change, Heartbeat, ModelAck, Outcome
 from tests.helpers import PublishFn
 
 
@@ -43,7 +45,8 @@ def test_pin_changes_keys_and_announces_atomically(
     assert before <= event["ts"] <= time.time()
     snap = state.read()
     assert snap.pins == {"churn": "1.0.0"} and snap.generations == {"churn": 1} and snap.seq == 1
-    assert snap.changes["churn"]["kind"] == "pin"
+    assert snap.changes["churn"] == Change.from_json(event) == change
+    assert change.epoch and snap.epoch == change.epoch
 
 
 def test_unpin_reload_and_reload_all_bump_generations(
@@ -88,8 +91,8 @@ def test_prefixes_isolate_clusters(
 
 
 def test_heartbeats_expire(state: ClusterState) -> None:
-    state.heartbeat("n1", {"node_id": "n1", "url": "http://x"}, ttl_s=0.2)
-    state.heartbeat("n2", {"node_id": "n2", "url": "http://y"}, ttl_s=30)
+    state.heartbeat(Heartbeat("n1", "http://x"), ttl_s=0.2)
+    state.heartbeat(Heartbeat("n2", "http://y"), ttl_s=30)
     assert [n["node_id"] for n in state.nodes()] == ["n1", "n2"]
     time.sleep(0.3)
     assert [n["node_id"] for n in state.nodes()] == ["n2"]
@@ -102,23 +105,10 @@ def test_wait_for_acks_reports_each_node_and_times_out(
 ) -> None:
     publish("churn", "1.0.0")
     for n in ("a", "b"):
-        state.heartbeat(n, {"node_id": n, "url": f"http://{n}"}, ttl_s=30)
+        state.heartbeat(Heartbeat(n, f"http://{n}"), ttl_s=30)
     change = state.pin("churn", "1.0.0", registry)
-    state.write_ack(
-        "a",
-        {
-            "seq": change.seq,
-            "outcomes": {
-                "churn": {
-                    "outcome": "ok",
-                    "version": "1.0.0",
-                    "detail": "loaded",
-                    "seq": change.seq,
-                    "propagation_ms": 3.0,
-                }
-            },
-        },
-    )
+    outcome = ModelAck("churn", Outcome.OK, "1.0.0", None, "loaded", change.epoch, change.seq, 1, 3.0)
+    state.write_ack(Ack("a", change.epoch, change.seq, time.time(), {"churn": outcome}))
     rows = state.wait_for_acks(change, timeout_s=0.2)
     assert [(r.node_id, r.outcome, r.version) for r in rows] == [("a", "ok", "1.0.0"), ("b", "timeout", None)]
     assert rows[0].propagation_ms == 3.0
@@ -142,3 +132,77 @@ def test_unreachable_redis_fails_fast_with_a_clear_error(registry: Registry, pub
                 state.read()
         finally:
             state.close()
+
+
+def test_a_reset_redis_starts_a_new_epoch_and_old_acks_answer_nothing(
+    state: ClusterState, registry: Registry, publish: PublishFn
+) -> None:
+    publish("churn", "1.0.0")
+    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    before = state.reload("churn", None, registry)
+    done = ModelAck("churn", Outcome.OK, "1.0.0", None, "loaded", before.epoch, before.seq, 1)
+    old_ack = Ack("a", before.epoch, before.seq, time.time(), {"churn": done})
+    state.client.flushall()  # Redis restarted empty: seq and generations start again at 1
+    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    state.write_ack(old_ack)  # the node has not seen the new change yet
+    after = state.reload("churn", None, registry)
+    assert (after.seq, after.generation) == (before.seq, before.generation) == (1, 1)
+    assert after.epoch and after.epoch != before.epoch and state.read().epoch == after.epoch
+    [row] = state.wait_for_acks(after, timeout_s=0.2)
+    assert row.outcome is Outcome.TIMEOUT  # the old ack (same seq, old epoch) is not this change's
+    assert state.reload("churn", None, registry).epoch == after.epoch  # the epoch is kept, not renewed
+
+
+def test_two_operators_at_once_each_learn_what_won(
+    state: ClusterState, registry: Registry, publish: PublishFn
+) -> None:
+    publish("churn", "1.0.0")
+    publish("churn", "2.0.0")
+    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    first = state.pin("churn", "1.0.0", registry)
+    second = state.pin("churn", "2.0.0", registry)
+    assert second.seq == first.seq + 1
+    # The node saw both at once and applied the later one.
+    applied = ModelAck("churn", Outcome.OK, "2.0.0", None, "loaded", second.epoch, second.seq, 2)
+    state.write_ack(Ack("a", second.epoch, second.seq, time.time(), {"churn": applied}))
+    [row] = state.wait_for_acks(first, timeout_s=1)
+    assert (row.outcome, row.version) == (Outcome.OK, "2.0.0")
+    assert row.detail.startswith(f"superseded by change #{second.seq}")
+    [row] = state.wait_for_acks(second, timeout_s=1)
+    assert row.detail == "loaded"
+
+
+def test_garbage_in_redis_is_skipped_not_raised(
+    state: ClusterState,
+    registry: Registry,
+    publish: PublishFn,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish("churn", "1.0.0")
+    k, c = state.keys, state.client
+    state.heartbeat(Heartbeat("good", "http://good"), ttl_s=30)
+    c.set(k.node("junk"), b"\xff\xfe not json")
+    c.set(k.node("shape"), '{"node_id": 5}')
+    c.set(k.node("list"), "[1]")
+    change = state.pin("churn", "1.0.0", registry)
+    c.set(k.ack("good"), "garbage")
+    c.hset(k.pins, mapping={"bad": "not a version!!", "../etc": "1.0"})
+    c.hset(k.generations, "weird", "NaN")
+    c.hset(k.changes, "weird", "{not json")
+    c.zincrby(k.popularity, 5, "../etc")
+
+    assert [n["node_id"] for n in state.nodes()] == ["good"]
+    view = state.describe()
+    assert view["pins"] == {"churn": "1.0.0"} and view["generations"] == {"churn": 1}
+    snap = state.read()
+    assert set(snap.bad_pins) == {"bad", "../etc"} and "not a PEP 440 version" in snap.bad_pins["bad"]
+    assert set(snap.changes) == {"churn"} and "weird" in snap.bad_changes
+    assert state.popular(3) == []
+    [row] = state.wait_for_acks(change, timeout_s=0.2)  # an unreadable ack is no ack, not a crash
+    assert row.outcome is Outcome.TIMEOUT
+    assert "ignoring heartbeat" in caplog.text and "ignoring acknowledgement" in caplog.text
+
+    assert cli.main(["status", "--json", "--redis-url", redis_server.url, "--redis-prefix", k.prefix]) == 0
+    assert [n["node_id"] for n in json.loads(capsys.readouterr().out)["nodes"]] == ["good"]
