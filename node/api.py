@@ -79,6 +79,7 @@ class Cluster(Protocol):
         self, model_type: str | None, version: str | None, wait: bool, timeout_s: float
     ) -> dict[str, Any]: ...
     async def describe(self) -> dict[str, Any]: ...
+    def problems(self) -> list[str]: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
@@ -121,7 +122,8 @@ def create_app(
     def problems() -> list[str]:
         """Why this node should not take traffic now; empty when it should."""
         found = [] if state["ready"] else [f"node {node_id} is still warming up"]
-        return found + service.load_health()
+        found += service.load_health()
+        return found + (cluster.problems() if cluster is not None else [])
 
     app = FastAPI(
         title="modelcache node",

@@ -91,6 +91,10 @@ class ClusterSync:
             self.state.leave(self.node_id)  # drop out of the cluster view at once
         self.state.close()
 
+    def problems(self) -> list[str]:
+        """What /readyz reports for cluster sync; empty when healthy."""
+        return self.health().problems
+
     def health(self) -> SyncHealth:
         """Problems that should keep this node out of rotation (not Redis being down: invariant 4)."""
         problems = []

@@ -571,3 +571,22 @@ def test_a_failing_warm_up_still_ends_ready(registry: Registry, publish: Publish
     with TestClient(app) as c:
         assert eventually(lambda: c.get("/readyz").status_code == 200, timeout=5)
         assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).is_success
+
+
+def test_readyz_reports_cluster_sync_problems(registry: Registry, publish: PublishFn) -> None:
+    """The wiring only: node/sync's own tests provoke a sync thread that keeps failing."""
+    publish("m", "1.0")
+    settings = NodeSettings(registry=registry.root)
+    metrics = NodeMetrics(CollectorRegistry())
+
+    class FailingSync:
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+        def problems(self) -> list[str]:
+            return ["loop: 3 errors in a row, last: boom"]
+
+    app = create_app(settings, build_service(settings, metrics), metrics, cluster=FailingSync())  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "loop: 3 errors in a row" in r.json()["error"]
+        assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).is_success
