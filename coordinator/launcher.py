@@ -16,7 +16,7 @@ import httpx
 from rich.console import Console
 
 from coordinator.errors import ModelCacheError
-from coordinator.nginx import Nginx, find_nginx
+from coordinator.lb import INSTALL, HAProxy, find_haproxy
 from coordinator.processes import port_free, stop_process
 from coordinator.registry import Registry
 
@@ -127,10 +127,11 @@ def run_up(args: argparse.Namespace) -> int:
         lb = _start_balancer(args, ports)
         entry = lb.url if lb is not None else urls[0][0]
         if lb is not None:
-            console.print(f"load balancer: {lb.url}   (nginx, cache affinity by model; use this one)")
+            note = "HAProxy, cache affinity by model with bounded loads; use this one"
+            console.print(f"load balancer: {lb.url}   ({note})")
         _print_banner(entry, [u for u, _ in urls], token, registry, log_dir, redis_url, args.redis_prefix)
         while not stopping:
-            dead = stack.dead() + (["nginx"] if lb is not None and not lb.running() else [])
+            dead = stack.dead() + (["haproxy"] if lb is not None and not lb.running() else [])
             if dead:
                 console.print(f"[red]stopped unexpectedly:[/] {', '.join(dead)} (logs in {log_dir})")
                 return 1
@@ -153,17 +154,17 @@ def run_up(args: argparse.Namespace) -> int:
             redis_server.stop()
 
 
-def _start_balancer(args: argparse.Namespace, ports: list[int]) -> Nginx | None:
+def _start_balancer(args: argparse.Namespace, ports: list[int]) -> HAProxy | None:
     if args.no_lb:
         return None
-    if find_nginx() is None:
-        console.print("no nginx on PATH: no load balancer (Debian: apt-get install nginx-light)")
+    if find_haproxy() is None:
+        console.print(f"no haproxy on PATH: no load balancer ({INSTALL})")
         return None
     if not port_free(args.host, args.lb_port):
         raise RuntimeError(f"load balancer port {args.lb_port} is in use; pass --lb-port")
     servers = [f"{args.host}:{p}" for p in ports]
     max_body = int(os.environ.get("MODELCACHE_MAX_BODY_BYTES", "1048576"))
-    return Nginx(servers, args.lb_port, max_body).start()
+    return HAProxy(servers, args.lb_port, max_body).start()
 
 
 def _print_banner(

@@ -32,9 +32,7 @@ def test_compose_follows_the_compose_specification() -> None:
 def test_compose_has_the_whole_stack() -> None:
     doc = compose()
     services = doc["services"]
-    assert {"redis", "demo-models", "node1", "node2", "node3", "nginx", "prometheus", "grafana"} <= set(
-        services
-    )
+    assert {"redis", "demo-models", "node1", "node2", "node3", "lb", "prometheus", "grafana"} <= set(services)
     assert (
         "--appendonly" in services["redis"]["command"] and "redis-data:/data" in services["redis"]["volumes"]
     )
@@ -44,9 +42,11 @@ def test_compose_has_the_whole_stack() -> None:
         assert "registry:/registry:ro" in node["volumes"]
         assert node["depends_on"]["demo-models"]["condition"] == "service_completed_successfully"
     assert services["demo-models"]["command"][0] == "demo-models"
-    assert "./nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+    assert services["lb"]["image"].startswith("haproxy:")
+    assert "./haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in services["lb"]["volumes"]
+    assert services["lb"]["ports"] == ["8080:8080"]
     for mount in (
-        *services["nginx"]["volumes"],
+        *services["lb"]["volumes"],
         *services["prometheus"]["volumes"],
         *services["grafana"]["volumes"],
     ):
@@ -73,11 +73,16 @@ def test_kubernetes_manifests_validate(name: str, doc: dict) -> None:
 
 
 def test_kubernetes_validation_catches_mistakes() -> None:
-    [deployment] = [d for _, d in k8s_documents() if d["kind"] == "Deployment"]
+    deployment = by_name("Deployment", "modelcache-node")
     deployment = json.loads(json.dumps(deployment))
     deployment["spec"]["replicaz"] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def by_name(kind: str, name: str) -> dict:
+    [doc] = [d for _, d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
 
 
 def test_kubernetes_node_deployment_is_production_shaped() -> None:
@@ -92,7 +97,7 @@ def test_kubernetes_node_deployment_is_production_shaped() -> None:
         "PodDisruptionBudget",
         "Ingress",
     } <= set(kinds)
-    pod = kinds["Deployment"]["spec"]["template"]
+    pod = by_name("Deployment", "modelcache-node")["spec"]["template"]
     [container] = pod["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -111,3 +116,22 @@ def test_dockerfile_is_slim_nonroot_cpu_only_with_healthcheck() -> None:
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
     assert "xgboost-cpu>=2.1; sys_platform == 'linux'" in pyproject
     assert "nvidia" not in text.lower()
+
+
+def test_kubernetes_traffic_goes_through_haproxy_to_each_node_pod() -> None:
+    """Ingress -> HAProxy Service -> HAProxy, which resolves the pods from the headless Service."""
+    ingress = by_name("Ingress", "modelcache")
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"]["name"] == "modelcache-lb"
+    assert not any("hash" in key for key in ingress["metadata"].get("annotations", {}))
+    lb = by_name("Deployment", "modelcache-lb")
+    [container] = lb["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("haproxy:")
+    [volume] = lb["spec"]["template"]["spec"]["volumes"]
+    config = by_name("ConfigMap", volume["configMap"]["name"])
+    cfg = config["data"]["haproxy.cfg"]
+    assert "hash-balance-factor 125" in cfg
+    pods = by_name("Service", "modelcache-node-pods")
+    assert pods["spec"]["clusterIP"] == "None"
+    assert f"{pods['metadata']['name']}.{pods['metadata']['namespace']}.svc.cluster.local:8000" in cfg
+    assert by_name("Service", "modelcache-lb")["spec"]["selector"] == lb["spec"]["selector"]["matchLabels"]
