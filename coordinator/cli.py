@@ -1,4 +1,9 @@
-"""The `modelcache` command line."""
+"""The `modelcache` command line.
+
+Cluster commands (`pin`, `unpin`, `reload`, `status`, `models`) go through a node's admin
+API with `--url` (coordinator.client), or straight to Redis with `--redis-url` for local
+use. `--json` prints exactly one JSON document on stdout; people's text goes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,59 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.errors import ClusterUnavailable, ModelCacheError, VersionNotFound
+from coordinator.client import AdminClient, AdminRequestInvalid
+from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError, VersionNotFound
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
 from coordinator.wire import Change, Outcome
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  the operation failed: a node failed or timed out, unknown model or version,
+     wrong or missing admin token (the message says which)
+  2  usage error: bad arguments
+  3  the cluster is unreachable (no answer at --url, or Redis down)
+
+cluster commands (pin, unpin, reload, status, models) use the admin API of a node or
+the load balancer with --url (MODELCACHE_URL) and --token (MODELCACHE_ADMIN_TOKEN),
+or Redis directly with --redis-url (MODELCACHE_REDIS_URL) and --registry.
+--json prints exactly one JSON document on stdout, whatever the exit code.
+
+example:
+  modelcache --url http://lb:8080 --token $TOKEN pin churn 1.0.0 --wait --json"""
+
+
+def _console(stderr: bool) -> Console:
+    # Piped output keeps whole table rows (rich would cut them to 80 columns); COLUMNS still wins.
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=100_000 if wide else None)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors on one line: `modelcache: error: ...`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see `{self.prog} --help`"
+        self.exit(EXIT_USAGE, f"modelcache: error: {message} ({hint})\n")
 
 
 def _registry_arg(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +81,17 @@ def _redis_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("MODELCACHE_REDIS_URL"),
-        help="Redis of the cluster (MODELCACHE_REDIS_URL)",
+        help="Redis of the cluster, when not using --url (MODELCACHE_REDIS_URL)",
     )
     parser.add_argument(
         "--redis-prefix",
         default=os.environ.get("MODELCACHE_REDIS_PREFIX", "modelcache:"),
         help="key prefix of the cluster (MODELCACHE_REDIS_PREFIX)",
     )
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -54,49 +104,72 @@ def _metric(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"metric {text!r} must look like name=0.93") from None
 
 
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
 # -- registry commands ---------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    meta = Registry(args.registry).publish(
-        args.artifact,
-        args.model_type,
-        args.version,
-        features=args.feature or (),
-        metrics=dict(args.metric or ()),
-        task=args.task,
-        force=args.force,
-    )
+    registry = Registry(args.registry)
+    options = {
+        "features": args.feature or (),
+        "metrics": dict(args.metric or ()),
+        "task": args.task,
+        "force": args.force,
+    }
+    if sys.stderr.isatty() and not args.json:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task(f"publishing {Path(args.artifact).name}", total=None)
+            meta = registry.publish(
+                args.artifact,
+                args.model_type,
+                args.version,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **options,
+            )
+    else:
+        meta = registry.publish(args.artifact, args.model_type, args.version, **options)
+    if args.json:
+        _print_json(meta.to_dict())
+        return EXIT_OK
     console.print(
         f"published [bold]{meta.model_type} {meta.version}[/] ({meta.format}, {meta.size_bytes} bytes, "
-        f"sha256 {meta.sha256[:12]}…) to {Path(args.registry).resolve()}"
+        f"sha256 {meta.sha256[:12]}…) to {registry.root.resolve()}"
     )
-    return 0
+    return EXIT_OK
+
+
+def _registry_models(registry: Registry) -> list[dict[str, Any]]:
+    out = []
+    for mt in registry.model_types():
+        try:
+            latest: str | None = registry.latest(mt)
+        except VersionNotFound:
+            latest = None
+        out.append({"model_type": mt, "versions": registry.versions(mt), "latest": latest})
+    return out
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.url:
+        return _models_over_http(args)
     registry = Registry(args.registry)
-    types = registry.model_types()
     if args.json:
-        out = []
-        for mt in types:
-            try:
-                latest: str | None = registry.latest(mt)
-            except VersionNotFound:
-                latest = None
-            out.append({"model_type": mt, "versions": registry.versions(mt), "latest": latest})
-        print(json.dumps(out, indent=2))
-        return 0
+        _print_json(_registry_models(registry))
+        return EXIT_OK
+    types = registry.model_types()
     if not types:
         console.print(f"no models in {registry.root.resolve()}; try `modelcache demo-models`")
-        return 0
+        return EXIT_OK
     table = Table(title=f"registry {registry.root.resolve()}")
     for col in ("model type", "version", "format", "size", "features", "metrics", "created"):
         table.add_column(col)
-    for mt in types:
-        try:
-            latest = registry.latest(mt)
-        except VersionNotFound:
-            latest = None
-        for v in registry.versions(mt):
+    for entry in _registry_models(registry):
+        mt, latest = entry["model_type"], entry["latest"]
+        for v in entry["versions"]:
             try:
                 m = registry.metadata(mt, v)
             except ModelCacheError as exc:
@@ -108,7 +181,31 @@ def cmd_models(args: argparse.Namespace) -> int:
                 mt, label, m.format, f"{m.size_bytes:,}", str(len(m.features)), metrics, m.created_at
             )
     console.print(table)
-    return 0
+    return EXIT_OK
+
+
+def _models_over_http(args: argparse.Namespace) -> int:
+    with AdminClient(args.url, args.token) as client:
+        models = client.models()
+    if args.json:
+        _print_json(models)
+        return EXIT_OK
+    table = Table(title=f"models at {args.url}")
+    for col in ("model type", "versions", "latest", "pin", "serving", "cached on the answering node"):
+        table.add_column(col)
+    for m in models:
+        versions = ", ".join(m.get("versions", [])) or f"[red]{m.get('error', '-')}[/]"
+        cached = ", ".join(m.get("cached", [])) or "-"
+        table.add_row(
+            m["model_type"],
+            versions,
+            m.get("latest") or "-",
+            m.get("pin") or "-",
+            m.get("serving") or "-",
+            cached,
+        )
+    console.print(table)
+    return EXIT_OK
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
@@ -125,80 +222,159 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
         f"published {len(published)} demo model versions to {registry.root.resolve()}"
         + (f" ({skipped} already there)" if skipped else "")
     )
-    return 0
+    return EXIT_OK
 
 
 # -- processes -----------------------------------------------------------------
 def run_node(node_args: Sequence[str]) -> int:
-    """`modelcache node ...`: exec the node's own entry point with the same arguments.
+    """`modelcache node ...`: the installed node package's entry point, in this process.
 
-    Exec, not import: the coordinator never imports the node package.
+    The one place the coordinator imports the node, and only when asked to be one: a
+    subprocess of `python -m node` would run a `node/` folder of the current directory.
     """
-    os.execv(sys.executable, [sys.executable, "-m", "node", *node_args])
-    return 0  # pragma: no cover
+    from node.__main__ import main as node_main
+
+    return node_main(list(node_args))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from coordinator.launcher import run_up
+
+    return run_up(args)
 
 
 # -- cluster commands ----------------------------------------------------------
 def _state(args: argparse.Namespace) -> ClusterState:
     if not args.redis_url:
-        raise ClusterUnavailable("no Redis given: pass --redis-url or set MODELCACHE_REDIS_URL")
+        raise UsageError(
+            "no cluster given: pass --url (a node or the load balancer; MODELCACHE_URL) "
+            "or --redis-url (MODELCACHE_REDIS_URL)"
+        )
     return ClusterState.from_url(args.redis_url, args.redis_prefix, origin=f"cli@{socket.gethostname()}")
 
 
-def _report(state: ClusterState, change: Change, args: argparse.Namespace, what: str) -> int:
+def _change_doc(state: ClusterState, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
+    """The admin API's answer to a change (node.sync), built here from Redis directly."""
+    doc: dict[str, Any] = {
+        "scope": "cluster",
+        "change": {
+            "kind": change.kind.value,
+            "model_type": change.model_type,
+            "version": change.version or None,
+            "seq": change.seq,
+            "generation": change.generation,
+            "epoch": change.epoch,
+        },
+    }
     if change.seq == 0:
-        console.print(f"{what}: nothing changed")
-        return 0
-    # The epoch names the change too: seq restarts when Redis loses its data.
-    console.print(
-        f"{what}: published as change #{change.seq} (generation {change.generation}, epoch {change.epoch})"
-    )
-    if not args.wait:
-        return 0
-    rows = state.wait_for_acks(change, args.timeout)
-    if args.json:
-        print(json.dumps([vars(r) for r in rows], indent=2))
+        return doc | {
+            "ok": True,
+            "detail": f"{change.model_type} was not pinned; nothing changed",
+            "acks": [],
+        }
+    if not wait:
+        return doc | {"ok": True, "detail": "published; nodes apply it within milliseconds"}
+    rows = state.wait_for_acks(change, timeout_s)
+    doc["acks"] = [
+        {
+            "node_id": r.node_id,
+            "outcome": r.outcome.value,
+            "version": r.version,
+            "detail": r.detail,
+            "propagation_ms": r.propagation_ms,
+        }
+        for r in rows
+    ]
+    doc["ok"] = all(r.outcome is Outcome.OK for r in rows)
+    return doc
+
+
+def _change(args: argparse.Namespace, what: str) -> int:
+    """Run pin/unpin/reload over HTTP or Redis, then report the one shape both return."""
+    wait, timeout = args.wait, args.timeout
+    if args.url:
+        with AdminClient(args.url, args.token) as client:
+            if args.command == "pin":
+                doc = client.pin(args.model_type, args.version, wait=wait, timeout_s=timeout)
+            elif args.command == "unpin":
+                doc = client.unpin(args.model_type, wait=wait, timeout_s=timeout)
+            else:
+                doc = client.reload(args.model_type, args.version, wait=wait, timeout_s=timeout)
     else:
-        table = Table(title=f"acknowledgements of change #{change.seq}")
-        for col in ("node", "outcome", "serving", "propagation ms", "detail"):
-            table.add_column(col)
-        for r in rows:
-            color = "green" if r.outcome is Outcome.OK else "red"
-            ms = f"{r.propagation_ms:.1f}" if r.propagation_ms is not None else "-"
-            table.add_row(r.node_id, f"[{color}]{r.outcome}[/]", r.version or "-", ms, r.detail)
-        console.print(table)
-    if not rows:
+        state = _state(args)
+        try:
+            if args.command == "pin":
+                change = state.pin(args.model_type, args.version, Registry(args.registry))
+            elif args.command == "unpin":
+                change = state.unpin(args.model_type)
+            else:
+                change = state.reload(args.model_type, args.version, Registry(args.registry))
+            doc = _change_doc(state, change, wait, timeout)
+        finally:
+            state.close()
+    return _report(doc, args, what)
+
+
+def _report(doc: dict[str, Any], args: argparse.Namespace, what: str) -> int:
+    change, acks = doc.get("change", {}), doc.get("acks")
+    what = what.format(version=change.get("version"))
+    if args.json:
+        _print_json(doc)
+    elif change.get("seq") == 0:
+        console.print(f"{what}: nothing changed")
+    else:
+        # The epoch names the change too: seq restarts when Redis loses its data.
+        console.print(
+            f"{what}: published as change #{change.get('seq')} "
+            f"(generation {change.get('generation')}, epoch {change.get('epoch')})"
+        )
+        if acks:
+            table = Table(title=f"acknowledgements of change #{change.get('seq')}")
+            for col in ("node", "outcome", "serving", "propagation ms", "detail"):
+                table.add_column(col)
+            for a in acks:
+                color = "green" if a["outcome"] == Outcome.OK.value else "red"
+                ms = f"{a['propagation_ms']:.1f}" if a.get("propagation_ms") is not None else "-"
+                table.add_row(
+                    a["node_id"], f"[{color}]{a['outcome']}[/]", a.get("version") or "-", ms, a["detail"]
+                )
+            console.print(table)
+    if args.wait and change.get("seq") and not acks:
         err_console.print("[yellow]no live nodes to acknowledge[/]")
-    bad = [r for r in rows if r.outcome is not Outcome.OK]
-    if bad:
-        err_console.print(f"[red]{len(bad)} of {len(rows)} node(s) failed or timed out[/]")
-    return 1 if bad else 0
+    bad = [a for a in acks or () if a["outcome"] != Outcome.OK.value]
+    if bad or not doc.get("ok", True):
+        names = ", ".join(f"{a['node_id']} ({a['outcome']})" for a in bad)
+        _error(f"{len(bad)} of {len(acks or ())} node(s) failed or timed out: {names}")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    state = _state(args)
-    change = state.pin(args.model_type, args.version, Registry(args.registry))
-    return _report(state, change, args, f"pinned {args.model_type} to {change.version}")
+    return _change(args, f"pinned {args.model_type} to {{version}}")
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
-    state = _state(args)
-    return _report(state, state.unpin(args.model_type), args, f"unpinned {args.model_type}")
+    return _change(args, f"unpinned {args.model_type}")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    state = _state(args)
-    change = state.reload(args.model_type, args.version, Registry(args.registry))
     what = f"reload of {args.model_type or 'every model'}" + (f" {args.version}" if args.version else "")
-    return _report(state, change, args, what)
+    return _change(args, what)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = _state(args)
-    view = state.describe()
+    if args.url:
+        with AdminClient(args.url, args.token) as client:
+            view = client.cluster()
+    else:
+        state = _state(args)
+        try:
+            view = state.describe()
+        finally:
+            state.close()
     if args.json:
-        print(json.dumps(view, indent=2))
-        return 0
+        _print_json(view)
+        return EXIT_OK
     table = Table(title=f"{len(view['nodes'])} live node(s), change #{view['seq']}")
     for col in ("node", "url", "cached", "hit rate", "hits", "misses", "evictions", "redis seq", "heartbeat"):
         table.add_column(col)
@@ -220,13 +396,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     pins = ", ".join(f"{k}={v}" for k, v in sorted(view["pins"].items())) or "none"
     console.print(f"pins: {pins}")
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from coordinator.launcher import run_up
-
-    return run_up(args)
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -241,13 +411,50 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _version() -> str:
+    try:
+        return metadata.version("modelcache")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="modelcache", description="Serve many ML models from a fleet of caching nodes."
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = Parser(
+        prog="modelcache",
+        description="Serve many ML models from a fleet of caching nodes.",
+        epilog=EXIT_CODES,
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"modelcache {_version()}")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MODELCACHE_URL") or None,
+        help="admin API of a node or the load balancer for cluster commands (MODELCACHE_URL)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MODELCACHE_ADMIN_TOKEN") or None,
+        help="admin bearer token (MODELCACHE_ADMIN_TOKEN)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", help="start a local cluster (embedded Redis, nodes, demo models)")
+    def command(name: str, summary: str, example: str, description: str = "") -> argparse.ArgumentParser:
+        text = f"{summary[0].upper()}{summary[1:]}." + (f"\n\n{description}" if description else "")
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=text,
+            epilog=f"example:\n  {example}\n\n{EXIT_CODES.split(chr(10) + chr(10))[0]}",
+            formatter_class=raw,
+        )
+
+    p = command(
+        "up",
+        "start a local cluster (embedded Redis, nodes, demo models)",
+        "modelcache up --nodes 3 --port 8000",
+        "Ctrl-C stops every process it started.",
+    )
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--port", type=int, default=8000, help="first node's port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -259,7 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for the help text; main() hands `node ...` to the node's own parser.
     sub.add_parser("node", help="run one node (see `modelcache node --help`)", add_help=False)
 
-    p = sub.add_parser("publish", help="publish a model file into the registry")
+    p = command(
+        "publish",
+        "publish a model file into the registry",
+        "modelcache publish model.ubj --model-type churn --version 1.2.0 --feature age --metric f1=0.91",
+        "Shows progress on a terminal; the file is read once (hashed while copied).",
+    )
     p.add_argument("artifact", help="model file: .ubj or .json (XGBoost), .joblib or .pkl")
     p.add_argument("--model-type", required=True)
     p.add_argument("--version", required=True, help="PEP 440 version, e.g. 1.2.0 or 2.0.0b1")
@@ -267,41 +479,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", type=_metric, help="metric as name=value (repeat)")
     p.add_argument("--task", help="e.g. binary_classification, regression")
     p.add_argument("--force", action="store_true", help="replace an existing version")
+    _json_arg(p)
     _registry_arg(p)
 
-    p = sub.add_parser("models", help="list the registry")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(
+        "models",
+        "list the models: the registry's, or the cluster's with --url",
+        "modelcache --url http://127.0.0.1:8080 models --json",
+    )
+    _json_arg(p)
     _registry_arg(p)
 
-    def wait_args(p: argparse.ArgumentParser) -> None:
+    def change_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--wait", action="store_true", help="wait for every live node's acknowledgement")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-        p.add_argument("--json", action="store_true", help="machine-readable acknowledgements")
+        _json_arg(p)
         _registry_arg(p)
         _redis_arg(p)
 
-    p = sub.add_parser("pin", help="pin a model type to a version on every node")
+    p = command(
+        "pin",
+        "pin a model type to a version on every node",
+        "modelcache --url http://127.0.0.1:8080 --token $TOKEN pin churn 1.0.0 --wait",
+        "With --wait, exit 1 unless every live node applied the pin in time.",
+    )
     p.add_argument("model_type")
     p.add_argument("version")
-    wait_args(p)
+    change_args(p)
 
-    p = sub.add_parser("unpin", help="remove a pin: every node serves the latest stable version")
+    p = command(
+        "unpin",
+        "remove a pin: every node serves the latest stable version",
+        "modelcache --url http://127.0.0.1:8080 --token $TOKEN unpin churn --wait",
+    )
     p.add_argument("model_type")
-    wait_args(p)
+    change_args(p)
 
-    p = sub.add_parser("reload", help="reload one model type (or every one) on every node")
+    p = command(
+        "reload",
+        "reload one model type (or every one) on every node",
+        "modelcache --url http://127.0.0.1:8080 --token $TOKEN reload churn --wait --timeout 60",
+        "With --wait, exit 1 unless every live node reloaded in time.",
+    )
     p.add_argument("model_type", nargs="?")
     p.add_argument("--version", help="load this exact version afresh")
-    wait_args(p)
+    change_args(p)
 
-    p = sub.add_parser("status", help="the cluster: nodes, cached models, hit rates, pins")
-    p.add_argument("--json", action="store_true")
+    p = command(
+        "status",
+        "the cluster: nodes, cached models, hit rates, pins",
+        "modelcache --url http://127.0.0.1:8080 status --json",
+    )
+    _json_arg(p)
     _redis_arg(p)
 
-    p = sub.add_parser("demo-models", help="train and publish small demo models")
+    p = command("demo-models", "train and publish small demo models", "modelcache demo-models --force")
     p.add_argument("--force", action="store_true", help="retrain and replace existing versions")
     _registry_arg(p)
     return parser
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"modelcache: error: {' '.join(str(message).split())}\n")
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader (`| head`) went away: no traceback, and no second error when Python
+    # flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,12 +557,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_node(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except (UsageError, InvalidName, AdminRequestInvalid) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except ClusterUnavailable as exc:
+        _error(f"cluster unreachable: {exc}")
+        return EXIT_UNREACHABLE
     except ModelCacheError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        return 2
+        _error(str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

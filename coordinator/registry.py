@@ -33,7 +33,7 @@ import shutil
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,6 +71,26 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_and_hash(src: Path, dest: Path, progress: Callable[[int, int], None] | None = None) -> str:
+    """Copy `src` to `dest` and return the SHA-256 of the bytes written: one read of `src`.
+
+    `progress(done, total)` is called after every chunk (total is the size at the start).
+    """
+    digest = hashlib.sha256()
+    total = src.stat().st_size
+    done = 0
+    with src.open("rb") as fin, dest.open("xb") as fout:
+        for chunk in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(chunk)
+            fout.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        fout.flush()
+        os.fsync(fout.fileno())
     return digest.hexdigest()
 
 
@@ -282,8 +302,12 @@ class Registry:
         metrics: Mapping[str, float] | None = None,
         task: str | None = None,
         force: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ModelMetadata:
-        """Copy `artifact` into the registry with its checksum, atomically."""
+        """Copy `artifact` into the registry with its checksum, atomically.
+
+        The artifact is read once (hashed while it is copied); `progress(done, total)` in bytes.
+        """
         src = Path(artifact)
         if not src.is_file():
             raise ArtifactError(f"artifact {src} does not exist or is not a file")
@@ -301,13 +325,13 @@ class Registry:
             # mkdtemp makes 0700; nodes may run as another user, so apply the umask as mkdir would.
             os.chmod(tmp, 0o777 & ~_umask())
             dest = tmp / ARTIFACT_NAMES[fmt]
-            shutil.copyfile(src, dest)
+            sha256 = copy_and_hash(src, dest, progress)
             meta = ModelMetadata(
                 model_type=model_type,
                 version=version,
                 format=fmt,
                 artifact=dest.name,
-                sha256=sha256_file(dest),
+                sha256=sha256,
                 size_bytes=dest.stat().st_size,
                 created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 features=tuple(features),

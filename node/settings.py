@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class NodeSettings(BaseSettings):
     """Everything one inference node can be told."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELCACHE_", extra="ignore")
+    # use_attribute_docstrings: each field's docstring becomes its description, which
+    # `modelcache node --help` shows beside the flag generated from the field.
+    model_config = SettingsConfigDict(env_prefix="MODELCACHE_", extra="ignore", use_attribute_docstrings=True)
 
     registry: Path = Path("./registry")
     """Root directory of the model registry."""
@@ -67,7 +70,9 @@ class NodeSettings(BaseSettings):
     batch_max_rows: int = Field(256, ge=1)
     """Most rows one coalesced predict call takes from concurrent requests for one model."""
     log_level: str = "info"
-    """Log level of the node process."""
+    """Log level of the node process (debug, info, warning, error)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log format of the node and of uvicorn: `text` lines, or one JSON object per line."""
 
     @field_validator("registry")
     @classmethod

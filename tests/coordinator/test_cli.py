@@ -83,12 +83,14 @@ def test_publish_errors_are_clear(tmp_path: Path) -> None:
 
     assert publish("m", "1.0").returncode == 0
     again = publish("m", "1.0")
-    assert again.returncode == 2 and "already published; pass --force" in again.stderr
+    assert again.returncode == 1 and "already published; pass --force" in again.stderr
     assert publish("m", "1.0", "--force").returncode == 0
     bad = publish("../x", "1.0")
     assert bad.returncode == 2 and "invalid model type" in bad.stderr
     bad_metric = publish("m", "2.0", "--metric", "oops")
     assert bad_metric.returncode == 2 and "name=0.93" in bad_metric.stderr
+    for failed in (again, bad, bad_metric):  # one line each, no usage dump, no traceback
+        assert failed.stderr.startswith("modelcache: error: ") and failed.stderr.count("\n") == 1
 
 
 def test_demo_models_publish_types_versions_and_a_prerelease(tmp_path: Path) -> None:
@@ -178,3 +180,214 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
         proc.stdout.close()
+
+
+# -- the second phase: --url/--token, --json, exit codes ---------------------------
+def cli_at(
+    url: str, *args: str, token: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI over HTTP only: no Redis URL, no registry in its environment or cwd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELCACHE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    globals_ = ["--url", url] + (["--token", token] if token else [])
+    return subprocess.run(
+        [*CLI, *globals_, *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd
+    )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def one_json(proc: subprocess.CompletedProcess[str]):
+    """stdout is exactly one JSON document (json.loads refuses anything before or after it)."""
+    return json.loads(proc.stdout)
+
+
+def test_cluster_commands_over_http(cluster, publish, tmp_path: Path) -> None:
+    from tests.conftest import CLUSTER_TOKEN
+
+    publish("m", "1.0")
+    publish("m", "2.0")
+    nodes = cluster(2)
+    url = nodes[0].url
+
+    out = cli_at(url, "pin", "m", "1.0", "--wait", "--json", token=CLUSTER_TOKEN, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = one_json(out)
+    assert doc["ok"] is True and doc["change"]["version"] == "1.0"
+    assert sorted(a["node_id"] for a in doc["acks"]) == sorted(f"node-{n.port}" for n in nodes)
+    assert {(a["outcome"], a["version"]) for a in doc["acks"]} == {("ok", "1.0")}
+
+    # Without --wait, --json still prints the (one) document: the published change.
+    out = cli_at(nodes[1].url, "reload", "m", "--json", token=CLUSTER_TOKEN, cwd=tmp_path)
+    assert out.returncode == 0 and one_json(out)["change"]["seq"] > doc["change"]["seq"]
+
+    status = one_json(cli_at(url, "status", "--json", cwd=tmp_path))
+    assert len(status["nodes"]) == 2 and status["pins"] == {"m": "1.0"}
+    models = one_json(cli_at(url, "models", "--json", cwd=tmp_path))
+    assert [(m["model_type"], m["versions"], m["pin"]) for m in models] == [("m", ["1.0", "2.0"], "1.0")]
+
+    human = cli_at(url, "unpin", "m", "--wait", token=CLUSTER_TOKEN, cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    assert "unpinned m: published as change #" in human.stdout
+    assert all(f"node-{n.port}" in human.stdout for n in nodes)  # the acknowledgement table
+    table = cli_at(url, "status", cwd=tmp_path).stdout
+    assert f"node-{nodes[0].port}" in table and "pins: none" in table
+
+
+def test_over_http_failures_have_their_exit_code_and_one_line(cluster, publish, tmp_path: Path) -> None:
+    from tests.conftest import CLUSTER_TOKEN
+
+    publish("m", "1.0")
+    url = cluster(1)[0].url
+    cases = [
+        (cli_at(url, "pin", "m", "7.0", "--json", token=CLUSTER_TOKEN), 1, "no version '7.0'"),
+        (cli_at(url, "reload", "nope", token=CLUSTER_TOKEN), 1, "unknown model type 'nope'"),
+        (cli_at(url, "pin", "m", "1.0", token="wrong"), 1, "admin token was refused"),
+        (cli_at(url, "pin", "m", "1.0"), 1, "no admin token sent"),
+        (cli_at(f"http://127.0.0.1:{free_port()}", "status", "--json"), 3, "cannot reach"),
+        (cli_at(url, "pin", "m", "1.0", "--wait", "--timeout", "999", token=CLUSTER_TOKEN), 2, "timeout_s"),
+    ]
+    for proc, code, says in cases:
+        assert proc.returncode == code, (says, proc.returncode, proc.stderr)
+        assert proc.stderr.startswith("modelcache: error: ") and says in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stdout == "", proc.stderr
+
+
+def test_redis_mode_json_is_one_document_and_exit_codes(
+    registry: Registry,
+    publish,
+    redis_server,
+    prefix: str,
+) -> None:
+    publish("m", "1.0")
+    where = ["--registry", str(registry.root), "--redis-url", redis_server.url, "--redis-prefix", prefix]
+    out = run("pin", "m", "1.0", "--json", *where)
+    doc = one_json(out)
+    assert doc["ok"] is True and doc["change"]["seq"] >= 1 and doc["change"]["kind"] == "pin"
+    out = run("pin", "m", "1.0", "--wait", "--timeout", "0.5", "--json", *where)
+    assert one_json(out)["acks"] == [] and "no live nodes" in out.stderr  # human text on stderr
+    unknown = run("pin", "m", "9.9", *where, check=False)
+    assert unknown.returncode == 1 and "no version '9.9'" in unknown.stderr
+    down = run(
+        "pin", "m", "1.0", *where[:2], "--redis-url", f"redis://127.0.0.1:{free_port()}/0", check=False
+    )
+    assert down.returncode == 3 and "unreachable" in down.stderr and down.stderr.count("\n") == 1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELCACHE_")}
+    neither = subprocess.run([*CLI, "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert neither.returncode == 2 and "pass --url" in neither.stderr
+
+
+def test_version_and_help_document_exit_codes_and_examples() -> None:
+    assert re.fullmatch(r"modelcache \S+\n", run("--version").stdout)
+    top = run("--help").stdout
+    assert "exit codes:" in top and "3  the cluster is unreachable" in top and "MODELCACHE_URL" in top
+    for command in ("up", "publish", "models", "pin", "unpin", "reload", "status", "demo-models"):
+        text = run(command, "--help").stdout
+        assert "example:\n  modelcache " in text and "exit codes:" in text, command
+    usage = run("pin", check=False)
+    assert usage.returncode == 2 and usage.stderr.startswith("modelcache: error: the following arguments")
+
+
+def test_piped_tables_are_not_cut_to_80_columns(tmp_path: Path) -> None:
+    train_booster().save_model(tmp_path / "m.ubj")
+    reg = str(tmp_path / "reg")
+    metrics = [a for i in range(6) for a in ("--metric", f"metric_with_a_long_name_{i}=0.5")]
+    run(
+        "publish",
+        str(tmp_path / "m.ubj"),
+        "--model-type",
+        "churn",
+        "--version",
+        "1.0",
+        *metrics,
+        "--registry",
+        reg,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run(
+        [*CLI, "models", "--registry", reg], capture_output=True, text=True, env=env, timeout=60
+    )
+    row = next(line for line in out.stdout.splitlines() if "churn" in line)
+    assert "metric_with_a_long_name_5=0.5" in row and len(row) > 200
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*CLI, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write (`| head -0`)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) in (0, 141) and err == "", err
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    head = subprocess.run(
+        f"{shlex.join(CLI)} models --registry {tmp_path} --json | head -c 0",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "Traceback" not in head.stderr and "BrokenPipe" not in head.stderr, head.stderr
+
+
+def test_node_command_runs_the_installed_package_not_a_node_folder_in_cwd(tmp_path: Path) -> None:
+    """The console script's sys.path[0] is its own directory, not the current one."""
+    impostor = tmp_path / "work" / "node"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("print('IMPOSTOR')\n")
+    script = tmp_path / "bin" / "modelcache"
+    script.parent.mkdir()
+    script.write_text("import sys\nfrom coordinator.cli import main\nsys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(script), "node", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=impostor.parent,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "IMPOSTOR" not in out.stdout and "--cache-max-bytes" in out.stdout
+
+
+def test_publish_reads_once_reports_progress_and_hashes_what_it_copied(tmp_path: Path) -> None:
+    import hashlib
+
+    artifact = tmp_path / "big.joblib"
+    artifact.write_bytes(os.urandom(3 * (1 << 20) + 5))
+    seen: list[tuple[int, int]] = []
+    meta = Registry(tmp_path / "reg").publish(
+        artifact, "big", "1.0", progress=lambda d, t: seen.append((d, t))
+    )
+    size = artifact.stat().st_size
+    assert seen[-1] == (size, size) and len(seen) == 4 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert meta.sha256 == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert Registry(tmp_path / "reg").artifact_path(meta).read_bytes() == artifact.read_bytes()
+
+
+def test_publish_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+
+    artifact = tmp_path / "big.joblib"
+    artifact.write_bytes(os.urandom(1 << 20))
+    primary, secondary = pty.openpty()
+    reg = str(tmp_path / "reg")
+    args = [*CLI, "publish", str(artifact), "--model-type", "big", "--version", "1.0", "--registry", reg]
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=60)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(primary)
+    assert proc.returncode == 0 and "publishing big.joblib" in shown.decode(errors="replace")
+    piped = run(*args[len(CLI) :], "--force")
+    assert "publishing big.joblib" not in piped.stderr and "published big 1.0" in piped.stdout

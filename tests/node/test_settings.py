@@ -41,3 +41,45 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, key: str, value
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError, match=key.removeprefix("MODELCACHE_").lower()):
         NodeSettings()
+
+
+# -- `modelcache node` flags, generated from the fields -------------------------
+def test_every_setting_is_a_flag_with_its_docstring_as_help() -> None:
+    from node.__main__ import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    for name, field in NodeSettings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in help_text, name
+        assert field.description and " ".join(field.description.split()) in help_text, name
+        assert f"MODELCACHE_{name.upper()}" in help_text, name
+
+
+def test_flags_win_over_the_environment_and_json_fields_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.__main__ import settings_from
+
+    monkeypatch.setenv("MODELCACHE_CACHE_SIZE", "5")
+    monkeypatch.setenv("MODELCACHE_LOAD_RETRIES", "2")
+    s = settings_from(
+        ["--cache-size", "7", "--pins", '{"churn": "1.0.0"}', "--warmup-popular", "--log-format", "json"]
+    )
+    assert (s.cache_size, s.load_retries, s.pins, s.warmup_popular) == (7, 2, {"churn": "1.0.0"}, True)
+    assert s.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--cache-size", "0"], "cache_size: Input should be greater than or equal to 1"),
+        (["--pins", "{oops"], "argument --pins: invalid JSON value"),
+        (["--log-format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_a_bad_flag_is_a_one_line_usage_error(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.__main__ import settings_from
+
+    with pytest.raises(SystemExit) as exit_:
+        settings_from(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and err.count("\n") == 1, err

@@ -114,7 +114,7 @@ def test_pin_via_cli_and_http_reaches_every_node(
 
     out = cli(registry, redis_server.url, prefix, "pin", "m", "1.0", "--wait", "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    rows = json.loads(out.stdout)["acks"]
     assert len(rows) == 3 and {(r["outcome"], r["version"]) for r in rows} == {("ok", "1.0")}
     assert all(r["propagation_ms"] is not None for r in rows)
     assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.0", True)] * 3
@@ -134,7 +134,7 @@ def test_pin_via_cli_and_http_reaches_every_node(
     assert {tuple(map(tuple, (c.values() for c in n["cached"]))) for n in view["nodes"]} == {(("m", "2.0"),)}
 
     missing = cli(registry, redis_server.url, prefix, "pin", "m", "7.0")
-    assert missing.returncode == 2 and "no version '7.0'" in missing.stderr
+    assert missing.returncode == 1 and "no version '7.0'" in missing.stderr
     r = httpx.put(f"{nodes[0].url}/api/v1/pins/m", json={"version": "7.0"}, headers=ADMIN)
     assert r.status_code == 404
 
@@ -146,7 +146,7 @@ def test_reload_after_publishing_reaches_every_node(
     publish("m", "1.1")
     out = cli(registry, redis_server.url, prefix, "reload", "m", "--wait", "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    rows = json.loads(out.stdout)["acks"]
     assert [(r["outcome"], r["version"]) for r in rows] == [("ok", "1.1")] * 3
     assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.1", True)] * 3
 
@@ -195,7 +195,7 @@ def test_corrupt_version_pinned_everywhere_keeps_the_previous(
     corrupt(registry, publish("m", "1.1"))
     out = cli(registry, redis_server.url, prefix, "pin", "m", "1.1", "--wait", "--json")
     assert out.returncode == 1
-    rows = json.loads(out.stdout[out.stdout.index("[") :])
+    rows = json.loads(out.stdout)["acks"]
     assert len(rows) == 3
     for row in rows:
         assert row["outcome"] == "failed" and row["version"] == "1.0"
@@ -269,7 +269,7 @@ def test_redis_outage_loses_no_prediction_and_resynchronises(
         r = httpx.put(f"{nodes[0].url}/api/v1/pins/m", json={"version": "2.0"}, headers=ADMIN, timeout=30)
         assert r.status_code == 503 and r.json()["code"] == "cluster_unavailable"
         out = cli(registry, server.url, prefix, "pin", "m", "2.0")
-        assert out.returncode == 2 and "unreachable" in out.stderr
+        assert out.returncode == 3 and "unreachable" in out.stderr
         during = len(results)
         assert eventually(lambda: len(results) > during + 50)  # still serving while Redis is away
 
