@@ -68,7 +68,8 @@ def start_node(
         env["MODELCACHE_REDIS_URL"] = redis_url
     log = (log_dir / f"node-{port}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "node", "--host", host, "--port", str(port)],
+        # -P: never let a `node/` folder in the current directory shadow the installed package.
+        [sys.executable, "-P", "-m", "node", "--host", host, "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

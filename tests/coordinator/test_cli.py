@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from coordinator.cli import main
-from coordinator.nginx import find_nginx
+from coordinator.lb import find_haproxy
 from coordinator.registry import Registry
 from tests.helpers import free_port, stop_process, train_booster
 
@@ -161,7 +161,7 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
             assert out.returncode == 0 and "error" not in json.loads(out.stdout), curl
         assert token in text
         assert len(re.findall(r"^node: http://127\.0\.0\.1:\d+$", text, re.M)) == 3
-        if find_nginx() is not None:
+        if find_haproxy() is not None:
             assert re.search(rf"^load balancer: http://127\.0\.0\.1:{lb_port}\b", text, re.M)
             assert all(f":{lb_port}/" in c for c in curls)
         # The printed cluster-wide pin reached every node.
