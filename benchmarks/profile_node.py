@@ -40,7 +40,7 @@ LAYERS = [
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("pydantic validation/serialisation", ("pydantic",)),
     ("orjson / json", ("orjson", "json/")),
-    ("node HTTP layer", ("node/api.py", "node/v2.py", "node/tensors.py", "node/middleware.py")),
+    ("node HTTP layer", ("node/http/", "node/tensors.py")),
     ("fastapi request handling", ("fastapi/",)),
     ("starlette (routing, middleware, responses)", ("starlette/",)),
     ("uvicorn/httptools protocol", ("uvicorn/", "httptools")),

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from coordinator.registry import Registry
-from node.api import create_app
+from node.http.app import create_app
 from node.loader import Loader
 from node.metrics import NodeMetrics
 from node.service import ModelService

@@ -219,7 +219,10 @@ def _single(outcomes: list[Outcome]) -> Predictions:
 def _validated(model: LoadedModel, rows: Sequence[Row] | np.ndarray) -> np.ndarray:
     """The request's rows as a float32 matrix of the model's width, or `InvalidInput`."""
     if not isinstance(rows, np.ndarray):
-        return model.to_matrix(rows)
+        # A value beyond float32 becomes inf, which to_matrix refuses with InvalidInput; the
+        # cast's overflow warning is expected, not an error (it is one under filterwarnings=error).
+        with np.errstate(over="ignore"):
+            return model.to_matrix(rows)
     n_features = model.n_features
     if rows.ndim != 2 or (n_features and rows.shape[1] != n_features):
         raise InvalidInput(f"expected a matrix of {n_features} columns, got shape {list(rows.shape)}")

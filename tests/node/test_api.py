@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from coordinator.registry import Registry
-from node.api import create_app
 from node.app import build_app, build_service
+from node.http.app import create_app
 from node.metrics import NodeMetrics
 from node.settings import NodeSettings
 from tests.helpers import FEATURES, PublishFn, corrupt, eventually
@@ -215,8 +215,8 @@ def test_health_and_readiness(client: TestClient) -> None:
 def test_readyz_waits_for_warmup(registry: Registry, publish: PublishFn) -> None:
     import threading
 
-    from node.api import create_app
     from node.app import build_service
+    from node.http.app import create_app
     from node.metrics import NodeMetrics
 
     publish("churn", "1.0.0")
@@ -461,7 +461,7 @@ def test_big_bodies_are_decoded_off_the_event_loop(
 ) -> None:
     import asyncio
 
-    import node.http_common as common
+    import node.http.common as common
 
     publish("churn", "1.0.0")
     threads: list[bool] = []

@@ -1,8 +1,9 @@
 """What every HTTP route shares: the error shape and status map, and bounded body parsing.
 
-Kept in one module so the later move to `node/http/common.py` is a rename. Every
-error a client sees is `{"error": <sentence>, "code": <machine code>}`; status
-codes live here and only here (`ERROR_STATUS`), never in the error classes.
+Every error a client sees is `{"error": <sentence>, "code": <machine code>}`;
+status codes live here and only here (`ERROR_STATUS`), never in the error
+classes. `map_error` is the one mapping: FastAPI's exception handlers and the
+fast path (`node.http.fast`) both call it.
 """
 
 from __future__ import annotations
@@ -124,21 +125,29 @@ def client_message(exc: ModelCacheError, registry_root: Path) -> str:
     return str(exc).replace(str(registry_root), "<registry>")
 
 
+def map_error(
+    exc: ModelCacheError, registry_root: Path, method: str, path: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A known error as (status, `{"error", "code"}` body, extra headers)."""
+    if isinstance(exc, AdminError):
+        extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return exc.status, {"error": str(exc), "code": exc.code}, extra
+    status = next((s for cls, s in ERROR_STATUS if isinstance(exc, cls)), 500)
+    message = client_message(exc, registry_root)
+    if status >= 500:
+        # The detail (paths, digests, library messages) goes to the log, not to the client.
+        log.warning("%s %s -> %d %s: %s", method, path, status, exc.code, exc)
+    extra = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, LoadRateLimited) else {}
+    return status, {"error": message, "code": exc.code}, extra
+
+
 def install_error_handlers(app: FastAPI, registry_root: Path) -> None:
     """Map every error class to its status, in the documented shape."""
 
     @app.exception_handler(ModelCacheError)
     async def _known(request: Request, exc: ModelCacheError) -> Response:
-        if isinstance(exc, AdminError):
-            extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-            return error_response(exc.status, exc.code, str(exc), **extra)
-        status = next((s for cls, s in ERROR_STATUS if isinstance(exc, cls)), 500)
-        message = client_message(exc, registry_root)
-        if status >= 500:
-            # The detail (paths, digests, library messages) goes to the log, not to the client.
-            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc)
-        extra = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, LoadRateLimited) else {}
-        return error_response(status, exc.code, message, **extra)
+        status, body, extra = map_error(exc, registry_root, request.method, request.url.path)
+        return FastJSON(body, status_code=status, headers=extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> Response:
@@ -197,9 +206,8 @@ async def off_loop_if_big(size: int, fn: Callable[P, T], *args: P.args, **kwargs
 
 
 # -- bodies -----------------------------------------------------------------
-def require_json(request: Request) -> None:
+def require_json(content_type: str | None) -> None:
     """Refuse a body that says it is something other than JSON (absent means JSON)."""
-    content_type = request.headers.get("content-type")
     if content_type is None:
         return
     media = content_type.split(";", 1)[0].strip().lower()
@@ -232,8 +240,12 @@ def decode_body(raw: bytes, model: type[M], max_rows: int | None = None) -> M:
 
 async def read_body(request: Request, model: type[M], max_rows: int | None = None) -> M:
     """The request's JSON body as `model`; big bodies are decoded off the event loop."""
-    require_json(request)
-    raw = await request.body()
+    require_json(request.headers.get("content-type"))
+    return await parse_body(await request.body(), model, max_rows)
+
+
+async def parse_body(raw: bytes, model: type[M], max_rows: int | None = None) -> M:
+    """`decode_body`, in a worker thread when the body is big."""
     return await off_loop_if_big(len(raw), decode_body, raw, model, max_rows)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from node.http_common import INTERNAL_ERROR, error_body
+from node.http.common import INTERNAL_ERROR, error_body
 
 log = logging.getLogger("modelcache.api")
 

@@ -1,0 +1,214 @@
+"""The prediction routes' fast path: a small route table served in front of FastAPI.
+
+FastAPI's per-request machinery (its middleware stack, dependency solving,
+request and response objects) costs ~300 µs, more than a single-row predict.
+The prediction routes therefore run here: `NodeApp.__call__` matches a POST
+against `FastRoutes` and serves it in one pure ASGI call that does, in order,
+what the FastAPI part's middleware does for the other routes:
+
+- 415 for a compressed body, 413 on `Content-Length` or on the streamed body;
+- the handler (`Call` in, `Reply` out), its known errors mapped by
+  `common.map_error` into `{"error", "code"}`, anything else a 500 without
+  internals (logged with its traceback);
+- `X-Modelcache-Node` on every answer.
+
+The same handlers are registered with FastAPI as ordinary routes (`document`),
+so `/docs` and `/openapi.json` describe them and a request the table does not
+match still gets an answer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from coordinator.errors import ModelCacheError
+from node.http.common import INTERNAL_ERROR, map_error
+
+log = logging.getLogger("modelcache.api")
+
+JSON = b"application/json"
+
+
+class Reply(NamedTuple):
+    """A handler's answer: body and headers (content type included), status."""
+
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    status: int = 200
+
+
+@dataclass(slots=True)
+class Call:
+    """What a fast handler gets: path parameters, the body, the raw (lower-case) headers."""
+
+    params: dict[str, str]
+    body: bytes
+    headers: dict[bytes, bytes]
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+def json_reply(doc: Any, headers: list[tuple[bytes, bytes]] | None = None, status: int = 200) -> Reply:
+    return Reply(orjson.dumps(doc), [(b"content-type", JSON), *(headers or ())], status)
+
+
+class FastRoutes:
+    """POST routes matched by exact path or a `{param}` template, served as pure ASGI."""
+
+    def __init__(self, node_id: str, max_body_bytes: int, registry_root: Path) -> None:
+        self.node_header = (b"x-modelcache-node", node_id.encode())
+        self.max_body_bytes, self.registry_root = max_body_bytes, registry_root
+        self._exact: dict[str, Handler] = {}
+        self._templates: list[tuple[re.Pattern[str], Handler]] = []
+
+    def add(self, path: str, handler: Handler) -> None:
+        names = re.findall(r"{(\w+)}", path)
+        if not names:
+            self._exact[path] = handler
+            return
+        # Starlette's `str` convertor: one non-empty segment.
+        pattern = re.escape(path)
+        for name in names:
+            pattern = pattern.replace(re.escape(f"{{{name}}}"), f"(?P<{name}>[^/]+)")
+        self._templates.append((re.compile(pattern + r"\Z"), handler))
+
+    def match(self, path: str) -> tuple[Handler, dict[str, str]] | None:
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler, {}
+        for pattern, handler in self._templates:
+            found = pattern.match(path)
+            if found is not None:
+                return handler, found.groupdict()
+        return None
+
+    async def serve(
+        self, handler: Handler, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        try:
+            headers = dict(scope["headers"])
+            refusal = self._refuse(headers)
+            if refusal is not None:
+                await self._send(send, refusal)
+                return
+            body = await self._read(receive)
+            if body is None:
+                return  # the client went away
+            if isinstance(body, Reply):
+                await self._send(send, body)
+                return
+            reply = await handler(Call(params, body, headers))
+        except ModelCacheError as exc:
+            status, doc, extra = map_error(exc, self.registry_root, scope["method"], scope["path"])
+            extra_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+            reply = json_reply(doc, extra_headers, status)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            reply = error_reply(500, "internal_error", INTERNAL_ERROR)
+        await self._send(send, reply)
+
+    def _refuse(self, headers: dict[bytes, bytes]) -> Reply | None:
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return self._too_large()
+        encoding = headers.get(b"content-encoding")
+        # A compressed body would be parsed as garbage, and inflating it is a bomb waiting to happen.
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            return error_reply(
+                415,
+                "unsupported_media_type",
+                f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not accepted: "
+                "send the body uncompressed",
+            )
+        return None
+
+    async def _read(self, receive: Receive) -> bytes | Reply | None:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):  # the common case: one message
+            return body if len(body) <= self.max_body_bytes else self._too_large()
+        chunks, size = [body], len(body)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> Reply:
+        return error_reply(
+            413,
+            "body_too_large",
+            f"request body exceeds {self.max_body_bytes} bytes (MODELCACHE_MAX_BODY_BYTES); "
+            "send fewer rows per request",
+        )
+
+    async def _send(self, send: Send, reply: Reply) -> None:
+        headers = [
+            *reply.headers,
+            (b"content-length", str(len(reply.body)).encode()),
+            self.node_header,
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+
+def error_reply(status: int, code: str, message: str) -> Reply:
+    return json_reply({"error": message, "code": code}, status=status)
+
+
+class NodeApp(FastAPI):
+    """FastAPI with `fast` routes served before its own stack (see the module docstring)."""
+
+    fast: FastRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            found = self.fast.match(scope["path"])
+            if found is not None:
+                await self.fast.serve(found[0], found[1], scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def document(app: FastAPI, path: str, handler: Handler, **route: Any) -> None:
+    """Register `handler` with FastAPI too: it is documented, and served if the table misses.
+
+    The endpoint's signature names the path parameters (FastAPI documents them
+    from it); its body is read raw, as on the fast path.
+    """
+
+    async def endpoint(request: Request, **params: str) -> Response:
+        call = Call(params, await request.body(), dict(request.scope["headers"]))
+        reply = await handler(call)
+        response = Response(reply.body, status_code=reply.status)
+        response.raw_headers = [h for h in response.raw_headers if h[0] != b"content-type"]
+        response.raw_headers.extend(reply.headers)
+        return response
+
+    names = re.findall(r"{(\w+)}", path)
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
+    params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=str) for n in names]
+    endpoint.__signature__ = inspect.Signature([request, *params])  # type: ignore[attr-defined]
+    route.setdefault("description", inspect.getdoc(handler))
+    route.setdefault("name", handler.__name__)
+    app.add_api_route(path, endpoint, methods=["POST"], **route)
