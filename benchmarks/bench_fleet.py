@@ -175,8 +175,10 @@ def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) 
         change_cmds = (admin.info("stats")["total_commands_processed"] - before) / (time.monotonic() - t0)
         memory = admin.info("memory")["used_memory"]
     finally:
-        for a in agents:
-            loop.run_until_complete(a.stop())
+        for a in agents:  # tell every agent first: their threads then end in parallel
+            a._stop.set()
+            a._wake.set()
+        loop.run_until_complete(asyncio.gather(*(a.stop() for a in agents)))
         loop.close()
         for key in admin.scan_iter(match=f"{prefix}*"):
             admin.delete(key)
