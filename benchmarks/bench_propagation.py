@@ -15,6 +15,7 @@ and call → every node answering predictions with the new version.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from coordinator.registry import Registry
 from coordinator.state import ClusterState
 
 ROW = [12, 70.5, 2, 1, None]
+TOKEN = "bench-token"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -73,6 +75,35 @@ def run_changes(
     return out
 
 
+def run_http_pins(
+    urls: list[str], model_type: str, versions: tuple[str, str], changes: int
+) -> dict[str, float]:
+    """What an operator sees: PUT /api/v1/pins (wait=true) on one node -> every node serving it."""
+    acked, serving = [], []
+    client = httpx.Client(timeout=10, headers={"Authorization": f"Bearer {TOKEN}"})
+    body = {"model_type": model_type, "features": ROW}
+    for i in range(changes):
+        version = versions[i % 2]
+        t0 = time.perf_counter()
+        answer = client.put(f"{urls[0]}/api/v1/pins/{model_type}", json={"version": version, "wait": True})
+        acked.append(time.perf_counter() - t0)
+        assert answer.status_code == 200 and answer.json()["ok"], answer.text
+        pending = set(urls)
+        while pending:
+            for url in list(pending):
+                if client.post(f"{url}/api/v1/predict", json=body).json()["version"] == version:
+                    pending.discard(url)
+        serving.append(time.perf_counter() - t0)
+    client.close()
+    return {
+        "changes": changes,
+        "acked_median_ms": round(percentile(acked, 0.5) * 1e3, 2),
+        "acked_p99_ms": round(percentile(acked, 0.99) * 1e3, 2),
+        "serving_median_ms": round(percentile(serving, 0.5) * 1e3, 2),
+        "serving_p99_ms": round(percentile(serving, 0.99) * 1e3, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=30)
@@ -82,6 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis_server:
         registry = Registry(Path(tmp) / "registry")
         publish_demo_models(registry)
+        os.environ["MODELCACHE_ADMIN_TOKEN"] = TOKEN  # the nodes inherit it
         nodes = start_nodes(registry.root, args.nodes, redis_server.url)
         urls = [url for _, url in nodes]
         state = ClusterState.from_url(redis_server.url, origin="bench")
@@ -94,6 +126,7 @@ def main() -> None:
             for url in urls:
                 httpx.post(f"{url}/api/v1/predict", json={"model_type": "churn", "features": ROW})
             hot = run_changes(state, registry, urls, "churn", ("1.0.0", "1.1.0"), args.changes, predict=True)
+            http = run_http_pins(urls, "churn", ("1.0.0", "1.1.0"), args.changes)
         finally:
             state.close()
             stop_nodes(nodes)
@@ -103,6 +136,7 @@ def main() -> None:
             "nodes": args.nodes,
             "excluding_load": cold,
             "including_load": hot,
+            "http_pin_including_load": http,
         },
     )
 

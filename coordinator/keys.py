@@ -55,8 +55,26 @@ class Keys:
         """Sorted set: model_type -> requests served cluster-wide (for warm start)."""
         return f"{self.prefix}popularity"
 
+    @property
+    def members(self) -> str:
+        """Sorted set: node_id -> when its heartbeat expires (ms, Redis clock); live = score > now.
+
+        Listing live nodes is then O(live nodes), not a SCAN over every key in the database.
+        """
+        return f"{self.prefix}members"
+
+    @property
+    def heartbeats(self) -> str:
+        """Hash: node_id -> its last heartbeat (JSON); fields leave with their `members` entry."""
+        return f"{self.prefix}heartbeats"
+
+    @property
+    def acks_channel(self) -> str:
+        """Pub/sub channel: each acknowledgement (JSON) right after it is written; wakes waiters."""
+        return f"{self.prefix}acks"
+
     def node(self, node_id: str) -> str:
-        """String with TTL: a node's heartbeat (JSON)."""
+        """String with TTL: a node's heartbeat before `members`/`heartbeats` (no longer written)."""
         return f"{self.prefix}node:{node_id}"
 
     @property

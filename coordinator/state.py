@@ -8,19 +8,19 @@ the keys (invariant 3).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from coordinator.errors import ClusterUnavailable, InvalidName
 from coordinator.keys import ALL, Keys
+from coordinator.redis_url import client_for, parse_redis_url
 from coordinator.registry import Registry
 from coordinator.versions import normalize_version, validate_model_type
 from coordinator.wire import Ack, Change, ChangeKind, Heartbeat, Outcome, WireError
@@ -33,12 +33,16 @@ log = logging.getLogger("modelcache.state")
 # ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token.
 # The epoch is created here, with the counters, when absent: after Redis lost its data
 # the first change starts a new epoch, so (epoch, seq) never names two changes.
+# Returns {change JSON or '' when nothing changed, connected replicas}: the caller WAITs for
+# a replica only when there is one (WAIT 1 with none blocks for its whole timeout).
 _CHANGE = """
 local kind, mt, version = ARGV[1], ARGV[2], ARGV[3]
+local info = redis.call('INFO', 'replication')
+local replicas = tonumber(string.match(info, 'connected_slaves:(%d+)')) or 0
 if kind == 'pin' then
   redis.call('HSET', KEYS[1], mt, version)
 elseif kind == 'unpin' then
-  if redis.call('HDEL', KEYS[1], mt) == 0 then return '' end
+  if redis.call('HDEL', KEYS[1], mt) == 0 then return {'', replicas} end
 end
 local epoch = redis.call('GET', KEYS[5])
 if not epoch then
@@ -51,7 +55,34 @@ local change = cjson.encode({kind=kind, model_type=mt, version=version, generati
                              origin=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch})
 redis.call('HSET', KEYS[3], mt, change)
 redis.call('PUBLISH', ARGV[6], change)
-return change
+return {change, replicas}
+"""
+
+# Membership on the Redis clock (nodes' clocks may disagree). KEYS: members, heartbeats.
+# ARGV: node_id, heartbeat JSON, ttl ms. Expired members are swept on every beat, so the
+# hash holds live nodes plus at most one heartbeat interval of dead ones.
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(gone) do redis.call('HDEL', KEYS[2], id) end
+if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+# KEYS: members, heartbeats. Returns {ids, heartbeats} of live nodes (HMGET in chunks:
+# Lua's unpack has a stack limit).
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local values = {}
+for i = 1, #ids, 500 do
+  local chunk = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + 499, #ids)))
+  for _, v in ipairs(chunk) do values[#values + 1] = v end
+end
+return {ids, values}
 """
 
 
@@ -103,34 +134,44 @@ class AckRow:
 def connect(url: str, *, timeout: float = 2.0, decode_responses: bool = True) -> redis.Redis:
     """A client that fails fast: no retries, short timeouts (callers must never hang on Redis).
 
+    `url` is `redis://...` or `redis+sentinel://h:p[,h:p...]/<master>/<db>`; with Sentinel
+    every (re)connection asks for the current primary, so the client follows failovers.
     `decode_responses=False` for the events channel: anyone can PUBLISH any bytes there, and
     decoding inside redis-py raises where the subscriber cannot tell junk from a broken link.
     """
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=min(timeout, 1.0),
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=decode_responses,
-        # Any key may hold non-UTF-8 bytes (a hand-edited value): decode them as U+FFFD, which
-        # then fails validation like any other junk, instead of raising inside redis-py.
-        encoding_errors="replace",
-    )
+    return client_for(parse_redis_url(url), timeout=timeout, decode_responses=decode_responses)
 
 
 class ClusterState:
     """Reads and changes the cluster's state in one Redis (sync API, short timeouts)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None, origin: str = "cli") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys | None = None,
+        origin: str = "cli",
+        *,
+        where: str = "",
+        replica_timeout_s: float = 1.0,
+    ) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.origin = origin
+        self.where = where or _where(client)
+        self.replica_timeout_s = replica_timeout_s
+        """How long a change waits for a replica to confirm it (only when the primary has one)."""
         self._change = client.register_script(_CHANGE)
+        self._beat = client.register_script(_BEAT)
+        self._live = client.register_script(_LIVE)
         self.throttle = LogThrottle()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = Keys.prefix, origin: str = "cli") -> ClusterState:
-        return cls(connect(url), Keys(prefix), origin)
+    def from_url(
+        cls, url: str, prefix: str = Keys.prefix, origin: str = "cli", *, replica_timeout_s: float = 1.0
+    ) -> ClusterState:
+        target = parse_redis_url(url)
+        client = client_for(target, timeout=2.0, decode_responses=True)
+        return cls(client, Keys(prefix), origin, where=target.describe(), replica_timeout_s=replica_timeout_s)
 
     def close(self) -> None:
         self.client.close()
@@ -139,9 +180,8 @@ class ClusterState:
         try:
             return fn(*args)
         except redis.RedisError as exc:
-            where = self.client.connection_pool.connection_kwargs
             raise ClusterUnavailable(
-                f"cannot {what}: Redis at {where.get('host')}:{where.get('port')} is unreachable "
+                f"cannot {what}: {self.where} is unreachable "
                 f"({type(exc).__name__}: {exc}); check MODELCACHE_REDIS_URL and that Redis runs"
             ) from exc
 
@@ -149,7 +189,7 @@ class ClusterState:
     def _publish(self, kind: ChangeKind, model_type: str, version: str = "") -> Change:
         ts = time.time()
         k = self.keys
-        raw = self._call(
+        raw, replicas = self._call(
             f"publish a {kind.value}",
             self._change,
             [k.pins, k.generations, k.changes, k.seq, k.epoch],
@@ -158,7 +198,23 @@ class ClusterState:
         if not raw:  # nothing changed, nothing published
             return Change(kind, model_type, version, 0, 0, ts, origin=self.origin)
         # Parse what the script wrote, so the caller holds exactly the change nodes will see.
-        return Change.from_json(raw)
+        change = Change.from_json(raw)
+        if int(replicas) == 0:
+            return change
+        # An acknowledged change must survive a failover: confirm a replica has it.
+        acked = self._call(
+            f"confirm the {kind.value} (change #{change.seq}, applied on the primary) reached a replica",
+            self.client.wait,
+            1,
+            max(1, int(self.replica_timeout_s * 1000)),
+        )
+        if not acked:
+            log.warning(
+                "%s: no replica confirmed it within %gs; a failover now could lose it",
+                change.summary(),
+                self.replica_timeout_s,
+            )
+        return replace(change, replicated=bool(acked))
 
     def pin(self, model_type: str, version: str, registry: Registry) -> Change:
         """Pin `model_type` to `version` everywhere; refused unless the registry has it."""
@@ -196,23 +252,31 @@ class ClusterState:
 
     # -- membership and acknowledgements -----------------------------------
     def heartbeat(self, beat: Heartbeat, ttl_s: float) -> None:
-        key = self.keys.node(beat.node_id)
-        self._call("heartbeat", self.client.set, key, beat.to_json(), None, max(1, int(ttl_s * 1000)))
+        k = self.keys
+        ttl_ms = max(1, int(ttl_s * 1000))
+        self._call("heartbeat", self._beat, [k.members, k.heartbeats], [beat.node_id, beat.to_json(), ttl_ms])
 
     def leave(self, node_id: str) -> None:
-        self._call("leave the cluster", self.client.delete, self.keys.node(node_id))
+        def _leave() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(self.keys.members, node_id).hdel(self.keys.heartbeats, node_id).execute()
+
+        self._call("leave the cluster", _leave)
 
     def heartbeats(self) -> list[Heartbeat]:
-        """Live nodes (heartbeat not expired), sorted by id; unreadable heartbeats are skipped."""
+        """Live nodes (heartbeat not expired), sorted by id; unreadable heartbeats are skipped.
+
+        One round trip, O(live nodes): no SCAN over the database's keys.
+        """
 
         def _values() -> list[tuple[str, Any]]:
-            names = sorted(self.client.scan_iter(match=self.keys.node_pattern, count=100))
-            return list(zip(names, self.client.mget(names), strict=True)) if names else []
+            ids, values = self._live([self.keys.members, self.keys.heartbeats], [])
+            return list(zip(ids, values, strict=True))
 
         beats: dict[str, Heartbeat] = {}
         for name, value in self._call("list nodes", _values):
             if value is None:
-                continue  # expired between SCAN and MGET
+                continue  # swept between the member and its heartbeat
             try:
                 beat = Heartbeat.from_json(value)
             except WireError as exc:
@@ -226,7 +290,15 @@ class ClusterState:
         return [b.to_dict() for b in self.heartbeats()]
 
     def write_ack(self, ack: Ack) -> None:
-        self._call("acknowledge", self.client.set, self.keys.ack(ack.node_id), ack.to_json(), 86400)
+        """Store the ack (the truth) and publish it (wakes `wait_for_acks` at once), one round trip."""
+
+        def _write() -> None:
+            raw = ack.to_json()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.keys.ack(ack.node_id), raw, ex=86400).publish(self.keys.acks_channel, raw)
+            pipe.execute()
+
+        self._call("acknowledge", _write)
 
     def acks(self, node_ids: Iterable[str]) -> dict[str, Ack]:
         """The last acknowledgement of each node that has a readable one."""
@@ -244,22 +316,42 @@ class ClusterState:
                 self.throttle.warning(f"ack:{node_id}", "ignoring acknowledgement of %s: %s", node_id, exc)
         return out
 
-    def wait_for_acks(self, change: Change, timeout_s: float, poll_s: float = 0.02) -> list[AckRow]:
+    def wait_for_acks(self, change: Change, timeout_s: float, poll_s: float = 0.25) -> list[AckRow]:
         """Wait until every live node has applied `change` (or the timeout passes).
 
-        Only acknowledgements of this change's epoch count: after Redis lost its data a
-        node's old ack may carry a seq as high as this change's, yet answer another change.
+        Woken by each ack published on the acks channel (subscribed before the first read, so
+        none is missed between the two); the keys are re-read every `poll_s` without a message,
+        because pub/sub is at-most-once. Only acknowledgements of this change's epoch count:
+        after Redis lost its data a node's old ack may carry a seq as high as this change's.
         """
         nodes = {b.node_id: b for b in self.heartbeats()}
         deadline = time.monotonic() + timeout_s
         rows: dict[str, AckRow] = {}
-        while True:
-            for node_id, ack in self.acks(set(nodes) - set(rows)).items():
-                if ack.answers(change):
-                    rows[node_id] = _row(node_id, ack, change, nodes[node_id].url)
-            if len(rows) == len(nodes) or time.monotonic() >= deadline:
-                break
-            time.sleep(poll_s)
+
+        def take(node_id: str, ack: Ack) -> None:
+            if node_id in nodes and node_id not in rows and ack.answers(change):
+                rows[node_id] = _row(node_id, ack, change, nodes[node_id].url)
+
+        pubsub = self._call("subscribe to acknowledgements", self._ack_subscription) if nodes else None
+        try:
+            next_read = 0.0  # read the keys first: acks written before we subscribed
+            while True:
+                now = time.monotonic()
+                if now >= next_read or now >= deadline:
+                    for node_id, ack in self.acks(set(nodes) - set(rows)).items():
+                        take(node_id, ack)
+                    next_read = time.monotonic() + poll_s
+                if len(rows) == len(nodes) or now >= deadline or pubsub is None:
+                    break
+                wait = max(0.0, min(next_read, deadline) - time.monotonic())
+                message = self._call("wait for acknowledgements", pubsub.get_message, True, wait)
+                while message is not None:
+                    self._take_published(message, take)
+                    message = self._call("wait for acknowledgements", pubsub.get_message, True, 0)
+        finally:
+            if pubsub is not None:
+                with _suppress_redis():
+                    pubsub.close()
         for node_id in set(nodes) - set(rows):
             rows[node_id] = AckRow(
                 node_id,
@@ -268,6 +360,26 @@ class ClusterState:
                 url=nodes[node_id].url,
             )
         return [rows[n] for n in sorted(rows)]
+
+    def _ack_subscription(self) -> Any:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.acks_channel)
+        except BaseException:
+            with _suppress_redis():
+                pubsub.close()
+            raise
+        return pubsub
+
+    def _take_published(self, message: Any, take: Any) -> None:
+        if not isinstance(message, dict) or message.get("type") != "message":
+            return
+        try:
+            ack = Ack.from_json(message.get("data"))
+        except WireError as exc:  # anyone can PUBLISH: junk here wakes nobody
+            self.throttle.warning("ack-message", "ignoring a message on %s: %s", self.keys.acks_channel, exc)
+            return
+        take(ack.node_id, ack)
 
     # -- popularity (warm start) -------------------------------------------
     def add_popularity(self, counts: Mapping[str, int]) -> None:
@@ -301,6 +413,15 @@ class ClusterState:
             "seq": snap.seq,
             "epoch": snap.epoch,
         }
+
+
+def _where(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _suppress_redis() -> contextlib.suppress:
+    return contextlib.suppress(redis.RedisError, OSError)
 
 
 def _snapshot(

@@ -139,6 +139,9 @@ class Change:
     ts: float
     epoch: str = ""
     origin: str = ""
+    replicated: bool | None = field(default=None, compare=False)
+    """Set by the writer, never on the wire: None when the primary had no replica, else whether
+    a replica confirmed the change (WAIT) in time; False means a failover now could lose it."""
 
     @classmethod
     def from_json(cls, raw: str | bytes | Mapping[str, Any]) -> Change:
@@ -161,7 +164,9 @@ class Change:
         )
 
     def to_json(self) -> str:
-        return _dumps({**asdict(self), "kind": self.kind.value})
+        data = {**asdict(self), "kind": self.kind.value}
+        del data["replicated"]  # a fact about one write, not part of the change
+        return _dumps(data)
 
     def summary(self) -> str:
         what = f"{self.kind.value} {self.model_type}" + (f" {self.version}" if self.version else "")

@@ -25,6 +25,8 @@ class NodeSettings(BaseSettings):
     """Root directory of the model registry."""
     redis_url: str | None = None
     """Redis for cluster state (pins, reloads, membership); unset runs a standalone node."""
+    redis_replica_wait_s: float = Field(1.0, gt=0)
+    """How long a pin/unpin/reload waits for a Redis replica to confirm it (when the primary has one)."""
     redis_prefix: str = "modelcache:"
     """Prefix of every Redis key and channel, so two clusters can share one Redis."""
     host: str = "127.0.0.1"

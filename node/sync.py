@@ -52,7 +52,12 @@ class ClusterSync:
         self.settings, self.service, self.metrics = settings, service, metrics
         self.node_id = settings.resolved_node_id
         self.keys = Keys(settings.redis_prefix)
-        self.state = ClusterState(connect(settings.redis_url), self.keys, origin=self.node_id)
+        self.state = ClusterState.from_url(
+            settings.redis_url,
+            settings.redis_prefix,
+            origin=self.node_id,
+            replica_timeout_s=settings.redis_replica_wait_s,
+        )
         self.started_at = time.time()
         self._applied: dict[str, int] | None = None  # generations applied; None until first sync
         self._epoch = ""  # the epoch `_applied` belongs to
@@ -151,6 +156,8 @@ class ClusterSync:
             h.consecutive = 0
 
     def _subscribe_forever(self, backoff: Backoff) -> None:
+        # With Sentinel, each (re)connection asks for the current primary: after a failover
+        # the broken link raises, the guard backs off, and this finds the new primary.
         client = connect(self.settings.redis_url or "", timeout=5, decode_responses=False)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -402,9 +409,18 @@ class ClusterSync:
         if change.seq == 0:
             body.update(ok=True, detail=f"{change.model_type} was not pinned; nothing changed", acks=[])
             return body
+        # None: the primary has no replica (nothing to confirm); False: it may not survive a failover.
+        body["replicated"] = change.replicated
+        if change.replicated is False:
+            body["warning"] = (
+                f"change #{change.seq} is applied on the Redis primary but no replica confirmed it within "
+                f"{self.state.replica_timeout_s:g}s: if the primary fails now it may be lost; check the "
+                "replicas (INFO replication) and repeat the call if it is missing"
+            )
         if not wait:
             body.update(
-                ok=True, detail="published; nodes apply it within milliseconds (wait=true to see acks)"
+                ok=change.replicated is not False,
+                detail="published; nodes apply it within milliseconds (wait=true to see acks)",
             )
             return body
         rows: list[AckRow] = await asyncio.to_thread(self.state.wait_for_acks, change, timeout_s)
@@ -418,7 +434,7 @@ class ClusterSync:
             }
             for r in rows
         ]
-        body["ok"] = all(r.outcome is Outcome.OK for r in rows)
+        body["ok"] = change.replicated is not False and all(r.outcome is Outcome.OK for r in rows)
         return body
 
 

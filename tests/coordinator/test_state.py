@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -183,9 +186,8 @@ def test_garbage_in_redis_is_skipped_not_raised(
     publish("churn", "1.0.0")
     k, c = state.keys, state.client
     state.heartbeat(Heartbeat("good", "http://good"), ttl_s=30)
-    c.set(k.node("junk"), b"\xff\xfe not json")
-    c.set(k.node("shape"), '{"node_id": 5}')
-    c.set(k.node("list"), "[1]")
+    c.zadd(k.members, {"junk": 2**50, "shape": 2**50, "list": 2**50, "no-heartbeat": 2**50})
+    c.hset(k.heartbeats, mapping={"junk": b"\xff\xfe not json", "shape": '{"node_id": 5}', "list": "[1]"})
     change = state.pin("churn", "1.0.0", registry)
     c.set(k.ack("good"), "garbage")
     c.hset(k.pins, mapping={"bad": "not a version!!", "../etc": "1.0"})
@@ -206,3 +208,75 @@ def test_garbage_in_redis_is_skipped_not_raised(
 
     assert cli.main(["status", "--json", "--redis-url", redis_server.url, "--redis-prefix", k.prefix]) == 0
     assert [n["node_id"] for n in json.loads(capsys.readouterr().out)["nodes"]] == ["good"]
+
+
+def test_a_change_waits_for_a_replica_and_says_when_none_confirmed_it(
+    registry: Registry, publish: PublishFn
+) -> None:
+    publish("churn", "1.0.0")
+    with (
+        RedisServer() as primary,
+        RedisServer(args=["--replicaof", "127.0.0.1", str(primary.port)]) as replica,
+    ):
+        state = ClusterState.from_url(primary.url, replica_timeout_s=0.3)
+        try:
+            deadline = time.monotonic() + 15
+            while state.client.info("replication")["connected_slaves"] < 1:
+                assert time.monotonic() < deadline, "replica never connected"
+                time.sleep(0.05)
+            change = state.pin("churn", "1.0.0", registry)
+            assert change.replicated is True
+            assert "replicated" not in change.to_json()  # a fact about the write, not the change
+            assert replica.proc is not None
+            os.kill(replica.proc.pid, signal.SIGSTOP)  # connected, but confirms nothing
+            try:
+                stalled = state.reload("churn", None, registry)
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            assert stalled.replicated is False and stalled.seq == change.seq + 1
+        finally:
+            state.close()
+    with RedisServer() as alone:
+        state = ClusterState.from_url(alone.url, replica_timeout_s=30)
+        try:
+            assert state.pin("churn", "1.0.0", registry).replicated is None  # no replica: no WAIT
+        finally:
+            state.close()
+
+
+def test_waiters_are_woken_by_the_published_ack_not_by_polling(
+    state: ClusterState,
+    registry: Registry,
+    publish: PublishFn,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    prefix: str,
+) -> None:
+    publish("churn", "1.0.0")
+    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    change = state.pin("churn", "1.0.0", registry)
+    reads = []
+    real_acks = state.acks
+    monkeypatch.setattr(state, "acks", lambda ids: reads.append(set(ids)) or real_acks(ids))
+    writer = ClusterState.from_url(redis_server.url, prefix)
+    ack = Ack("a", change.epoch, change.seq, time.time(), {})
+    timer = threading.Timer(0.2, writer.write_ack, [ack])
+    timer.start()
+    try:
+        [row] = state.wait_for_acks(change, timeout_s=30, poll_s=30)
+    finally:
+        timer.join()
+        writer.close()
+    assert row.outcome is Outcome.OK
+    assert reads == [{"a"}]  # one read before waiting; the ack itself arrived by pub/sub
+
+
+def test_membership_is_not_a_scan_and_expires_on_the_redis_clock(state: ClusterState) -> None:
+    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    state.heartbeat(Heartbeat("b", "http://b"), ttl_s=0.05)
+    time.sleep(0.1)
+    assert [n["node_id"] for n in state.nodes()] == ["a"]
+    state.heartbeat(Heartbeat("c", "http://c"), ttl_s=30)  # sweeps b's expired record
+    assert set(state.client.hkeys(state.keys.heartbeats)) == {"a", "c"}
+    state.leave("a")
+    assert [n["node_id"] for n in state.nodes()] == ["c"]
