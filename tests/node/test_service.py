@@ -77,9 +77,11 @@ def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publ
     deserialized: list[str] = []
 
     class Spy(Loader):
-        def load_once(self, model_type: str, version: str) -> LoadedModel:
+        def load_once(self, model_type: str, version: str, before=None) -> LoadedModel:  # type: ignore[no-untyped-def]
             meta = self.registry.metadata(model_type, version)
             raw = self.read_verified(meta)  # raises before deserializing a bad artifact
+            if before is not None:
+                before(meta)
             deserialized.append(version)
             from node.runtime import deserialize
 
@@ -243,7 +245,10 @@ def test_stats_use_the_documented_names(registry: Registry, publish: PublishFn) 
     assert stats["hit_rate"] == pytest.approx(1 / 3, abs=1e-5)
     assert stats["miss_rate"] == pytest.approx(2 / 3, abs=1e-5)
     assert stats["models"][0]["model_type"] == "b"
-    assert stats["cache_bytes"] == stats["models"][0]["size_bytes"] > 0
+    entry = stats["models"][0]
+    assert entry["size_bytes"] == registry.metadata("b", "1.0").size_bytes > 0
+    # The budget charges resident memory: for a UBJ model 1.5x the file plus a fixed overhead.
+    assert stats["cache_bytes"] == entry["resident_bytes"] > entry["size_bytes"]
 
 
 # -- filesystems fail (issue 8 section 2) and the on-demand load bound ---------
