@@ -94,6 +94,10 @@ class Loader:
         raw = self.read_verified(meta)
         if before is not None:
             before(meta)
+        if meta.format == "xgboost-json":
+            # The verified JSON is parsed once into a throwaway booster; the served one is built
+            # from its UBJ in a trimmed heap, so it does not sit amid the parse's freed fragments.
+            raw = memory.json_to_ubj(raw)
         return deserialize(meta, raw)
 
     def load(

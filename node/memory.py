@@ -21,7 +21,10 @@ structural cost is deterministic, the same on every node, and testable.
 
 Loading a JSON model leaves ~10x its size in freed-but-unreturned heap (glibc
 keeps it for reuse): `trim()` (`malloc_trim(0)`) after every load and eviction
-returns it, which is what lets the budget bound RSS at all.
+returns it, which is what lets the budget bound RSS at all. Even trimmed, a
+booster parsed from JSON keeps ~2.3x the resident memory of its UBJ twin
+(fragmentation), so JSON artifacts are converted to UBJ (`json_to_ubj`) and
+the served booster is built from that.
 """
 
 from __future__ import annotations
@@ -68,6 +71,23 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except OSError:
         return 0
+
+
+def json_to_ubj(raw: bytes) -> bytes:
+    """The UBJ form of a verified XGBoost JSON model, with the parse's heap returned.
+
+    Measured: a booster loaded straight from a 17 MB JSON stays at ~31 MB resident
+    after `malloc_trim` (its trees are interleaved with the parse's freed
+    fragments); the same model rebuilt from UBJ in a trimmed heap takes ~13 MB.
+    """
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    ubj = bytes(booster.save_raw("ubj"))
+    del booster, raw
+    trim()
+    return ubj
 
 
 def estimate_cost(meta: ModelMetadata) -> int:
