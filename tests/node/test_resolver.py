@@ -12,9 +12,7 @@ def make(registry: Registry, now: list[float], **kw) -> Resolver:
     return Resolver(registry, NodeMetrics(), clock=lambda: now[0], **kw)
 
 
-def test_default_is_the_pin_else_latest_stable_and_is_memoised(
-    registry: Registry, publish: PublishFn
-) -> None:
+def test_default_is_pin_else_latest_stable_memoised(registry: Registry, publish: PublishFn) -> None:
     for v in ("1.0", "1.1", "2.0b1"):
         publish("m", v)
     r = make(registry, [0.0])
