@@ -22,6 +22,8 @@ def build_service(settings: NodeSettings, metrics: NodeMetrics) -> ModelService:
         metrics,
         cache_size=settings.cache_size,
         cache_max_bytes=settings.cache_max_bytes,
+        cache_policy=settings.cache_policy,
+        cache_idle_ttl_s=settings.cache_idle_ttl_s,
         load_failure_ttl_s=settings.load_failure_ttl_s,
         load_timeout_s=settings.load_timeout_s,
         load_workers=settings.load_workers,

@@ -1,9 +1,13 @@
-"""The model cache: an LRU bounded by count and bytes, with single-flight loads.
+"""The model cache: a pluggable eviction policy, with single-flight loads.
 
-`LRU` is a plain data structure: no locks, no I/O. `ModelCache` adds the one
-lock (held only for dictionary operations) and per-key single-flight, so a
-hit never waits on a load (invariant 1) and N concurrent misses for one key
-cause exactly one load. The caller supplies the load function and, optionally,
+The policy (`node.policies`: LRU or LFU, bounded by count, resident bytes and
+idle time) is a plain data structure: no locks, no I/O. `ModelCache` adds the
+one lock (held only for dictionary operations) and per-key single-flight, so
+a hit never waits on a load (invariant 1) and N concurrent misses for one key
+cause exactly one load. A load reserves its expected cost first (`reserve`),
+so room is made *before* the new model is in memory, counting other loads in
+flight; idle entries are dropped on access and by `expire()` (the service
+calls it periodically). The caller supplies the load function and, optionally,
 where to run it (`submit`, e.g. a bounded load pool) and how long a caller
 waits for it (`timeout`); the cache never performs I/O itself.
 """
@@ -13,82 +17,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from node.policies import Cache, Evicted, LRUCache, Reason, make_policy
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-Evicted = list[tuple[Any, Any]]
-
-
-class LRU(Generic[K, V]):
-    """Least-recently-used mapping bounded by entry count and, optionally, total cost."""
-
-    def __init__(self, max_items: int, max_cost: int | None = None) -> None:
-        if max_items < 1:
-            raise ValueError("max_items must be at least 1")
-        self.max_items, self.max_cost = max_items, max_cost
-        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self.total_cost = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __iter__(self) -> Iterator[K]:
-        """Keys from least to most recently used."""
-        return iter(self._data)
-
-    def get(self, key: K) -> V | None:
-        """The value for `key`, marking it most recently used."""
-        item = self._data.get(key)
-        if item is None:
-            return None
-        self._data.move_to_end(key)
-        return item[0]
-
-    def peek(self, key: K) -> V | None:
-        item = self._data.get(key)
-        return None if item is None else item[0]
-
-    def cost(self, key: K) -> int:
-        return self._data[key][1]
-
-    def put(self, key: K, value: V, cost: int = 0) -> list[tuple[K, V]]:
-        """Insert or replace `key`; return what had to be evicted to make room."""
-        self.pop(key)
-        self._data[key] = (value, cost)
-        self.total_cost += cost
-        evicted = []
-        # The newest entry always stays: a model larger than the byte budget is
-        # still served, alone, rather than refused.
-        while len(self._data) > 1 and self._over_budget():
-            evicted.append(self.popitem())
-        return evicted
-
-    def pop(self, key: K) -> V | None:
-        item = self._data.pop(key, None)
-        if item is None:
-            return None
-        self.total_cost -= item[1]
-        return item[0]
-
-    def popitem(self) -> tuple[K, V]:
-        """Remove and return the least recently used entry."""
-        key, (value, cost) = self._data.popitem(last=False)
-        self.total_cost -= cost
-        return key, value
-
-    def _over_budget(self) -> bool:
-        if len(self._data) > self.max_items:
-            return True
-        return self.max_cost is not None and self.total_cost > self.max_cost
+LRU = LRUCache  # the name before policies were pluggable
 
 
 @dataclass
@@ -102,11 +42,14 @@ class EntryStats:
 class CacheStats:
     capacity: int
     max_bytes: int | None
+    policy: str
+    idle_ttl_s: float | None
     size: int
     bytes: int
     hits: int
     misses: int
     evictions: int
+    evictions_by_reason: dict[str, int]
     loads: int
     entries: list[dict[str, Any]]
 
@@ -117,51 +60,66 @@ class CacheStats:
 
 
 class ModelCache(Generic[K, V]):
-    """Thread-safe LRU of loaded models with single-flight loading."""
+    """Thread-safe cache of loaded models over an eviction policy, with single-flight loading."""
 
     def __init__(
         self,
         max_models: int,
         max_bytes: int | None = None,
-        on_evict: Callable[[K, V], None] | None = None,
+        on_evict: Callable[[K, V, Reason], None] | None = None,
         submit: Callable[[K, Callable[[], None]], object] | None = None,
+        *,
+        policy: str | Cache[K, V] = "lru",
+        idle_ttl_s: float | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._lru: LRU[K, V] = LRU(max_models, max_bytes)
+        if isinstance(policy, str):
+            self.policy_name = policy
+            self._cache: Cache[K, V] = make_policy(policy, max_models, max_bytes, idle_ttl_s, timer)
+        else:
+            self.policy_name = type(policy).__name__
+            self._cache = policy
         self._submit = submit
         self._lock = threading.Lock()
         self._pending: dict[K, Future[V]] = {}
+        self._reserved: dict[K, int] = {}
         self._entry_stats: dict[K, EntryStats] = {}
         self._on_evict = on_evict
+        self._by_reason: Counter[str] = Counter()
         self.hits = self.misses = self.evictions = self.loads = 0
 
     @property
     def capacity(self) -> int:
-        return self._lru.max_items
+        return self._cache.max_items
 
     @property
     def max_bytes(self) -> int | None:
-        return self._lru.max_cost
+        return self._cache.max_cost
+
+    @property
+    def idle_ttl_s(self) -> float | None:
+        return self._cache.idle_ttl
 
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._cache)
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
-            return key in self._lru
+            return key in self._cache
 
     def cached_keys(self) -> list[K]:
-        """Cached keys, least recently used first."""
+        """Cached keys, the next eviction candidate first."""
         with self._lock:
-            return list(self._lru)
+            return list(self._cache)
 
     @property
     def total_bytes(self) -> int:
-        return self._lru.total_cost
+        return self._cache.total_cost
 
     def peek(self, key: K) -> V | None:
         """The cached value without counting a lookup or touching recency."""
         with self._lock:
-            return self._lru.peek(key)
+            return self._cache.peek(key)
 
     def loading(self, key: K) -> bool:
         """Whether a load of `key` is in flight (a caller now would join it)."""
@@ -205,20 +163,26 @@ class ModelCache(Generic[K, V]):
 
     def _lookup(self, key: K) -> tuple[V | None, Future[V] | None, bool]:
         with self._lock:
-            value = self._lru.get(key)
+            expired = self._cache.expire()  # O(1) unless something is due
+            self._forget(expired)
+            value = self._cache.get(key)
             if value is not None:
                 self.hits += 1
                 stats = self._entry_stats[key]
                 stats.hits += 1
                 stats.last_used = time.time()
-                return value, None, False
-            self.misses += 1
-            future = self._pending.get(key)
-            if future is not None:
-                return None, future, False
-            future = self._pending[key] = Future()
-            future.set_running_or_notify_cancel()  # so a waiter's timeout cannot cancel it for all
-            return None, future, True
+                result: tuple[V | None, Future[V] | None, bool] = (value, None, False)
+            else:
+                self.misses += 1
+                future = self._pending.get(key)
+                if future is None:
+                    future = self._pending[key] = Future()
+                    future.set_running_or_notify_cancel()  # so a waiter's timeout cannot cancel it for all
+                    result = (None, future, True)
+                else:
+                    result = (None, future, False)
+        self._notify(expired)
+        return result
 
     def _run_load(self, key: K, future: Future[V], load: Callable[[], tuple[V, int]]) -> None:
         try:
@@ -227,69 +191,115 @@ class ModelCache(Generic[K, V]):
             # A failed load is not cached: every waiter gets the error, the next caller retries.
             with self._lock:
                 self._pending.pop(key, None)
+                self._reserved.pop(key, None)
             future.set_exception(exc)
             return
         with self._lock:
             self._pending.pop(key, None)
+            self._reserved.pop(key, None)
             self.loads += 1
             evicted = self._insert(key, value, cost)
         future.set_result(value)
         self._notify(evicted)
 
+    def reserve(self, key: K, cost: int, protect: Collection[K] = (), slots: int = 1) -> None:
+        """Make room for `key` (about to be loaded, costing about `cost`) before it is in memory.
+
+        Other loads' reservations count too, so concurrent loads do not each make
+        room only for themselves. Never evicts `protect` (the version a reload
+        replaces keeps serving until the swap). The reservation ends when `key`
+        is inserted or its load fails (`release`).
+        """
+        with self._lock:
+            others = [c for k, c in self._reserved.items() if k != key]
+            evicted = self._cache.make_room(cost + sum(others), slots + len(others), protect)
+            self._forget(evicted)
+            self._reserved[key] = cost
+        self._notify(evicted)
+
+    def release(self, key: K) -> None:
+        """End the reservation of `key` without inserting it (e.g. a failed reload)."""
+        with self._lock:
+            self._reserved.pop(key, None)
+
     # -- direct changes (reload, pin, unload) ------------------------------
     def replace(self, key: K, value: V, cost: int, remove: tuple[K, ...] = ()) -> None:
         """Atomically insert `key` (a freshly loaded model) and drop `remove`.
 
-        Requests see either the old entries or the new one, never neither.
+        Requests see either the old entries or the new one, never neither. The
+        new entry inherits the usage history of the first of `remove`.
         """
         with self._lock:
             self.loads += 1
+            self._reserved.pop(key, None)
+            like = next((old for old in remove if old != key), None)
             for old in remove:
                 if old != key:
-                    self._lru.pop(old)
+                    self._cache.pop(old)  # the policy keeps its usage history for `like`
                     self._entry_stats.pop(old, None)
-            evicted = self._insert(key, value, cost)
+            evicted = self._insert(key, value, cost, like)
         self._notify(evicted)
 
     def evict(self, key: K) -> bool:
-        """Drop `key` on request (unload); not counted as an eviction."""
+        """Drop `key` on request (unload): reported with reason `unload`."""
         with self._lock:
+            value = self._cache.pop(key)
+            if value is None:
+                return False
             self._entry_stats.pop(key, None)
-            return self._lru.pop(key) is not None
+            self._by_reason[Reason.UNLOAD.value] += 1
+        self._notify([Evicted(key, value, Reason.UNLOAD)])
+        return True
 
-    def _insert(self, key: K, value: V, cost: int) -> list[tuple[K, V]]:
-        evicted = self._lru.put(key, value, cost)
+    def expire(self) -> list[K]:
+        """Drop entries idle longer than the TTL now (the periodic sweep); return their keys."""
+        with self._lock:
+            expired = self._cache.expire()
+            self._forget(expired)
+        self._notify(expired)
+        return [e.key for e in expired]
+
+    def _insert(self, key: K, value: V, cost: int, like: K | None = None) -> list[Evicted[K, V]]:
+        evicted = self._cache.put(key, value, cost, like)
         self._entry_stats[key] = EntryStats()
-        for old, _ in evicted:
-            self._entry_stats.pop(old, None)
-        self.evictions += len(evicted)
+        self._forget(evicted)
         return evicted
 
-    def _notify(self, evicted: list[tuple[K, V]]) -> None:
+    def _forget(self, evicted: list[Evicted[K, V]]) -> None:
+        for e in evicted:
+            self._entry_stats.pop(e.key, None)
+            self._by_reason[e.reason.value] += 1
+        self.evictions += len(evicted)
+
+    def _notify(self, evicted: list[Evicted[K, V]]) -> None:
         if self._on_evict is not None:
-            for key, value in evicted:
-                self._on_evict(key, value)
+            for e in evicted:
+                self._on_evict(e.key, e.value, e.reason)
 
     def stats(self) -> CacheStats:
         with self._lock:
             entries = [
                 {
                     "key": key,
-                    "size_bytes": self._lru.cost(key),
+                    "value": self._cache.peek(key),
+                    "resident_bytes": self._cache.cost(key),
                     "hits": self._entry_stats[key].hits,
                     "loaded_at": self._entry_stats[key].loaded_at,
                     "last_used": self._entry_stats[key].last_used,
                 }
-                for key in reversed(list(self._lru))
+                for key in reversed(list(self._cache))
             ]
             return CacheStats(
-                capacity=self._lru.max_items,
-                max_bytes=self._lru.max_cost,
-                size=len(self._lru),
-                bytes=self._lru.total_cost,
+                capacity=self._cache.max_items,
+                max_bytes=self._cache.max_cost,
+                policy=self.policy_name,
+                idle_ttl_s=self._cache.idle_ttl,
+                size=len(self._cache),
+                bytes=self._cache.total_cost,
                 hits=self.hits,
                 misses=self.misses,
                 evictions=self.evictions,
+                evictions_by_reason=dict(self._by_reason),
                 loads=self.loads,
                 entries=entries,
             )

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from coordinator.errors import MetadataError, ModelNotFound, RegistryError, UnsafePath
 from coordinator.registry import ModelMetadata, Registry
+from node import memory
 from node.errors import ChecksumMismatch, ModelLoadError
 from node.runtime import LoadedModel, deserialize
 
@@ -85,16 +86,28 @@ class Loader:
         """Check metadata and checksum without deserializing (a reload of an uncached model)."""
         self.read_verified(self.metadata(model_type, version))
 
-    def load_once(self, model_type: str, version: str) -> LoadedModel:
+    def load_once(
+        self, model_type: str, version: str, before: Callable[[ModelMetadata], None] | None = None
+    ) -> LoadedModel:
+        """Read, verify, then (after `before(meta)`, e.g. making room in the cache) deserialize."""
         meta = self.metadata(model_type, version)
-        return deserialize(meta, self.read_verified(meta))
+        raw = self.read_verified(meta)
+        if before is not None:
+            before(meta)
+        if meta.format == "xgboost-json":
+            # The verified JSON is parsed once into a throwaway booster; the served one is built
+            # from its UBJ in a trimmed heap, so it does not sit amid the parse's freed fragments.
+            raw = memory.json_to_ubj(raw)
+        return deserialize(meta, raw)
 
-    def load(self, model_type: str, version: str) -> LoadedModel:
+    def load(
+        self, model_type: str, version: str, before: Callable[[ModelMetadata], None] | None = None
+    ) -> LoadedModel:
         """Load with exponential backoff; unknown models and bad metadata fail at once."""
         delay = self.backoff_s
         for attempt in range(1, self.retries + 1):
             try:
-                return self.load_once(model_type, version)
+                return self.load_once(model_type, version, before)
             except ModelNotFound:
                 raise
             except ModelLoadError as exc:
@@ -112,6 +125,19 @@ class Loader:
                 self._sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def load_charged(
+        self, model_type: str, version: str, before: Callable[[ModelMetadata], None] | None = None
+    ) -> tuple[LoadedModel, int]:
+        """`load`, then the model's resident cost (node.memory), then freed heap returned to the OS.
+
+        `before(meta)` runs once the artifact is verified, just before it is deserialized:
+        the service makes room there, so a corrupt artifact never evicts anything.
+        """
+        model = self.load(model_type, version, before)
+        cost = memory.resident_cost(model)
+        memory.trim()  # a JSON parse leaves ~10x the file in freed heap
+        return model, cost
 
 
 def _as_load_error(exc: RegistryError, model_type: str, version: str) -> ModelLoadError:

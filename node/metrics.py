@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,8 +71,9 @@ class NodeMetrics:
         )
         self.cache_evictions = Counter(
             "modelcache_cache_evictions_total",
-            "Models evicted to make room (least recently used first).",
-            ["model_type"],
+            "Models dropped from the cache, by reason: capacity (count bound), bytes (byte budget), "
+            "idle (unused for MODELCACHE_CACHE_IDLE_TTL_S), unload (on request).",
+            ["model_type", "reason"],
             registry=r,
         )
         self.model_load_seconds = Histogram(
@@ -85,7 +95,11 @@ class NodeMetrics:
         self.cache_capacity_models = Gauge(
             "modelcache_cache_capacity_models", "Most models the cache holds.", registry=r
         )
-        self.cache_bytes = Gauge("modelcache_cache_bytes", "Artifact bytes of the cached models.", registry=r)
+        self.cache_bytes = Gauge(
+            "modelcache_cache_bytes",
+            "Resident bytes charged for the cached models (what the byte budget counts).",
+            registry=r,
+        )
         self.cache_max_bytes = Gauge(
             "modelcache_cache_max_bytes", "Byte budget of the cache (0 when unbounded).", registry=r
         )
@@ -148,6 +162,19 @@ class NodeMetrics:
             ["model_type", "version"],
             registry=r,
         )
+
+        self.background_errors = Counter(
+            "modelcache_background_errors_total",
+            "Failures of a node's background task (it logs, backs off and goes on).",
+            ["task"],
+            registry=r,
+        )
+        # process_resident_memory_bytes & co., to set RSS against the byte budget.
+        # (The global registry has them already; registering twice would fail.)
+        if r is not REGISTRY:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
 
     def observe_prediction(self, model_type: str, seconds: float, rows: int) -> None:
         """One predict call of `rows` rows, whichever protocol it came in by."""

@@ -1,15 +1,16 @@
-"""The node's data plane: version resolution, cached loads, fallback, reload and pins.
+"""The node's data plane, as a thin facade: the cache, the resolver, loads and reloads.
 
-The HTTP layer calls this; this calls the cache, the loader and the registry.
-The served ("default") version of each model type is memoised here, so the
-request path does no registry I/O on a hit, and it changes only when a reload
-or pin has loaded the new version beside the old one (invariant 2).
+The HTTP layer calls this; this asks the resolver (node.resolver: pins,
+default, failure TTL, fallback order) which version to serve, gets it from
+the cache (node.cache over a policy from node.policies), whose loads go
+through the loader on the load pool, and charges each model its resident
+cost against the byte budget (node.memory). Reloads load the new version
+beside the old one and swap (invariant 2). Views live in node.views.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -18,24 +19,21 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from coordinator.errors import ModelNotFound, RegistryError, VersionNotFound
-from coordinator.registry import Registry
-from coordinator.versions import (
-    is_prerelease,
-    latest_stable,
-    normalize_version,
-    parse_version,
-    validate_model_type,
-)
+from coordinator.errors import ModelNotFound, VersionNotFound
+from coordinator.registry import ModelMetadata, Registry
+from coordinator.versions import normalize_version, validate_model_type
+from node import memory
 from node.cache import ModelCache
 from node.errors import LoadRateLimited, LoadTimeout, ModelLoadError
 from node.loader import LoadBudget, Loader, LoadPool
 from node.metrics import NodeMetrics
+from node.periodic import Periodic
+from node.policies import Reason
+from node.resolver import Key, Resolver
 from node.runtime import LoadedModel
+from node.views import cache_stats_view, models_view
 
 log = logging.getLogger("modelcache.service")
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -79,30 +77,31 @@ class ModelService:
         *,
         cache_size: int = 3,
         cache_max_bytes: int | None = None,
+        cache_policy: str = "lru",
+        cache_idle_ttl_s: float | None = None,
         load_failure_ttl_s: float = 30.0,
         load_timeout_s: float = 60.0,
         load_workers: int = 4,
         ondemand_loads_per_min: int = 30,
         pins: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sweep: bool = True,
     ) -> None:
         self.registry, self.loader, self.metrics = registry, loader, metrics
         self.load_timeout_s = load_timeout_s
         self.pool = LoadPool(load_workers)
         self.ondemand = LoadBudget(ondemand_loads_per_min, clock)
+        self.resolver = Resolver(registry, metrics, pins=pins, failure_ttl_s=load_failure_ttl_s, clock=clock)
         self.cache: ModelCache[Key, LoadedModel] = ModelCache(
             cache_size,
             cache_max_bytes,
             on_evict=self._on_evict,
             submit=lambda key, run: self.pool.submit(run, f"{key[0]} {key[1]}"),
+            policy=cache_policy,
+            idle_ttl_s=cache_idle_ttl_s,
+            timer=clock,
         )
-        self.failure_ttl_s = load_failure_ttl_s
         self._clock = clock
-        self._lock = threading.Lock()
-        self._pins: dict[str, str] = {k: normalize_version(v) for k, v in (pins or {}).items()}
-        self._default: dict[str, str] = {}
-        self._failed: dict[Key, tuple[float, str]] = {}
-        self._known_types: set[str] = set()
         self._requests: Counter[str] = Counter()
         metrics.cache_capacity_models.set(cache_size)
         metrics.cache_max_bytes.set(cache_max_bytes or 0)
@@ -114,36 +113,29 @@ class ModelService:
             "Model loads running on this node's load pool now (stuck ones included).",
             registry=metrics.registry,
         ).set_function(lambda: len(self.pool.in_progress()))
+        # Idle entries also go on access; the sweep drops them when nothing is requested at all.
+        self.sweeper: Periodic | None = None
+        if cache_idle_ttl_s is not None and sweep:
+            interval = min(max(cache_idle_ttl_s / 4, 0.05), 30.0)
+            self.sweeper = Periodic("cache-sweep", self._sweep, interval, metrics.background_errors)
+            self.sweeper.start()
+
+    def close(self) -> None:
+        """Stop the background sweep (the node's shutdown)."""
+        if self.sweeper is not None:
+            self.sweeper.stop()
 
     # -- resolution --------------------------------------------------------
     @property
     def pins(self) -> dict[str, str]:
-        return dict(self._pins)
+        return self.resolver.pins
 
     def default_version(self, model_type: str) -> str:
         """The version served when a request names none: pin, else latest stable."""
-        version = self._default.get(model_type)
-        if version is None:
-            validate_model_type(model_type)
-            version = self._pins.get(model_type) or self.registry.latest(model_type)
-            self._set_default(model_type, version)
-        return version
+        return self.resolver.default_version(model_type)
 
-    def _set_default(self, model_type: str, version: str) -> None:
-        with self._lock:
-            old = self._default.get(model_type)
-            self._default[model_type] = version
-            self._known_types.add(model_type)
-        if old != version:
-            if old is not None:
-                self.metrics.served_version.remove(model_type, old)
-            self.metrics.served_version.labels(model_type, version).set(1)
-
-    def _check_known(self, model_type: str) -> None:
-        # Unknown types must not reach the cache or metric labels (bounded cardinality).
-        if model_type not in self._known_types:
-            self.registry.versions(validate_model_type(model_type))
-            self._known_types.add(model_type)
+    def _recently_failed(self, key: Key) -> bool:
+        return self.resolver.recently_failed(key)
 
     # -- the request path --------------------------------------------------
     async def get(self, model_type: str, version: str | None = None, *, limit_loads: bool = True) -> Resolved:
@@ -162,30 +154,28 @@ class ModelService:
     async def _get(self, model_type: str, version: str | None, limit_loads: bool) -> Resolved:
         deadline = self._clock() + self.load_timeout_s
         if version is not None:
-            self._check_known(model_type)
+            self.resolver.check_known(model_type)
             version = normalize_version(version)
             key = (model_type, version)
             if limit_loads:
                 self._spend_ondemand(key)
             model, hit = await self._lookup(key)
             return Resolved(model, version, hit)
-        version = self.default_version(model_type)
+        version = self.resolver.default_version(model_type)
         key = (model_type, version)
-        if not self._recently_failed(key):
+        if not self.resolver.recently_failed(key):
             try:
                 model, hit = await self._lookup(key)
                 return Resolved(model, version, hit)
             except ModelLoadError as exc:
-                self._mark_failed(key, exc.detail)
+                self.resolver.mark_failed(key, exc.detail)
             except VersionNotFound:
                 # Removed from the registry since it became the default: fall back, not 404.
-                self._mark_failed(key, "the version was removed from the registry")
+                self.resolver.mark_failed(key, "the version was removed from the registry")
         return await self._fallback(model_type, version, deadline)
 
     def _spend_ondemand(self, key: Key) -> None:
-        if key in self.cache or self.cache.loading(key):
-            return
-        if key[1] == self.default_version(key[0]) or key[1] == self._pins.get(key[0]):
+        if key in self.cache or self.cache.loading(key) or self.resolver.is_default_or_pinned(key):
             return
         wait = self.ondemand.take()
         if wait:
@@ -215,11 +205,20 @@ class ModelService:
             self.metrics.model_load_failures.labels(key[0], "timeout").inc()
             raise LoadTimeout(*key, self.load_timeout_s) from None
 
-    def _load(self, key: Key) -> tuple[LoadedModel, int]:
+    def _load(self, key: Key, replacing: tuple[Key, ...] = ()) -> tuple[LoadedModel, int]:
+        """Load `key` after making room for it (never evicting `replacing`); return it and its cost."""
         model_type, version = key
         started = time.perf_counter()
+
+        def make_room(meta: ModelMetadata) -> None:
+            # Evict first, so the new model is deserialized only when the budget allows it.
+            # A reload's new version takes the old one's slot, but both are in memory until the swap.
+            slots = 0 if any(old in self.cache for old in replacing) else 1
+            self.cache.reserve(key, memory.estimate_cost(meta), protect=replacing, slots=slots)
+            memory.trim()  # what was just evicted is freed now (unless a request still holds it)
+
         try:
-            model = self.loader.load(model_type, version)
+            model, cost = self.loader.load_charged(model_type, version, make_room)
         except ModelNotFound:
             raise
         except Exception as exc:
@@ -228,34 +227,27 @@ class ModelService:
             log.error("load failed: %s", exc)
             raise
         self.metrics.model_load_seconds.labels(model_type).observe(time.perf_counter() - started)
-        log.info("loaded %s %s (%d bytes)", model_type, version, model.meta.size_bytes)
-        return model, model.meta.size_bytes
-
-    def _recently_failed(self, key: Key) -> bool:
-        failed = self._failed.get(key)
-        return failed is not None and failed[0] > self._clock()
-
-    def _mark_failed(self, key: Key, detail: str) -> None:
-        self._failed[key] = (self._clock() + self.failure_ttl_s, detail)
+        log.info(
+            "loaded %s %s (%d bytes on disk, charged %d resident)",
+            model_type,
+            version,
+            model.meta.size_bytes,
+            cost,
+        )
+        return model, cost
 
     async def _fallback(self, model_type: str, failed: str, deadline: float) -> Resolved:
-        reason = self._failed.get((model_type, failed), (0.0, "load failed"))[1]
-        ceiling = parse_version(failed)
-        try:
-            versions = self.registry.versions(model_type)
-        except RegistryError as exc:
-            raise ModelLoadError(model_type, failed, f"{reason}; {exc}", reason="io") from None
-        candidates = [v for v in reversed(versions) if parse_version(v) < ceiling and not is_prerelease(v)]
-        for candidate in candidates:
+        reason = self.resolver.failure((model_type, failed))
+        for candidate in self.resolver.fallback_candidates(model_type, failed):
             key = (model_type, candidate)
             remaining = deadline - self._clock()
             # One request waits at most one load timeout in all: past it, only cached fallbacks.
-            if self._recently_failed(key) or (remaining <= 0 and key not in self.cache):
+            if remaining <= 0 and key not in self.cache:
                 continue
             try:
                 model, hit = await self._lookup(key, max(remaining, 0.0))
             except ModelLoadError as exc:
-                self._mark_failed(key, exc.detail)
+                self.resolver.mark_failed(key, exc.detail)
                 continue
             except VersionNotFound:
                 continue
@@ -276,7 +268,7 @@ class ModelService:
     ) -> list[Outcome]:
         """Reload one model type, one exact version, or every model type this node serves."""
         if model_type is None:
-            types = sorted({k[0] for k in self.cache.cached_keys()} | set(self._default))
+            types = sorted({k[0] for k in self.cache.cached_keys()} | set(self.resolver.serving()))
             return [self._apply(mt, source) for mt in types]
         validate_model_type(model_type)
         if version is not None:
@@ -285,57 +277,54 @@ class ModelService:
 
     def set_pins(self, pins: Mapping[str, str], *, source: str = "cluster") -> list[Outcome]:
         """Adopt a new set of pins; each changed model type switches version (load beside, swap)."""
-        new = {k: normalize_version(v) for k, v in pins.items()}
-        changed = sorted(k for k in set(new) | set(self._pins) if new.get(k) != self._pins.get(k))
-        for old in set(self._pins.items()) - set(new.items()):
-            self.metrics.pinned_version.remove(*old)
-        for pin in new.items():
-            self.metrics.pinned_version.labels(*pin).set(1)
-        self._pins = new
-        return [self._apply(mt, source) for mt in changed]
+        return [self._apply(mt, source) for mt in self.resolver.set_pins(pins)]
 
     def _apply(self, model_type: str, source: str) -> Outcome:
         """Re-resolve the default of `model_type` and switch to it without a gap."""
-        previous = self._default.get(model_type)
+        previous = self.resolver.served(model_type)
         try:
-            target = self._pins.get(model_type) or self.registry.latest(model_type)
+            target = self.resolver.target(model_type)
         except ModelNotFound as exc:
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
+        key = (model_type, target)
         cached_here = any(k[0] == model_type for k in self.cache.cached_keys())
         if not cached_here:
             # Nothing to swap: the next request loads the new default lazily. Still check
             # the artifact's checksum, so a corrupt target is refused here as on nodes that load it.
             try:
-                self._bounded((model_type, target), lambda: self.loader.verify(model_type, target))
+                self._bounded(key, lambda: self.loader.verify(model_type, target))
             except (ModelLoadError, ModelNotFound) as exc:
                 detail = f"{exc}; still serving {previous}" if previous else str(exc)
                 return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
-            self._failed.pop((model_type, target), None)
-            self._set_default(model_type, target)
+            self.resolver.clear_failed(key)
+            self.resolver.set_default(model_type, target)
             return self._outcome(
                 source,
                 Outcome(model_type, "ok", target, previous, "not cached on this node; loads on use"),
             )
+        remove = ((model_type, previous),) if previous and previous != target else ()
         try:
-            model, size = self._bounded((model_type, target), lambda: self._load((model_type, target)))
+            model, cost = self._bounded(key, lambda: self._load(key, replacing=remove or (key,)))
         except (ModelLoadError, ModelNotFound) as exc:
+            self.cache.release(key)
             detail = f"{exc}; still serving {previous}" if previous else str(exc)
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
-        remove = ((model_type, previous),) if previous and previous != target else ()
-        self.cache.replace((model_type, target), model, size, remove)
-        self._failed.pop((model_type, target), None)
-        self._set_default(model_type, target)
+        self.cache.replace(key, model, cost, remove)
+        self.resolver.clear_failed(key)
+        self.resolver.set_default(model_type, target)
         return self._outcome(source, Outcome(model_type, "ok", target, previous, "loaded and swapped in"))
 
     def _refresh_exact(self, model_type: str, version: str, source: str) -> Outcome:
         """Load `version` afresh beside any cached copy and swap it in; the default is unchanged."""
-        previous = self._default.get(model_type)
+        previous = self.resolver.served(model_type)
+        key = (model_type, version)
         try:
-            model, size = self._bounded((model_type, version), lambda: self._load((model_type, version)))
+            model, cost = self._bounded(key, lambda: self._load(key, replacing=(key,)))
         except (ModelLoadError, ModelNotFound) as exc:
+            self.cache.release(key)
             return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
-        self.cache.replace((model_type, version), model, size)
-        self._failed.pop((model_type, version), None)
+        self.cache.replace(key, model, cost)
+        self.resolver.clear_failed(key)
         return self._outcome(
             source, Outcome(model_type, "ok", previous, previous, f"{version} loaded and swapped in")
         )
@@ -348,13 +337,13 @@ class ModelService:
             log.error("%s %s failed: %s", source, outcome.model_type, outcome.detail)
         return outcome
 
-    # -- warm-up, unload ---------------------------------------------------
+    # -- warm-up, load, unload -------------------------------------------------
     def warm(self, model_types: Iterable[str]) -> list[str]:
         """Load the default version of each type (up to capacity); return what loaded."""
         loaded = []
         for model_type in list(model_types)[: self.cache.capacity]:
             try:
-                version = self.default_version(model_type)
+                version = self.resolver.default_version(model_type)
                 self._get_or_load((model_type, version))
                 loaded.append(f"{model_type}:{version}")
             except Exception as exc:
@@ -363,8 +352,8 @@ class ModelService:
 
     def load(self, model_type: str, version: str | None = None) -> str:
         """Make sure a model is cached (repository 'load'); return its version."""
-        version = normalize_version(version) if version else self.default_version(model_type)
-        self._check_known(model_type)
+        version = normalize_version(version) if version else self.resolver.default_version(model_type)
+        self.resolver.check_known(model_type)
         self._get_or_load((model_type, version))
         return version
 
@@ -376,7 +365,7 @@ class ModelService:
             raise LoadTimeout(*key, self.load_timeout_s) from None
 
     def load_health(self, stuck_after_s: float | None = None) -> list[str]:
-        """Problems with loading, for /readyz: empty when loads are not wedged."""
+        """Problems with loading (and the cache sweep), for /readyz: empty when nothing is wedged."""
         limit = self.load_timeout_s if stuck_after_s is None else stuck_after_s
         running = self.pool.in_progress()
         stuck = [f"{label} ({seconds:.0f}s)" for label, seconds in running if seconds > limit]
@@ -388,6 +377,9 @@ class ModelService:
                 f"all {self.pool.workers} load workers busy (MODELCACHE_LOAD_WORKERS), "
                 f"{self.pool.queued} load(s) waiting"
             )
+        sweep = self.sweeper.problem() if self.sweeper is not None else None
+        if sweep:
+            problems.append(sweep)
         return problems
 
     def unload(self, model_type: str, version: str | None = None) -> list[str]:
@@ -395,19 +387,26 @@ class ModelService:
         keys = [k for k in self.cache.cached_keys() if k[0] == model_type]
         if version is not None:
             keys = [k for k in keys if k[1] == normalize_version(version)]
-        return [k[1] for k in keys if self.cache.evict(k)]
+        dropped = [k[1] for k in keys if self.cache.evict(k)]
+        memory.trim()
+        return dropped
 
-    def _on_evict(self, key: Key, _model: LoadedModel) -> None:
-        self.metrics.cache_evictions.labels(key[0]).inc()
-        log.info("evicted %s %s", *key)
+    def _on_evict(self, key: Key, _model: LoadedModel, reason: Reason) -> None:
+        self.metrics.cache_evictions.labels(key[0], reason.value).inc()
+        log.info("evicted %s %s (%s)", *key, reason.value)
+
+    def _sweep(self) -> None:
+        """Drop idle models and give their heap back (the periodic part of the idle TTL)."""
+        if self.cache.expire():
+            memory.trim()
 
     # -- views -------------------------------------------------------------
     def served_version(self, model_type: str) -> str | None:
         """The version served by default now, if this node has resolved one."""
-        return self._default.get(model_type)
+        return self.resolver.served(model_type)
 
     def serving(self) -> dict[str, str]:
-        return dict(self._default)
+        return self.resolver.serving()
 
     def request_counts(self) -> dict[str, int]:
         """Requests served per model type since start (for cluster-wide popularity)."""
@@ -420,50 +419,11 @@ class ModelService:
         return out
 
     def stats(self) -> dict[str, Any]:
-        s = self.cache.stats()
-        lookups = s.hits + s.misses
-        return {
-            "cache_size": s.capacity,
-            "cached_models": s.size,
-            "cache_hits": s.hits,
-            "cache_misses": s.misses,
-            "hit_rate": round(s.hits / lookups, 6) if lookups else 0.0,
-            "miss_rate": round(s.misses / lookups, 6) if lookups else 0.0,
-            "evictions": s.evictions,
-            "total_loads": s.loads,
-            "cache_bytes": s.bytes,
-            "cache_max_bytes": s.max_bytes,
-            "models": [
-                {
-                    "model_type": e["key"][0],
-                    "version": e["key"][1],
-                    "size_bytes": e["size_bytes"],
-                    "hits": e["hits"],
-                    "loaded_at": _iso(e["loaded_at"]),
-                    "last_used": _iso(e["last_used"]),
-                }
-                for e in s.entries
-            ],
-        }
+        """What /api/v1/cache/stats returns (node.views.cache_stats_view)."""
+        return cache_stats_view(self.cache.stats())
 
     def list_models(self) -> list[dict[str, Any]]:
         """Every model type; one whose files cannot be read is listed with an `error`."""
-        cached = self.cached_versions()
-        out = []
-        for mt, found in sorted(self.registry.scan().items()):
-            entry: dict[str, Any] = {"model_type": mt}
-            if isinstance(found, RegistryError):
-                entry |= {"versions": [], "latest": None, "error": str(found)}
-            else:
-                entry |= {"versions": found, "latest": latest_stable(found)}
-            entry |= {
-                "pin": self._pins.get(mt),
-                "serving": self._default.get(mt),
-                "cached": cached.get(mt, []),
-            }
-            out.append(entry)
-        return out
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+        return models_view(
+            self.registry.scan(), self.resolver.pins, self.resolver.serving(), self.cached_versions()
+        )

@@ -42,7 +42,11 @@ class NodeSettings(BaseSettings):
     cache_size: int = Field(3, ge=1)
     """Most models held in memory at once."""
     cache_max_bytes: int | None = Field(None, ge=1)
-    """Optional byte budget for cached models (artifact size as the cost)."""
+    """Optional byte budget for cached models, charged at resident size (node.memory), not file size."""
+    cache_policy: Literal["lru", "lfu"] = "lru"
+    """Eviction policy: `lru` (least recently used) or `lfu` (least frequently used, with aging)."""
+    cache_idle_ttl_s: float | None = Field(None, gt=0)
+    """Drop a cached model unused for this many seconds (counted as an eviction, reason `idle`)."""
     load_retries: int = Field(3, ge=1)
     """Attempts per model load before giving up."""
     load_retry_backoff_s: float = Field(0.1, ge=0)

@@ -94,8 +94,13 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 "bytes",
                 12,
                 7,
-                [q(f"modelcache_cache_bytes{{{N}}}", "{{instance}}")],
-                "Artifact bytes of the cached models per node (MODELCACHE_CACHE_MAX_BYTES bounds it when set).",
+                [
+                    q(f"modelcache_cache_bytes{{{N}}}", "{{instance}} cached (resident)"),
+                    q(f"modelcache_cache_max_bytes{{{N}}}", "{{instance}} budget (0: none)"),
+                    q(f"process_resident_memory_bytes{{{N}}}", "{{instance}} RSS"),
+                ],
+                "Resident bytes charged for the cached models, the byte budget (MODELCACHE_CACHE_MAX_BYTES) "
+                "and the node process's RSS: RSS above an idle node should stay within ~1.35x the budget.",
             ),
             (
                 "What each node has cached",

@@ -44,6 +44,9 @@ def test_dashboard_json_is_built_from_its_script() -> None:
 
 def test_dashboard_covers_cache_health() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
+    memory = next(p for p in dashboard["panels"] if p["title"] == "Cache bytes")
+    exprs = " ".join(t["expr"] for t in memory["targets"])
+    assert "process_resident_memory_bytes" in exprs and "modelcache_cache_max_bytes" in exprs
     titles = {p["title"] for p in dashboard["panels"]}
     for wanted in (
         "Cluster hit rate",

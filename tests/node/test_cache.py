@@ -6,49 +6,205 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from node.cache import LRU, ModelCache
+from node.cache import ModelCache
+from node.policies import Cache, Evicted, LFUCache, LRUCache, Reason, make_policy
 
 
-class TestLRU:
+class Clock:
+    """An injected timer: tests move time, never sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keys(evicted: list[Evicted]) -> list[object]:
+    return [e.key for e in evicted]
+
+
+class CacheContract:
+    """The contract every eviction policy keeps (cachetools-style mixin)."""
+
+    policy: type[Cache]
+
+    def make(self, max_items: int, max_cost: int | None = None, idle_ttl: float | None = None, timer=None):
+        return self.policy(max_items, max_cost, idle_ttl, timer or Clock())
+
+    def test_bounded_by_count_with_reason_capacity(self) -> None:
+        c = self.make(2)
+        c.put("a", 1)
+        c.put("b", 2)
+        evicted = c.put("c", 3)
+        assert len(evicted) == 1 and evicted[0].reason is Reason.CAPACITY
+        assert len(c) == 2 and "c" in c
+
+    def test_byte_budget_evicts_until_it_fits_with_reason_bytes(self) -> None:
+        c = self.make(10, max_cost=100)
+        c.put("a", "A", 40)
+        c.put("b", "B", 40)
+        evicted = c.put("c", "C", 50)
+        assert [e.reason for e in evicted] == [Reason.BYTES] and c.total_cost <= 100
+        assert "c" in c
+
+    def test_oversized_entry_is_kept_alone(self) -> None:
+        c = self.make(3, max_cost=10)
+        c.put("a", "A", 5)
+        assert keys(c.put("big", "B", 50)) == ["a"]
+        assert list(c) == ["big"] and c.total_cost == 50
+
+    def test_replace_same_key_updates_cost(self) -> None:
+        c = self.make(2, max_cost=100)
+        c.put("a", "A", 40)
+        c.put("a", "A2", 10)
+        assert c.total_cost == 10 and c.get("a") == "A2" and len(c) == 1
+
+    def test_peek_and_get(self) -> None:
+        c = self.make(2)
+        assert c.get("x") is None and c.peek("x") is None
+        c.put("a", 1)
+        assert c.peek("a") == 1 and c.get("a") == 1
+
+    def test_pop_is_not_an_eviction_and_frees_cost(self) -> None:
+        c = self.make(2, max_cost=100)
+        c.put("a", "A", 30)
+        assert c.pop("a") == "A" and c.pop("a") is None
+        assert c.total_cost == 0 and "a" not in c
+
+    def test_make_room_evicts_before_an_insert_but_never_protected(self) -> None:
+        c = self.make(3, max_cost=100)
+        c.put("old", "O", 40)
+        c.put("x", "X", 40)
+        evicted = c.make_room(50, protect=("old",))
+        assert keys(evicted) == ["x"] and evicted[0].reason is Reason.BYTES
+        assert list(c) == ["old"] and c.total_cost == 40
+        assert c.make_room(90, protect=("old",)) == []  # does not fit, but protected: kept
+        assert "old" in c
+
+    def test_idle_entries_expire_with_reason_idle(self) -> None:
+        clock = Clock()
+        c = self.make(3, idle_ttl=2.0, timer=clock)
+        c.put("a", 1)
+        c.put("b", 2)
+        clock.now = 1.5
+        assert c.get("b") == 2  # a use resets b's idle time
+        assert c.expire() == []
+        clock.now = 2.5
+        expired = c.expire()
+        assert keys(expired) == ["a"] and expired[0].reason is Reason.IDLE
+        clock.now = 5.0
+        assert keys(c.expire()) == ["b"] and len(c) == 0
+
+    def test_no_ttl_never_expires(self) -> None:
+        clock = Clock()
+        c = self.make(2, timer=clock)
+        c.put("a", 1)
+        clock.now = 1e9
+        assert c.expire() == [] and "a" in c
+
+    def test_rejects_zero_capacity_and_bad_ttl(self) -> None:
+        with pytest.raises(ValueError):
+            self.make(0)
+        with pytest.raises(ValueError):
+            self.make(1, idle_ttl=0)
+
+
+class TestLRUCache(CacheContract):
+    policy = LRUCache
+
     def test_evicts_least_recently_used(self) -> None:
-        lru: LRU[str, int] = LRU(2)
+        lru = self.make(2)
         lru.put("a", 1)
         lru.put("b", 2)
         assert lru.get("a") == 1  # a is now most recent
-        assert lru.put("c", 3) == [("b", 2)]
+        assert keys(lru.put("c", 3)) == ["b"]
         assert list(lru) == ["a", "c"]
 
     def test_peek_does_not_touch_recency(self) -> None:
-        lru: LRU[str, int] = LRU(2)
+        lru = self.make(2)
         lru.put("a", 1)
         lru.put("b", 2)
         assert lru.peek("a") == 1
-        assert lru.put("c", 3) == [("a", 1)]
+        assert keys(lru.put("c", 3)) == ["a"]
 
-    def test_byte_budget_evicts_until_it_fits(self) -> None:
-        lru: LRU[str, str] = LRU(10, max_cost=100)
-        lru.put("a", "A", 40)
-        lru.put("b", "B", 40)
-        assert lru.put("c", "C", 50) == [("a", "A")]
-        assert lru.total_cost == 90
-        assert lru.put("d", "D", 60) == [("b", "B"), ("c", "C")]
-        assert lru.total_cost == 60
+    def test_a_scan_flushes_hot_entries(self) -> None:
+        """The weakness LFU exists for: four one-off models push out two hot ones."""
+        lru = self.make(3)
+        for _ in range(30):
+            for hot in ("h1", "h2"):
+                if lru.get(hot) is None:
+                    lru.put(hot, hot)
+        for one_off in ("x1", "x2", "x3", "x4"):
+            lru.get(one_off)
+            lru.put(one_off, one_off)
+        assert "h1" not in lru and "h2" not in lru
 
-    def test_oversized_entry_is_kept_alone(self) -> None:
-        lru: LRU[str, str] = LRU(3, max_cost=10)
-        lru.put("a", "A", 5)
-        assert lru.put("big", "B", 50) == [("a", "A")]
-        assert list(lru) == ["big"]
 
-    def test_replace_same_key_updates_cost(self) -> None:
-        lru: LRU[str, str] = LRU(2, max_cost=100)
-        lru.put("a", "A", 40)
-        lru.put("a", "A2", 10)
-        assert lru.total_cost == 10 and lru.get("a") == "A2" and len(lru) == 1
+class TestLFUCache(CacheContract):
+    policy = LFUCache
 
-    def test_rejects_zero_capacity(self) -> None:
-        with pytest.raises(ValueError):
-            LRU(0)
+    def test_hot_entries_survive_a_scan_of_one_offs(self) -> None:
+        lfu = self.make(3)
+        for _ in range(30):
+            for hot in ("h1", "h2"):
+                if lfu.get(hot) is None:
+                    lfu.put(hot, hot)
+        for one_off in ("x1", "x2", "x3", "x4"):
+            assert lfu.get(one_off) is None
+            lfu.put(one_off, one_off)
+        assert "h1" in lfu and "h2" in lfu and "x4" in lfu
+
+    def test_aging_lets_new_popularity_overtake_old(self) -> None:
+        lfu = LFUCache(2, age_every=20)
+        for _ in range(30):
+            if lfu.get("old") is None:
+                lfu.put("old", 1)
+        for _ in range(40):  # old is never used again; new becomes hot
+            if lfu.get("new") is None:
+                lfu.put("new", 2)
+        assert lfu.frequency("new") > lfu.frequency("old")
+        lfu.get("x")
+        lfu.put("x", 3)
+        assert "old" not in lfu and "new" in lfu
+
+    def test_without_aging_the_once_hot_entry_would_stay(self) -> None:
+        """The same trace with aging effectively off keeps the stale entry: aging is what moves it."""
+        lfu = LFUCache(2, age_every=10**9)
+        for _ in range(30):
+            if lfu.get("old") is None:
+                lfu.put("old", 1)
+        for _ in range(20):
+            if lfu.get("new") is None:
+                lfu.put("new", 2)
+        lfu.get("x")
+        lfu.put("x", 3)
+        assert "old" in lfu and "new" not in lfu
+
+    def test_a_returning_key_keeps_its_history(self) -> None:
+        lfu = LFUCache(1, age_every=10**9)
+        for _ in range(5):
+            if lfu.get("a") is None:
+                lfu.put("a", 1)
+        lfu.get("b")
+        lfu.put("b", 2)  # a evicted (only one slot), but its count is remembered
+        assert "a" not in lfu and lfu.frequency("a") == 5
+
+    def test_reloaded_version_inherits_the_old_versions_frequency(self) -> None:
+        lfu = LFUCache(3, age_every=10**9)
+        for _ in range(10):
+            if lfu.get("m1") is None:
+                lfu.put("m1", 1)
+        lfu.pop("m1")
+        lfu.put("m2", 2, like="m1")
+        assert lfu.frequency("m2") == 10
+
+
+def test_make_policy_names() -> None:
+    assert isinstance(make_policy("lru", 2), LRUCache)
+    assert isinstance(make_policy("lfu", 2), LFUCache)
+    with pytest.raises(ValueError, match="lru, lfu"):
+        make_policy("fifo", 2)
 
 
 def loaded(value: str, cost: int = 1):
@@ -58,7 +214,7 @@ def loaded(value: str, cost: int = 1):
 class TestModelCache:
     def test_counts_hits_misses_loads_evictions(self) -> None:
         evicted: list[str] = []
-        cache: ModelCache[str, str] = ModelCache(2, on_evict=lambda k, v: evicted.append(k))
+        cache: ModelCache[str, str] = ModelCache(2, on_evict=lambda k, v, why: evicted.append(k))
         assert cache.get_or_load("a", loaded("A")) == ("A", False)
         assert cache.get_or_load("a", loaded("X")) == ("A", True)
         cache.get_or_load("b", loaded("B"))

@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.registry import Registry
+from node import memory
 from node.app import build_app
 from node.settings import NodeSettings
 from tests.helpers import PublishFn, corrupt
@@ -74,7 +75,7 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
     assert value(s, "modelcache_cache_misses_total", model_type="a") == 1
     assert value(s, "modelcache_cache_misses_total", model_type="b") == 1
     assert value(s, "modelcache_cache_misses_total", model_type="c") == 2
-    assert value(s, "modelcache_cache_evictions_total", model_type="b") == 1
+    assert value(s, "modelcache_cache_evictions_total", model_type="b", reason="capacity") == 1
     assert value(s, "modelcache_model_load_seconds_count", model_type="a") == 2  # first load + reload
     assert value(s, "modelcache_model_load_seconds_count", model_type="c") == 1
     assert value(s, "modelcache_model_load_failures_total", model_type="c", reason="checksum") == 1
@@ -82,8 +83,9 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
     assert value(s, "modelcache_cached_models") == 2
     assert value(s, "modelcache_cache_capacity_models") == 2
     assert value(s, "modelcache_cache_bytes") == sum(
-        registry.metadata(mt, v).size_bytes for mt, v in (("a", "1.0"), ("c", "0.9"))
-    )
+        memory.estimate_cost(registry.metadata(mt, v)) for mt, v in (("a", "1.0"), ("c", "0.9"))
+    )  # resident cost: a UBJ model is charged 1.5x its file plus the per-model overhead
+    assert value(s, "process_resident_memory_bytes") > 0
     assert value(s, "modelcache_predictions_total", model_type="a") == 6
     assert value(s, "modelcache_predict_seconds_count", model_type="a") == 4
     assert value(s, "modelcache_reloads_total", source="api", outcome="ok") == 1
@@ -91,3 +93,42 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
     assert value(s, "modelcache_redis_connected") == 0
     cached = {k[1] for k in s if k[0] == "modelcache_cached_model_info"}
     assert cached == {(("model_type", "a"), ("version", "1.0")), (("model_type", "c"), ("version", "0.9"))}
+
+
+def test_evictions_carry_their_reason(registry: Registry, publish: PublishFn) -> None:
+    """bytes, idle and unload each land under their own `reason` label (capacity: the test above)."""
+    from node.loader import Loader
+    from node.metrics import NodeMetrics
+    from node.service import ModelService
+
+    for mt in ("a", "b", "c"):
+        publish(mt, "1.0")
+    now = [0.0]
+    metrics = NodeMetrics()
+    size = memory.estimate_cost(registry.metadata("a", "1.0"))
+    service = ModelService(
+        registry,
+        Loader(registry, retries=1),
+        metrics,
+        cache_size=3,
+        cache_max_bytes=2 * size + 1,
+        cache_idle_ttl_s=10,
+        clock=lambda: now[0],
+        sweep=False,
+    )
+    service.load("a")
+    service.load("b")
+    service.load("c")  # three slots but bytes for two: a goes for bytes
+    assert service.unload("c") == ["1.0"]
+    now[0] = 20.0
+    service._sweep()  # b idle for 20 s > 10 s
+
+    def reason(mt: str, why: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "modelcache_cache_evictions_total", {"model_type": mt, "reason": why}
+        )
+
+    assert reason("a", "bytes") == 1
+    assert reason("c", "unload") == 1
+    assert reason("b", "idle") == 1
+    assert service.cached_versions() == {}

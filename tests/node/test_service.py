@@ -77,9 +77,11 @@ def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publ
     deserialized: list[str] = []
 
     class Spy(Loader):
-        def load_once(self, model_type: str, version: str) -> LoadedModel:
+        def load_once(self, model_type: str, version: str, before=None) -> LoadedModel:  # type: ignore[no-untyped-def]
             meta = self.registry.metadata(model_type, version)
             raw = self.read_verified(meta)  # raises before deserializing a bad artifact
+            if before is not None:
+                before(meta)
             deserialized.append(version)
             from node.runtime import deserialize
 
@@ -243,7 +245,10 @@ def test_stats_use_the_documented_names(registry: Registry, publish: PublishFn) 
     assert stats["hit_rate"] == pytest.approx(1 / 3, abs=1e-5)
     assert stats["miss_rate"] == pytest.approx(2 / 3, abs=1e-5)
     assert stats["models"][0]["model_type"] == "b"
-    assert stats["cache_bytes"] == stats["models"][0]["size_bytes"] > 0
+    entry = stats["models"][0]
+    assert entry["size_bytes"] == registry.metadata("b", "1.0").size_bytes > 0
+    # The budget charges resident memory: for a UBJ model 1.5x the file plus a fixed overhead.
+    assert stats["cache_bytes"] == entry["resident_bytes"] > entry["size_bytes"]
 
 
 # -- filesystems fail (issue 8 section 2) and the on-demand load bound ---------
@@ -384,3 +389,63 @@ def test_list_models_goes_on_past_an_unreadable_model_type(
     assert listing["a"]["versions"] == ["1.0"] and "error" not in listing["a"]
     assert listing["b"]["versions"] == [] and "Permission denied" in listing["b"]["error"]
     assert str(registry.root) not in listing["b"]["error"]
+
+
+def test_lfu_keeps_two_hot_models_through_a_scan(registry: Registry, publish: PublishFn) -> None:
+    for mt in ("h1", "h2", "x1", "x2", "x3", "x4"):
+        publish(mt, "1.0")
+    for policy, survives in (("lfu", True), ("lru", False)):
+        service = make_service(registry, cache_size=3, cache_policy=policy)
+        for _ in range(30):
+            get(service, "h1")
+            get(service, "h2")
+        for one_off in ("x1", "x2", "x3", "x4"):
+            get(service, one_off)
+        cached = set(service.cached_versions())
+        assert ({"h1", "h2"} <= cached) is survives, (policy, cached)
+
+
+def test_idle_model_is_gone_from_stats_after_the_ttl(registry: Registry, publish: PublishFn) -> None:
+    publish("a", "1.0")
+    publish("b", "1.0")
+    now = [0.0]
+    service = make_service(registry, cache_idle_ttl_s=2.0, clock=lambda: now[0], sweep=False)
+    get(service, "a")
+    get(service, "b")
+    now[0] = 1.0
+    get(service, "b")  # b used again; a is not
+    now[0] = 2.5
+    get(service, "b")  # the access path drops a (unused 2.5 s > 2 s)
+    assert [m["model_type"] for m in service.stats()["models"]] == ["b"]
+    now[0] = 5.0
+    service._sweep()  # what the periodic sweep runs: b unused 2.5 s
+    stats = service.stats()
+    assert stats["models"] == [] and stats["evictions_by_reason"] == {"idle": 2}
+
+
+def test_the_sweep_thread_expires_without_any_request(registry: Registry, publish: PublishFn) -> None:
+    publish("a", "1.0")
+    service = make_service(registry, cache_idle_ttl_s=0.2)
+    try:
+        get(service, "a")
+        assert service.sweeper is not None
+        assert eventually(lambda: service.stats()["models"] == [], timeout=10)
+        assert service.load_health() == []
+    finally:
+        service.close()
+
+
+def test_a_failing_sweep_is_logged_counted_and_reported_not_fatal(registry: Registry) -> None:
+    now = [0.0]
+    service = make_service(registry, cache_idle_ttl_s=1.0, clock=lambda: now[0], sweep=False)
+    from node.periodic import Periodic
+
+    def broken() -> None:
+        raise OSError("boom")
+
+    sweeper = Periodic("cache-sweep", broken, 1.0, service.metrics.background_errors, clock=lambda: now[0])
+    service.sweeper = sweeper
+    assert sweeper.run_once() is False  # caught, not raised
+    now[0] = 5.0
+    assert any("cache-sweep failing" in p for p in service.load_health())
+    assert sample(service, "modelcache_background_errors_total", task="cache-sweep") == 1

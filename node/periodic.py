@@ -1,0 +1,80 @@
+"""A background thread that runs one function periodically and never dies silently.
+
+It catches everything at its top, logs it, backs off (doubling up to ten
+intervals) and goes on; `problem()` reports it for /readyz when it has not
+succeeded for three intervals, and each failure counts in
+`modelcache_background_errors_total{task}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+log = logging.getLogger("modelcache.periodic")
+
+
+class Periodic:
+    """Run `fn` every `interval_s` seconds on a daemon thread until `stop()`."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[], object],
+        interval_s: float,
+        errors: Counter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.name, self.fn, self.interval_s = name, fn, interval_s
+        self._errors = errors
+        self._clock = clock
+        self._stop = threading.Event()
+        self.last_ok = clock()
+        self.failures = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name=f"modelcache-{name}", daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run_once(self) -> bool:
+        """One tick: True if `fn` succeeded (errors are logged and counted, never raised)."""
+        try:
+            self.fn()
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self._errors is not None:
+                self._errors.labels(self.name).inc()
+            log.exception("background task %s failed (%d in a row)", self.name, self.failures)
+            return False
+        self.failures = 0
+        self.last_ok = self._clock()
+        return True
+
+    def problem(self) -> str | None:
+        """Why this task is unhealthy (for /readyz), or None."""
+        if not self._thread.is_alive() and self._thread.ident is not None and not self._stop.is_set():
+            return f"background task {self.name} stopped"
+        stale = self._clock() - self.last_ok
+        if self.failures and stale > 3 * self.interval_s:
+            return f"background task {self.name} failing for {stale:.0f}s: {self.last_error}"
+        return None
+
+    def _run(self) -> None:
+        wait = self.interval_s
+        while not self._stop.wait(wait):
+            ok = self.run_once()
+            wait = self.interval_s if ok else min(wait * 2, 10 * self.interval_s)

@@ -1,0 +1,129 @@
+"""Which version serves a request: pins, the memoised default, failure TTL, fallback order.
+
+No loading here: the service asks the resolver what to try and in which order,
+then loads through the cache. The served ("default") version of each model
+type is memoised, so the request path does no registry I/O on a hit, and it
+changes only when the service has loaded the new version beside the old one
+(invariant 2) and calls `set_default`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from coordinator.errors import RegistryError
+from coordinator.registry import Registry
+from coordinator.versions import is_prerelease, normalize_version, parse_version, validate_model_type
+from node.errors import ModelLoadError
+from node.metrics import NodeMetrics
+
+Key = tuple[str, str]
+
+
+class Resolver:
+    """Pins, defaults and recent load failures of one node."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: NodeMetrics,
+        *,
+        pins: Mapping[str, str] | None = None,
+        failure_ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry, self.metrics = registry, metrics
+        self.failure_ttl_s = failure_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pins: dict[str, str] = {k: normalize_version(v) for k, v in (pins or {}).items()}
+        self._default: dict[str, str] = {}
+        self._failed: dict[Key, tuple[float, str]] = {}
+        self._known_types: set[str] = set()
+
+    # -- pins ----------------------------------------------------------------
+    @property
+    def pins(self) -> dict[str, str]:
+        return dict(self._pins)
+
+    def pin(self, model_type: str) -> str | None:
+        return self._pins.get(model_type)
+
+    def set_pins(self, pins: Mapping[str, str]) -> list[str]:
+        """Adopt a new set of pins; return the model types whose pin changed."""
+        new = {k: normalize_version(v) for k, v in pins.items()}
+        changed = sorted(k for k in set(new) | set(self._pins) if new.get(k) != self._pins.get(k))
+        for old in set(self._pins.items()) - set(new.items()):
+            self.metrics.pinned_version.remove(*old)
+        for pin in new.items():
+            self.metrics.pinned_version.labels(*pin).set(1)
+        self._pins = new
+        return changed
+
+    # -- defaults ----------------------------------------------------------
+    def target(self, model_type: str) -> str:
+        """What the default should be now: the pin, else the latest stable version (registry I/O)."""
+        return self._pins.get(model_type) or self.registry.latest(model_type)
+
+    def default_version(self, model_type: str) -> str:
+        """The version served when a request names none: pin, else latest stable (memoised)."""
+        version = self._default.get(model_type)
+        if version is None:
+            validate_model_type(model_type)
+            version = self.target(model_type)
+            self.set_default(model_type, version)
+        return version
+
+    def served(self, model_type: str) -> str | None:
+        """The memoised default, if this node has resolved one."""
+        return self._default.get(model_type)
+
+    def serving(self) -> dict[str, str]:
+        return dict(self._default)
+
+    def set_default(self, model_type: str, version: str) -> None:
+        with self._lock:
+            old = self._default.get(model_type)
+            self._default[model_type] = version
+            self._known_types.add(model_type)
+        if old != version:
+            if old is not None:
+                self.metrics.served_version.remove(model_type, old)
+            self.metrics.served_version.labels(model_type, version).set(1)
+
+    def is_default_or_pinned(self, key: Key) -> bool:
+        return key[1] == self.default_version(key[0]) or key[1] == self._pins.get(key[0])
+
+    def check_known(self, model_type: str) -> None:
+        """Raise unless `model_type` exists: unknown types must not reach the cache or metric labels."""
+        if model_type not in self._known_types:
+            self.registry.versions(validate_model_type(model_type))
+            self._known_types.add(model_type)
+
+    # -- failures and fallback -------------------------------------------------
+    def recently_failed(self, key: Key) -> bool:
+        failed = self._failed.get(key)
+        return failed is not None and failed[0] > self._clock()
+
+    def mark_failed(self, key: Key, detail: str) -> None:
+        """Skip `key` in favour of its fallback for the failure TTL."""
+        self._failed[key] = (self._clock() + self.failure_ttl_s, detail)
+
+    def clear_failed(self, key: Key) -> None:
+        self._failed.pop(key, None)
+
+    def failure(self, key: Key) -> str:
+        return self._failed.get(key, (0.0, "load failed"))[1]
+
+    def fallback_candidates(self, model_type: str, failed: str) -> list[str]:
+        """Stable versions below `failed`, highest first, not recently failed themselves."""
+        ceiling = parse_version(failed)
+        try:
+            versions = self.registry.versions(model_type)
+        except RegistryError as exc:
+            reason = self.failure((model_type, failed))
+            raise ModelLoadError(model_type, failed, f"{reason}; {exc}", reason="io") from None
+        below = [v for v in reversed(versions) if parse_version(v) < ceiling and not is_prerelease(v)]
+        return [v for v in below if not self.recently_failed((model_type, v))]
