@@ -146,7 +146,7 @@ class NodeMetrics:
         )
         self.background_errors = Counter(
             "modelcache_background_errors_total",
-            "Unexpected errors caught at the top of a background thread (which then goes on).",
+            "Errors caught at the top of a background thread (cluster sync, cache sweep); it goes on.",
             ["thread"],
             registry=r,
         )
@@ -163,12 +163,6 @@ class NodeMetrics:
             registry=r,
         )
 
-        self.background_errors = Counter(
-            "modelcache_background_errors_total",
-            "Failures of a node's background task (it logs, backs off and goes on).",
-            ["task"],
-            registry=r,
-        )
         # process_resident_memory_bytes & co., to set RSS against the byte budget.
         # (The global registry has them already; registering twice would fail.)
         if r is not REGISTRY:
