@@ -148,9 +148,12 @@ def test_a_real_prometheus_renders_absolute_runbook_links(tmp_path: Path) -> Non
         def all_firing() -> bool:
             nonlocal alerts
             try:
-                alerts = httpx.get(f"{url}/api/v1/alerts", timeout=2).json()["data"]["alerts"]
+                r = httpx.get(f"{url}/api/v1/alerts", timeout=2)
             except httpx.HTTPError:
                 return False
+            if r.status_code != 200:  # 503 in plain text until Prometheus is ready
+                return False
+            alerts = r.json()["data"]["alerts"]
             return {a["labels"]["alertname"] for a in alerts} == names
 
         assert eventually(all_firing, timeout=30), (tmp_path / "prometheus.log").read_text()[-2000:]
