@@ -293,3 +293,33 @@ def test_dockerfile_installs_the_pinned_versions_with_the_sklearn_extra() -> Non
         assert "[sklearn]" in command, f"installs without the sklearn extra: {command}"
     final = pip[-1]
     assert "--no-index" in final, "the runtime stage must install only the wheels built with the pins"
+
+
+UVICORN_KEEP_ALIVE_S = 5
+"""uvicorn's default `timeout_keep_alive`: a node closes a connection idle this long."""
+
+
+def seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", value)
+    assert m, value
+    return float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, None: 0.001}[m[2]]
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_haproxy_lets_idle_connections_go_before_the_node_closes_them(where: str) -> None:
+    """Reusing a server connection uvicorn is closing fails the request (only small bodies are retried).
+
+    HAProxy cannot cap an idle server connection's age: every pool-purge-delay it closes half
+    of the idle connections beyond its estimated need. A delay well under the node's
+    keep-alive makes the race rare; the node's keep-alive belongs above HAProxy's idle times.
+    """
+    if where == "compose":
+        cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    else:
+        cfg = by_name("ConfigMap", "modelcache-lb")["data"]["haproxy.cfg"]
+    [purge] = re.findall(r"pool-purge-delay (\S+)", cfg)
+    [client] = re.findall(r"timeout http-keep-alive (\S+)", cfg)
+    assert seconds(purge) <= UVICORN_KEEP_ALIVE_S / 2
+    assert seconds(client) < UVICORN_KEEP_ALIVE_S
+    assert not re.search(r"http-reuse (aggressive|always)", cfg), "first requests would ride old connections"
+    assert "empty-response" in re.findall(r"retry-on (.*)", cfg)[0]
