@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         log_config=config,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=10,
     )
     return 0

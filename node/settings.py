@@ -75,6 +75,8 @@ class NodeSettings(BaseSettings):
     """Most instances in one batch_predict request (413 beyond)."""
     batch_max_rows: int = Field(256, ge=1)
     """Most rows one coalesced predict call takes from concurrent requests for one model."""
+    keep_alive_s: int = Field(75, ge=1)
+    """Seconds an idle connection stays open; above the load balancer's idle times, never below."""
     log_level: str = "info"
     """Log level of the node process (debug, info, warning, error)."""
     log_format: Literal["text", "json"] = "text"

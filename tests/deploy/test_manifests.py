@@ -18,6 +18,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from node.settings import NodeSettings
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE_SCHEMA = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
 K8S_VERSION = "1.30.0"
@@ -295,8 +297,8 @@ def test_dockerfile_installs_the_pinned_versions_with_the_sklearn_extra() -> Non
     assert "--no-index" in final, "the runtime stage must install only the wheels built with the pins"
 
 
-UVICORN_KEEP_ALIVE_S = 5
-"""uvicorn's default `timeout_keep_alive`: a node closes a connection idle this long."""
+UVICORN_KEEP_ALIVE_S = NodeSettings().keep_alive_s
+"""A node closes a connection idle this long (uvicorn's `timeout_keep_alive`)."""
 
 
 def seconds(value: str) -> float:
