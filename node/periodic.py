@@ -3,7 +3,7 @@
 It catches everything at its top, logs it, backs off (doubling up to ten
 intervals) and goes on; `problem()` reports it for /readyz when it has not
 succeeded for three intervals, and each failure counts in
-`modelcache_background_errors_total{task}`.
+`modelcache_background_errors_total{thread}`.
 """
 
 from __future__ import annotations
