@@ -448,4 +448,4 @@ def test_a_failing_sweep_is_logged_counted_and_reported_not_fatal(registry: Regi
     assert sweeper.run_once() is False  # caught, not raised
     now[0] = 5.0
     assert any("cache-sweep failing" in p for p in service.load_health())
-    assert sample(service, "modelcache_background_errors_total", task="cache-sweep") == 1
+    assert sample(service, "modelcache_background_errors_total", thread="cache-sweep") == 1
