@@ -463,6 +463,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     pins = ", ".join(f"{k}={v}" for k, v in sorted(view["pins"].items())) or "none"
     console.print(f"pins: {pins}")
+    canaries = view.get("canaries") or {}
+    if canaries:
+        shown = ", ".join(f"{k}={c['version']} at {c['percent']:g}%" for k, c in sorted(canaries.items()))
+        console.print(f"canaries: {shown}")
     return EXIT_OK
 
 
