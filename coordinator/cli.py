@@ -24,7 +24,7 @@ from rich.table import Table
 from coordinator.client import AdminClient, AdminRequestInvalid
 from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError, VersionNotFound
 from coordinator.registry import Registry
-from coordinator.state import ClusterState
+from coordinator.state import ClusterState, nothing_changed
 from coordinator.wire import Change, Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -267,11 +267,7 @@ def _change_doc(state: ClusterState, change: Change, wait: bool, timeout_s: floa
         },
     }
     if change.seq == 0:
-        return doc | {
-            "ok": True,
-            "detail": f"{change.model_type} was not pinned; nothing changed",
-            "acks": [],
-        }
+        return doc | {"ok": True, "detail": nothing_changed(change), "acks": []}
     if not wait:
         return doc | {"ok": True, "detail": "published; nodes apply it within milliseconds"}
     rows = state.wait_for_acks(change, timeout_s)
@@ -362,6 +358,77 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return _change(args, what)
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    """`canary T V --percent P`, `canary T --promote`, `canary T --abort`, `canary --list`."""
+    actions = [a for a in ("promote", "abort", "list") if getattr(args, a)]
+    if len(actions) > 1:
+        raise UsageError(f"choose one of --{', --'.join(actions)}")
+    action = actions[0] if actions else "set"
+    if action == "list":
+        if args.model_type or args.version:
+            raise UsageError("--list takes no model type or version")
+        return _list_canaries(args)
+    if not args.model_type:
+        raise UsageError("name the model type: modelcache canary T V --percent P (or --promote/--abort)")
+    if action == "set" and (args.version is None or args.percent is None):
+        raise UsageError(f"start a canary with: modelcache canary {args.model_type} VERSION --percent P")
+    if action != "set" and (args.version is not None or args.percent is not None):
+        raise UsageError(f"--{action} takes the model type only")
+    wait, timeout, mt = args.wait, args.timeout, args.model_type
+    if args.url:
+        with AdminClient(args.url, args.token) as client:
+            if action == "set":
+                doc = client.canary(mt, args.version, args.percent, wait=wait, timeout_s=timeout)
+            elif action == "promote":
+                doc = client.promote_canary(mt, wait=wait, timeout_s=timeout)
+            else:
+                doc = client.abort_canary(mt, wait=wait, timeout_s=timeout)
+    else:
+        state = _state(args)
+        try:
+            if action == "set":
+                change = state.canary(mt, args.version, args.percent, Registry(args.registry))
+            elif action == "promote":
+                change = state.promote(mt, Registry(args.registry))
+            else:
+                change = state.abort_canary(mt)
+            doc = _change_doc(state, change, wait, timeout)
+        finally:
+            state.close()
+    what = {
+        "set": f"canary {mt} {{version}} at {args.percent:g}%" if args.percent is not None else "",
+        "promote": f"promoted the canary of {mt}: pinned to {{version}}",
+        "abort": f"aborted the canary of {mt}",
+    }[action]
+    return _report(doc, args, what)
+
+
+def _list_canaries(args: argparse.Namespace) -> int:
+    if args.url:
+        with AdminClient(args.url, args.token) as client:
+            canaries = client.canaries()
+    else:
+        state = _state(args)
+        try:
+            canaries = {mt: {**c.to_dict(), "nodes": []} for mt, c in state.canaries().items()}
+        finally:
+            state.close()
+    if args.json:
+        _print_json({"canaries": canaries})
+        return EXIT_OK
+    if not canaries:
+        console.print("no canaries")
+        return EXIT_OK
+    table = Table(title="canaries")
+    for col in ("model type", "version", "percent", "nodes"):
+        table.add_column(col)
+    for mt, c in sorted(canaries.items()):
+        nodes = ", ".join(f"{n['node_id']}: {n['outcome'] or '-'}" for n in c.get("nodes", [])) or "-"
+        table.add_row(mt, c["version"], f"{c['percent']:g}%", nodes)
+    console.print(table)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.url:
         with AdminClient(args.url, args.token) as client:
@@ -396,6 +463,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     pins = ", ".join(f"{k}={v}" for k, v in sorted(view["pins"].items())) or "none"
     console.print(f"pins: {pins}")
+    canaries = view.get("canaries") or {}
+    if canaries:
+        shown = ", ".join(f"{k}={c['version']} at {c['percent']:g}%" for k, c in sorted(canaries.items()))
+        console.print(f"canaries: {shown}")
     return EXIT_OK
 
 
@@ -408,6 +479,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "unpin": cmd_unpin,
     "reload": cmd_reload,
     "status": cmd_status,
+    "canary": cmd_canary,
 }
 
 
@@ -523,6 +595,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_type", nargs="?")
     p.add_argument("--version", help="load this exact version afresh")
+    change_args(p)
+
+    p = command(
+        "canary",
+        "send a share of a model type's requests to another version on every node",
+        "modelcache --url http://127.0.0.1:8080 --token $TOKEN canary churn 1.1.0 --percent 10 --wait",
+        "Requests that name no version go to VERSION with probability P% (the same routing key\n"
+        "gets the same version on every node); the rest to the served version (pin, else latest).\n"
+        "  modelcache canary T V --percent P [--wait]   start or change the canary\n"
+        "  modelcache canary T --promote                pin V everywhere and end the canary\n"
+        "  modelcache canary T --abort                  end it: 100% back to the served version\n"
+        "  modelcache canary --list                     the canaries and each node's outcome\n"
+        "With --wait, exit 1 unless every live node loaded the canary (each ack says why not).",
+    )
+    p.add_argument("model_type", nargs="?")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--percent", type=float, help="share of requests naming no version, 0-100")
+    p.add_argument("--promote", action="store_true", help="pin the canary's version and end the canary")
+    p.add_argument("--abort", action="store_true", help="end the canary (100%% to the served version)")
+    p.add_argument("--list", action="store_true", help="list the canaries")
     change_args(p)
 
     p = command(

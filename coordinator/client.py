@@ -120,6 +120,30 @@ class AdminClient:
         }
         return self._call("POST", "/api/v1/models/reload", json=body, wait_s=timeout_s if wait else None)
 
+    # -- canaries (admin, except the listing) -------------------------------------
+    def canaries(self) -> dict[str, Any]:
+        """Canaries in force, each with every live node's last outcome (`GET /api/v1/canaries`)."""
+        return dict(self._call("GET", "/api/v1/canaries")["canaries"])
+
+    def canary(
+        self, model_type: str, version: str, percent: float, *, wait: bool = False, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        body = {"version": version, "percent": percent, "wait": wait, "timeout_s": timeout_s}
+        wait_s = timeout_s if wait else None
+        return self._call("PUT", f"/api/v1/canaries/{model_type}", json=body, wait_s=wait_s)
+
+    def abort_canary(self, model_type: str, *, wait: bool = False, timeout_s: float = 30.0) -> dict[str, Any]:
+        params = {"wait": "true" if wait else "false", "timeout_s": str(timeout_s)}
+        wait_s = timeout_s if wait else None
+        return self._call("DELETE", f"/api/v1/canaries/{model_type}", params=params, wait_s=wait_s)
+
+    def promote_canary(
+        self, model_type: str, *, wait: bool = False, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        params = {"wait": "true" if wait else "false", "timeout_s": str(timeout_s)}
+        wait_s = timeout_s if wait else None
+        return self._call("POST", f"/api/v1/canaries/{model_type}/promote", params=params, wait_s=wait_s)
+
     # -- the wire ---------------------------------------------------------------
     def _call(self, method: str, path: str, *, wait_s: float | None = None, **kwargs: Any) -> Any:
         timeout = httpx.Timeout(

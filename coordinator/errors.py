@@ -52,6 +52,18 @@ class VersionNotFound(ModelNotFound):
         ModelCacheError.__init__(self, f"model type {model_type!r} has no version {version!r}{hint}")
 
 
+class CanaryNotFound(ModelNotFound):
+    code = "canary_not_found"
+
+    def __init__(self, model_type: str) -> None:
+        self.model_type = model_type
+        ModelCacheError.__init__(
+            self,
+            f"no canary runs for {model_type!r}; start one with "
+            f"`modelcache canary {model_type} VERSION --percent P`",
+        )
+
+
 class RegistryError(ModelCacheError):
     """The registry's files for one model could not be used; `path` is for logs, not clients."""
 

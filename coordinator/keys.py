@@ -22,6 +22,11 @@ class Keys:
         return f"{self.prefix}pins"
 
     @property
+    def canaries(self) -> str:
+        """Hash: model_type -> its canary as JSON (`{"version", "percent"}`, coordinator.wire.Canary)."""
+        return f"{self.prefix}canaries"
+
+    @property
     def generations(self) -> str:
         """Hash: model_type (or `*`) -> reload generation, bumped by every change."""
         return f"{self.prefix}generations"

@@ -18,19 +18,31 @@ from typing import Any
 
 import redis
 
-from coordinator.errors import ClusterUnavailable, InvalidName
+from coordinator.errors import CanaryNotFound, ClusterUnavailable, InvalidName
 from coordinator.keys import ALL, Keys
 from coordinator.redis_url import client_for, parse_redis_url
 from coordinator.registry import Registry
 from coordinator.versions import normalize_version, validate_model_type
-from coordinator.wire import Ack, Change, ChangeKind, Heartbeat, Outcome, WireError
+from coordinator.wire import Ack, Canary, Change, ChangeKind, Heartbeat, Outcome, WireError
 
-__all__ = ["AckRow", "Change", "ClusterState", "LogThrottle", "Snapshot", "connect"]
+__all__ = [
+    "AckRow",
+    "Canary",
+    "Change",
+    "ClusterState",
+    "LogThrottle",
+    "Snapshot",
+    "connect",
+    "nothing_changed",
+    "parse_percent",
+]
 
 log = logging.getLogger("modelcache.state")
 
-# KEYS: pins, generations, changes, seq, epoch.
-# ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token.
+# KEYS: pins, generations, changes, seq, epoch, canaries.
+# ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token, canary JSON.
+# `promote` takes its version from the canary and, in the same step, pins it and ends the
+# canary: no node can see the pin without the canary's end or the reverse.
 # The epoch is created here, with the counters, when absent: after Redis lost its data
 # the first change starts a new epoch, so (epoch, seq) never names two changes.
 # Returns {change JSON or '' when nothing changed, connected replicas}: the caller WAITs for
@@ -43,6 +55,20 @@ if kind == 'pin' then
   redis.call('HSET', KEYS[1], mt, version)
 elseif kind == 'unpin' then
   if redis.call('HDEL', KEYS[1], mt) == 0 then return {'', replicas} end
+elseif kind == 'canary' then
+  redis.call('HSET', KEYS[6], mt, ARGV[8])
+elseif kind == 'canary_abort' then
+  if redis.call('HDEL', KEYS[6], mt) == 0 then return {'', replicas} end
+elseif kind == 'promote' then
+  local raw = redis.call('HGET', KEYS[6], mt)
+  if not raw then return {'', replicas, 'absent'} end
+  local ok, canary = pcall(cjson.decode, raw)
+  if not ok or type(canary) ~= 'table' or type(canary.version) ~= 'string' or canary.version == '' then
+    return {'', replicas, 'unreadable'}
+  end
+  version = canary.version
+  redis.call('HSET', KEYS[1], mt, version)
+  redis.call('HDEL', KEYS[6], mt)
 end
 local epoch = redis.call('GET', KEYS[5])
 if not epoch then
@@ -118,6 +144,9 @@ class Snapshot:
     """model_type (as stored) -> why its pin cannot be applied."""
     bad_changes: dict[str, str] = field(default_factory=dict)
     """field -> why its change record cannot be read."""
+    canaries: dict[str, Canary] = field(default_factory=dict)
+    bad_canaries: dict[str, str] = field(default_factory=dict)
+    """model_type (as stored) -> why its canary cannot be applied."""
 
 
 @dataclass
@@ -186,15 +215,21 @@ class ClusterState:
             ) from exc
 
     # -- changes -----------------------------------------------------------
-    def _publish(self, kind: ChangeKind, model_type: str, version: str = "") -> Change:
+    def _publish(self, kind: ChangeKind, model_type: str, version: str = "", canary: str = "") -> Change:
         ts = time.time()
         k = self.keys
-        raw, replicas = self._call(
+        raw, replicas, *why = self._call(
             f"publish a {kind.value}",
             self._change,
-            [k.pins, k.generations, k.changes, k.seq, k.epoch],
-            [kind.value, model_type, version, self.origin, repr(ts), k.events, secrets.token_hex(8)],
+            [k.pins, k.generations, k.changes, k.seq, k.epoch, k.canaries],
+            [kind.value, model_type, version, self.origin, repr(ts), k.events, secrets.token_hex(8), canary],
         )
+        if not raw and kind is ChangeKind.PROMOTE:
+            if why and why[0] == "unreadable":
+                raise InvalidName(
+                    "canary", model_type, "its record in Redis is unreadable; abort it and start it again"
+                )
+            raise CanaryNotFound(model_type)
         if not raw:  # nothing changed, nothing published
             return Change(kind, model_type, version, 0, 0, ts, origin=self.origin)
         # Parse what the script wrote, so the caller holds exactly the change nodes will see.
@@ -234,6 +269,29 @@ class ClusterState:
             registry.versions(model_type)
         return self._publish(ChangeKind.RELOAD, model_type, version or "")
 
+    def canary(self, model_type: str, version: str, percent: object, registry: Registry) -> Change:
+        """Send `percent`% of `model_type`'s requests that name no version to `version`, everywhere.
+
+        Refused (InvalidName) unless 0 <= percent <= 100, and unless the registry has the version.
+        """
+        share = parse_percent(percent)
+        version = registry.metadata(model_type, normalize_version(version)).version
+        return self._publish(ChangeKind.CANARY, model_type, version, Canary(version, share).to_json())
+
+    def abort_canary(self, model_type: str) -> Change:
+        """End the canary of `model_type`: 100% back to the served version (seq 0 if none ran)."""
+        return self._publish(ChangeKind.CANARY_ABORT, validate_model_type(model_type))
+
+    def promote(self, model_type: str, registry: Registry) -> Change:
+        """Pin the canary's version and end the canary, in one change; CanaryNotFound if none runs."""
+        canary = self.read().canaries.get(validate_model_type(model_type))
+        if canary is not None:
+            registry.metadata(model_type, canary.version)  # removed since? refuse before publishing
+        return self._publish(ChangeKind.PROMOTE, model_type)
+
+    def canaries(self) -> dict[str, Canary]:
+        return self.read().canaries
+
     # -- reading -----------------------------------------------------------
     def read(self) -> Snapshot:
         """The desired state; values that fail validation are set aside and logged, never raised."""
@@ -242,10 +300,20 @@ class ClusterState:
             pipe = self.client.pipeline(transaction=True)
             k = self.keys
             pipe.hgetall(k.pins).hgetall(k.generations).hgetall(k.changes).get(k.seq).get(k.epoch)
+            pipe.hgetall(k.canaries)
             return pipe.execute()
 
-        pins, gens, changes, seq, epoch = self._call("read cluster state", _read)
-        return _snapshot(pins, gens, changes, seq, epoch, self.throttle)
+        pins, gens, changes, seq, epoch, canaries = self._call("read cluster state", _read)
+        snap = _snapshot(pins, gens, changes, seq, epoch, self.throttle)
+        good: dict[str, Canary] = {}
+        bad: dict[str, str] = {}
+        for model_type, raw in canaries.items():
+            try:
+                good[validate_model_type(model_type)] = Canary.from_json(raw)
+            except (InvalidName, WireError) as exc:
+                bad[model_type[:200]] = f"canary unusable: {exc}"
+                self.throttle.warning(f"canary:{model_type[:200]}", "ignoring canary %r: %s", model_type, exc)
+        return replace(snap, canaries=good, bad_canaries=bad)
 
     def pins(self) -> dict[str, str]:
         return self.read().pins
@@ -409,10 +477,25 @@ class ClusterState:
         return {
             "nodes": self.nodes(),
             "pins": snap.pins,
+            "canaries": {mt: c.to_dict() for mt, c in snap.canaries.items()},
             "generations": snap.generations,
             "seq": snap.seq,
             "epoch": snap.epoch,
         }
+
+
+def nothing_changed(change: Change) -> str:
+    """What a change with seq 0 (it changed nothing and was not published) tells a person."""
+    if change.kind is ChangeKind.CANARY_ABORT:
+        return f"no canary ran for {change.model_type}; nothing changed"
+    return f"{change.model_type} was not pinned; nothing changed"
+
+
+def parse_percent(value: object) -> float:
+    """A canary's share of requests: a finite number from 0 to 100 (InvalidName otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise InvalidName("canary percent", str(value)[:40], "must be a number from 0 to 100")
+    return float(value)
 
 
 def _where(client: redis.Redis) -> str:

@@ -51,6 +51,12 @@ class ChangeKind(StrEnum):
     PIN = "pin"
     UNPIN = "unpin"
     RELOAD = "reload"
+    CANARY = "canary"
+    """Start or change a canary: `percent`% of requests that name no version go to `version`."""
+    CANARY_ABORT = "canary_abort"
+    """End a canary: 100% back to the served version."""
+    PROMOTE = "promote"
+    """Pin the canary's version and end the canary, in one change."""
 
 
 # -- field checks (each raises WireError naming the field) ----------------------
@@ -124,6 +130,32 @@ def _dumps(data: Mapping[str, Any]) -> str:
 
 
 # -- messages ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Canary:
+    """A model type's canary, as stored in the canaries hash (coordinator.keys)."""
+
+    version: str
+    percent: float
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | Mapping[str, Any]) -> Canary:
+        w = "canary"
+        data = _obj(w, raw)
+        version = _version(w, _str(w, data, "version", limit=64))
+        percent = _num(w, data, "percent")
+        if not version:
+            raise WireError(w, "'version' is empty")
+        if not 0 <= percent <= 100:
+            raise WireError(w, f"'percent' {percent:g} is outside 0-100")
+        return cls(version, percent)
+
+    def to_json(self) -> str:
+        return _dumps(asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class Change:
     """One published change (written by the Lua script in coordinator.state).

@@ -105,15 +105,27 @@ class NodeMetrics:
         )
         self.predict_seconds = Histogram(
             "modelcache_predict_seconds",
-            "Model prediction time per request (excluding any load).",
-            ["model_type"],
+            "Model prediction time per request (excluding any load), by the version that answered.",
+            ["model_type", "version"],
             buckets=PREDICT_BUCKETS,
             registry=r,
         )
         self.predictions = Counter(
             "modelcache_predictions_total",
-            "Rows predicted (a batch of N counts N).",
-            ["model_type"],
+            "Rows predicted (a batch of N counts N), by the version that answered.",
+            ["model_type", "version"],
+            registry=r,
+        )
+        self.prediction_errors = Counter(
+            "modelcache_prediction_errors_total",
+            "Rows whose predict call raised (input the model refused, or a model failure), by version.",
+            ["model_type", "version"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "modelcache_canary_percent",
+            "Share (0-100) of the requests naming no version that this node sends to a canary version.",
+            ["model_type", "version"],
             registry=r,
         )
         self.batch_rows = Histogram(
@@ -170,10 +182,17 @@ class NodeMetrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
 
-    def observe_prediction(self, model_type: str, seconds: float, rows: int) -> None:
-        """One predict call of `rows` rows, whichever protocol it came in by."""
-        self.predict_seconds.labels(model_type).observe(seconds)
-        self.predictions.labels(model_type).inc(rows)
+    def observe_prediction(self, model_type: str, seconds: float, rows: int, version: str) -> None:
+        """One predict call of `rows` rows, whichever protocol it came in by.
+
+        `version` is bounded: only versions that were loaded (cached) and answered get here.
+        """
+        self.predict_seconds.labels(model_type, version).observe(seconds)
+        self.predictions.labels(model_type, version).inc(rows)
+
+    def observe_prediction_error(self, model_type: str, rows: int, version: str) -> None:
+        """One predict call of `rows` rows that raised."""
+        self.prediction_errors.labels(model_type, version).inc(rows)
 
     def track_cached(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
         """Export what the cache holds (bounded by its capacity) for the dashboard's table."""

@@ -1,14 +1,18 @@
-"""Which version serves a request: pins, the memoised default, failure TTL, fallback order.
+"""Which version serves a request: pins, canaries, the memoised default, failure TTL, fallback order.
 
 No loading here: the service asks the resolver what to try and in which order,
 then loads through the cache. The served ("default") version of each model
 type is memoised, so the request path does no registry I/O on a hit, and it
 changes only when the service has loaded the new version beside the old one
-(invariant 2) and calls `set_default`.
+(invariant 2) and calls `set_default`. A canary is active here only after the
+service loaded its version beside the default (`set_canary`); `canary_pick`
+then sends its share of the requests that name no version to it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +24,24 @@ from node.errors import ModelLoadError
 from node.metrics import NodeMetrics
 
 Key = tuple[str, str]
+MAX_ROUTING_KEY = 256
+"""Characters of a routing key (body `routing_key` or `X-Modelcache-Routing-Key`)."""
+
+
+def routing_bucket(model_type: str, routing_key: str) -> int:
+    """0..9999, the same on every node and every run for one (model type, key).
+
+    A stable hash, never Python's salted `hash()`: one user must see one version on every node.
+    """
+    digest = hashlib.blake2b(f"{model_type}\0{routing_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10000
+
+
+def in_canary(model_type: str, percent: float, routing_key: str | None, draw: Callable[[], float]) -> bool:
+    """Whether one request goes to the canary: by its key's bucket, else by a per-node random draw."""
+    if routing_key is None:
+        return draw() * 100 < percent
+    return routing_bucket(model_type, routing_key) < round(percent * 100)
 
 
 class Resolver:
@@ -33,8 +55,11 @@ class Resolver:
         pins: Mapping[str, str] | None = None,
         failure_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.registry, self.metrics = registry, metrics
+        self._draw = draw
+        self._canaries: dict[str, tuple[str, float]] = {}
         self.failure_ttl_s = failure_ttl_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -61,6 +86,37 @@ class Resolver:
             self.metrics.pinned_version.labels(*pin).set(1)
         self._pins = new
         return changed
+
+    # -- canaries ------------------------------------------------------------
+    def canaries(self) -> dict[str, tuple[str, float]]:
+        """Active canaries on this node: model_type -> (version, percent)."""
+        return dict(self._canaries)
+
+    def set_canary(self, model_type: str, version: str, percent: float) -> None:
+        """Activate (call only once `version` is loaded: no request may wait on its load)."""
+        old = self._canaries.get(model_type)
+        self._canaries[model_type] = (version, percent)
+        if old is not None and old[0] != version:
+            self.metrics.canary_percent.remove(model_type, old[0])
+        self.metrics.canary_percent.labels(model_type, version).set(percent)
+
+    def clear_canary(self, model_type: str) -> str | None:
+        """Deactivate; return the version that was the canary, if any."""
+        old = self._canaries.pop(model_type, None)
+        if old is None:
+            return None
+        self.metrics.canary_percent.remove(model_type, old[0])
+        return old[0]
+
+    def canary_pick(self, model_type: str, routing_key: str | None) -> str | None:
+        """The canary version when this request falls in its share, else None (serve the default)."""
+        canary = self._canaries.get(model_type)
+        if canary is None or canary[1] <= 0:
+            return None
+        version, percent = canary
+        if self.recently_failed((model_type, version)):
+            return None
+        return version if in_canary(model_type, percent, routing_key, self._draw) else None
 
     # -- defaults ----------------------------------------------------------
     def target(self, model_type: str) -> str:

@@ -14,6 +14,15 @@ MAX_TIMEOUT_S = 120.0
 # Bounded and finite: a NaN, infinite or huge timeout would hold a request (and its Redis wait) forever.
 Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
 
+# With a canary running, one key gets one version on every node (X-Modelcache-Routing-Key too).
+RoutingKey = Annotated[
+    str | None,
+    Field(
+        max_length=256,
+        description="Canary routing: requests with the same key get the same version on every node.",
+    ),
+]
+
 _ROW = {
     "tenure_months": 12,
     "monthly_spend": 70.5,
@@ -34,6 +43,7 @@ class PredictBody(BaseModel):
     features: Features = Field(
         description="Values in the model's feature order, or a {name: value} map; null is missing."
     )
+    routing_key: RoutingKey = None
 
 
 class PredictRequest(PredictBody):
@@ -62,6 +72,7 @@ class BatchBody(BaseModel):
     instances: list[list[Value]] | list[dict[str, Value]] = Field(
         description="Rows as lists or {name: value} maps (at most MODELCACHE_MAX_BATCH)."
     )
+    routing_key: RoutingKey = None
 
 
 class BatchRequest(BatchBody):

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from coordinator.errors import ModelNotFound, VersionNotFound
+from coordinator.errors import ModelCacheError, ModelNotFound, VersionNotFound
 from coordinator.registry import ModelMetadata, Registry
 from coordinator.versions import normalize_version, validate_model_type
 from node import memory
@@ -44,6 +44,7 @@ class Resolved:
     version: str
     cached: bool
     fallback_from: str | None = None
+    canary: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,14 @@ class ModelService:
         return self.resolver.recently_failed(key)
 
     # -- the request path --------------------------------------------------
-    async def get(self, model_type: str, version: str | None = None, *, limit_loads: bool = True) -> Resolved:
+    async def get(
+        self,
+        model_type: str,
+        version: str | None = None,
+        *,
+        limit_loads: bool = True,
+        routing_key: str | None = None,
+    ) -> Resolved:
         """The model for a request; loads on a miss, falls back if the default cannot load.
 
         With `limit_loads`, a miss on an explicit version that is not the default
@@ -146,10 +154,30 @@ class ModelService:
         clients cannot turn the cache into a load/evict loop. Hits and the default
         (pinned or latest) version are never limited; internal callers that route
         to a version themselves (e.g. a canary) pass `limit_loads=False`.
+        A request that names no version may go to the model type's canary: by the
+        stable hash of `routing_key`, else by a random draw (node.resolver.in_canary).
         """
-        resolved = await self._get(model_type, version, limit_loads)
+        resolved = None
+        if version is None:
+            resolved = await self._canary(model_type, routing_key)
+        if resolved is None:
+            resolved = await self._get(model_type, version, limit_loads)
         self._requests[model_type] += 1
         return resolved
+
+    async def _canary(self, model_type: str, routing_key: str | None) -> Resolved | None:
+        """The canary for this request, or None; a canary that cannot load never fails a request."""
+        version = self.resolver.canary_pick(model_type, routing_key)
+        if version is None:
+            return None
+        key = (model_type, version)
+        try:  # an internal routing decision: never charged to the on-demand budget
+            model, hit = await self._lookup(key)
+        except ModelCacheError as exc:
+            self.resolver.mark_failed(key, str(exc))
+            log.warning("canary %s %s cannot load, serving the default instead: %s", *key, exc)
+            return None
+        return Resolved(model, version, hit, canary=True)
 
     async def _get(self, model_type: str, version: str | None, limit_loads: bool) -> Resolved:
         deadline = self._clock() + self.load_timeout_s
@@ -205,8 +233,10 @@ class ModelService:
             self.metrics.model_load_failures.labels(key[0], "timeout").inc()
             raise LoadTimeout(*key, self.load_timeout_s) from None
 
-    def _load(self, key: Key, replacing: tuple[Key, ...] = ()) -> tuple[LoadedModel, int]:
-        """Load `key` after making room for it (never evicting `replacing`); return it and its cost."""
+    def _load(
+        self, key: Key, replacing: tuple[Key, ...] = (), protect: tuple[Key, ...] = ()
+    ) -> tuple[LoadedModel, int]:
+        """Load `key` after making room for it (never evicting `replacing` or `protect`)."""
         model_type, version = key
         started = time.perf_counter()
 
@@ -214,7 +244,7 @@ class ModelService:
             # Evict first, so the new model is deserialized only when the budget allows it.
             # A reload's new version takes the old one's slot, but both are in memory until the swap.
             slots = 0 if any(old in self.cache for old in replacing) else 1
-            self.cache.reserve(key, memory.estimate_cost(meta), protect=replacing, slots=slots)
+            self.cache.reserve(key, memory.estimate_cost(meta), protect=replacing + protect, slots=slots)
             memory.trim()  # what was just evicted is freed now (unless a request still holds it)
 
         try:
@@ -313,6 +343,50 @@ class ModelService:
         self.resolver.clear_failed(key)
         self.resolver.set_default(model_type, target)
         return self._outcome(source, Outcome(model_type, "ok", target, previous, "loaded and swapped in"))
+
+    # -- canaries (run in a worker thread) --------------------------------------
+    def set_canary(
+        self, model_type: str, version: str, percent: float, *, source: str = "cluster"
+    ) -> Outcome:
+        """Load `version` beside the default, then send `percent`% of default requests to it.
+
+        If it cannot be loaded, no canary runs here (100% to the default) and the outcome
+        says why: no request ever waits on, or fails because of, a canary's load.
+        """
+        version = normalize_version(version)
+        key = (model_type, version)
+        try:
+            served: str | None = self.resolver.default_version(model_type)
+        except ModelCacheError:
+            served = self.resolver.served(model_type)
+        try:
+            if key not in self.cache:
+                # Beside the default: making room for the canary never evicts what serves now.
+                keep = ((model_type, served),) if served else ()
+                model, cost = self._bounded(key, lambda: self._load(key, protect=keep))
+                self.cache.replace(key, model, cost)
+        except (ModelLoadError, ModelNotFound) as exc:
+            self.cache.release(key)
+            self.resolver.clear_canary(model_type)
+            self.resolver.mark_failed(key, str(exc))
+            detail = f"canary {version} not loaded ({exc}); sending 100% to {served}"
+            return self._outcome(source, Outcome(model_type, "failed", served, served, detail))
+        self.resolver.clear_failed(key)
+        self.resolver.set_canary(model_type, version, percent)
+        detail = f"canary {version} loaded beside {served}: {percent:g}% of requests naming no version"
+        return self._outcome(source, Outcome(model_type, "ok", version, served, detail))
+
+    def clear_canary(self, model_type: str, *, source: str = "cluster") -> Outcome:
+        """End the canary of `model_type` (100% to the default); drop its model unless it serves."""
+        old = self.resolver.clear_canary(model_type)
+        served = self.resolver.served(model_type)
+        if old is not None and old != served and old != self.resolver.pin(model_type):
+            self.cache.evict((model_type, old))
+        detail = f"canary {old} ended; 100% to {served}" if old else "no canary ran on this node"
+        return self._outcome(source, Outcome(model_type, "ok", served, served, detail))
+
+    def canaries(self) -> dict[str, tuple[str, float]]:
+        return self.resolver.canaries()
 
     def _refresh_exact(self, model_type: str, version: str, source: str) -> Outcome:
         """Load `version` afresh beside any cached copy and swap it in; the default is unchanged."""

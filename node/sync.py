@@ -27,8 +27,8 @@ import redis
 
 from coordinator.errors import ClusterUnavailable
 from coordinator.keys import ALL, Keys
-from coordinator.state import AckRow, ClusterState, LogThrottle, Snapshot, connect
-from coordinator.wire import Ack, Change, ChangeKind, Heartbeat, ModelAck, Outcome, WireError
+from coordinator.state import AckRow, ClusterState, LogThrottle, Snapshot, connect, nothing_changed
+from coordinator.wire import Ack, Canary, Change, ChangeKind, Heartbeat, ModelAck, Outcome, WireError
 from node.background import UNHEALTHY_AFTER, Backoff, SyncHealth, ThreadHealth
 from node.metrics import NodeMetrics
 from node.service import ModelService
@@ -63,6 +63,7 @@ class ClusterSync:
         self._epoch = ""  # the epoch `_applied` belongs to
         self._outcomes: dict[str, ModelAck] = {}
         self._bad_pins: dict[str, str] = {}
+        self._canaries: dict[str, Canary] = {}  # the canaries this node last applied (or tried)
         self._seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -230,6 +231,9 @@ class ClusterSync:
         if self._applied is None:
             # First contact: adopt the state as it is; nothing is cached yet, so nothing reloads.
             self._adopt_pins(snap, "startup")
+            started = self._adopt_canaries(snap, set(), "startup")
+            for name, outcome in started.items():  # a canary that cannot load is a failed ack
+                self._record(name, outcome, snap.changes.get(name), snap, time.time(), observe=False)
             self._applied, self._epoch = dict(snap.generations), snap.epoch
             self._note_bad_pins(snap)
             self._write_ack(snap)
@@ -241,6 +245,16 @@ class ClusterSync:
             self._applied, self._epoch = {}, snap.epoch
         applied_at = time.time()
         outcomes = self._adopt_pins(snap, "cluster")
+        # After the pins: a promote's pin swaps the canary's version in first, then the canary ends.
+        fresh = {
+            name
+            for name, generation in snap.generations.items()
+            if self._applied.get(name) != generation
+            and (c := snap.changes.get(name)) is not None
+            and c.kind is ChangeKind.CANARY
+        }
+        for name, outcome in self._adopt_canaries(snap, fresh, "cluster").items():
+            outcomes.setdefault(name, outcome)
         for name, generation in sorted(snap.generations.items()):
             if self._applied.get(name) == generation:
                 continue
@@ -288,6 +302,37 @@ class ClusterSync:
             out[model_type] = self._safely(model_type, self._set_pins, model_type, step, source)
         return out
 
+    def _adopt_canaries(self, snap: Snapshot, fresh: set[str], source: str) -> dict[str, Applied]:
+        """Start, change or end canaries to match Redis; one that raises fails alone.
+
+        A canary is (re)applied when it differs from what this node last applied, or when a
+        new `canary` change names it (so repeating the call retries a load that failed).
+        """
+        wanted = dict(snap.canaries)
+        for model_type in snap.bad_canaries:  # an unreadable canary changes nothing here
+            if model_type in self._canaries:
+                wanted[model_type] = self._canaries[model_type]
+        out: dict[str, Applied] = {}
+        for model_type in sorted(set(wanted) | set(self._canaries)):
+            want = wanted.get(model_type)
+            if want == self._canaries.get(model_type) and model_type not in fresh:
+                continue
+            if want is None:
+                out[model_type] = self._safely(model_type, self._clear_canary, model_type, source)
+                self._canaries.pop(model_type, None)
+            else:
+                out[model_type] = self._safely(
+                    model_type, self._set_canary, model_type, want.version, want.percent, source
+                )
+                self._canaries[model_type] = want
+        return out
+
+    def _set_canary(self, model_type: str, version: str, percent: float, source: str) -> Applied:
+        return self.service.set_canary(model_type, version, percent, source=source)
+
+    def _clear_canary(self, model_type: str, source: str) -> Applied:
+        return self.service.clear_canary(model_type, source=source)
+
     def _set_pins(self, model_type: str, pins: dict[str, str], source: str) -> Applied:
         results = self.service.set_pins(pins, source=source)
         served = self.service.served_version(model_type)
@@ -330,10 +375,18 @@ class ClusterSync:
         self._bad_pins = dict(snap.bad_pins)
 
     def _record(
-        self, name: str, outcome: Applied, change: Change | None, snap: Snapshot, applied_at: float
+        self,
+        name: str,
+        outcome: Applied,
+        change: Change | None,
+        snap: Snapshot,
+        applied_at: float,
+        *,
+        observe: bool = True,
     ) -> None:
         ts = change.ts if change else applied_at
-        self.metrics.reload_propagation_seconds.observe(max(0.0, applied_at - ts))
+        if observe:  # not at start-up: a node's start is no measure of propagation
+            self.metrics.reload_propagation_seconds.observe(max(0.0, applied_at - ts))
         self._outcomes[name] = ModelAck(
             model_type=outcome.model_type,
             outcome=Outcome(outcome.outcome),
@@ -394,6 +447,45 @@ class ClusterSync:
     async def describe(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.state.describe)
 
+    async def canaries(self) -> dict[str, Any]:
+        """Canaries in Redis, each with every live node's last outcome for its model type."""
+        return await asyncio.to_thread(self._canaries_view)
+
+    def _canaries_view(self) -> dict[str, Any]:
+        canaries = self.state.canaries()
+        acks = self.state.acks(b.node_id for b in self.state.heartbeats()) if canaries else {}
+        view: dict[str, Any] = {}
+        for model_type, canary in sorted(canaries.items()):
+            nodes = []
+            for node_id, ack in sorted(acks.items()):
+                outcome = ack.outcomes.get(model_type)
+                nodes.append(
+                    {
+                        "node_id": node_id,
+                        "outcome": outcome.outcome.value if outcome else None,
+                        "detail": outcome.detail if outcome else "",
+                        "serving": ack.serving.get(model_type),
+                    }
+                )
+            view[model_type] = {**canary.to_dict(), "nodes": nodes}
+        return {"canaries": view}
+
+    async def set_canary(
+        self, model_type: str, version: str, percent: object, wait: bool, timeout_s: float
+    ) -> dict[str, Any]:
+        change = await asyncio.to_thread(
+            self.state.canary, model_type, version, percent, self.service.registry
+        )
+        return await self._answer(change, wait, timeout_s)
+
+    async def abort_canary(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]:
+        change = await asyncio.to_thread(self.state.abort_canary, model_type)
+        return await self._answer(change, wait, timeout_s)
+
+    async def promote_canary(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]:
+        change = await asyncio.to_thread(self.state.promote, model_type, self.service.registry)
+        return await self._answer(change, wait, timeout_s)
+
     async def _answer(self, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
         body: dict[str, Any] = {
             "scope": "cluster",
@@ -407,7 +499,7 @@ class ClusterSync:
             },
         }
         if change.seq == 0:
-            body.update(ok=True, detail=f"{change.model_type} was not pinned; nothing changed", acks=[])
+            body.update(ok=True, detail=nothing_changed(change), acks=[])
             return body
         # None: the primary has no replica (nothing to confirm); False: it may not survive a failover.
         body["replicated"] = change.replicated

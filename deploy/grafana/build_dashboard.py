@@ -236,6 +236,45 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
             ),
         ],
     ),
+    (
+        "Canary",
+        [
+            (
+                "Canary: requests and errors by version",
+                "timeseries",
+                "rps",
+                16,
+                7,
+                [
+                    q(
+                        f"sum by (model_type, version) (rate(modelcache_predictions_total{{{NM}}}[1m]))",
+                        "{{model_type}} {{version}} rows/s",
+                    ),
+                    q(
+                        f"sum by (model_type, version) (rate(modelcache_prediction_errors_total{{{NM}}}[1m]))",
+                        "{{model_type}} {{version}} errors/s",
+                    ),
+                ],
+                "Rows predicted and rows whose predict raised, per version: during a canary, compare the "
+                "canary's errors with the served version's before promoting (`modelcache canary T --promote`).",
+            ),
+            (
+                "Canary share per node",
+                "timeseries",
+                "percent",
+                8,
+                7,
+                [
+                    q(
+                        f"max by (instance, model_type, version) (modelcache_canary_percent{{{NM}}})",
+                        "{{instance}} {{model_type}} {{version}}",
+                    )
+                ],
+                "The share of requests naming no version each node sends to a canary; a node missing here "
+                "could not load the canary (see `modelcache canary --list`).",
+            ),
+        ],
+    ),
 ]
 
 

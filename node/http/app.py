@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from node.batching import Batcher
 from node.http.admin import Admin, Cluster
+from node.http.canary import Canaries
 from node.http.common import FastJSON, add_schemas, install_error_handlers
 from node.http.fast import FastRoutes, NodeApp
 from node.http.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
@@ -98,6 +99,7 @@ def create_app(
     admin = Admin(settings, service, cluster)
     V1(settings, service, metrics, batcher).register(app, fast)
     admin.register(app)
+    Canaries(cluster, service).register(app, admin.require_admin)
     Ops(settings, service, metrics, problems).register(app)
     V2(settings, service, metrics, batcher, lambda: not problems()).register(app, fast, admin.require_admin)
     app.fast = fast

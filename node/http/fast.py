@@ -33,7 +33,9 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from coordinator.errors import ModelCacheError
+from node.errors import InvalidInput
 from node.http.common import INTERNAL_ERROR, map_error
+from node.resolver import MAX_ROUTING_KEY
 
 log = logging.getLogger("modelcache.api")
 
@@ -58,6 +60,20 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
+ROUTING_KEY = b"x-modelcache-routing-key"
+
+
+def routing_key(call: Call, in_body: str | None = None) -> str | None:
+    """The request's canary routing key: the body's `routing_key`, else the header (bounded)."""
+    if in_body is not None:
+        return in_body
+    raw = call.headers.get(ROUTING_KEY)
+    if raw is None:
+        return None
+    key = raw.decode("latin-1")
+    if len(key) > MAX_ROUTING_KEY:
+        raise InvalidInput(f"X-Modelcache-Routing-Key is longer than {MAX_ROUTING_KEY} characters")
+    return key
 
 
 def json_reply(doc: Any, headers: list[tuple[bytes, bytes]] | None = None, status: int = 200) -> Reply:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import body_doc, parse_body, refused_input, require_json
-from node.http.fast import JSON, Call, FastRoutes, Reply, document
+from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
 from node.metrics import NodeMetrics
 from node.runtime import Predictions, Row
 from node.schemas import (
@@ -64,24 +64,25 @@ class V1:
     async def predict(self, call: Call) -> Reply:
         """Predict one row. The version is the request's, else the pin, else the latest stable."""
         body = await _body(call, PredictRequest)
-        return await self._predict(body.model_type, body)
+        return await self._predict(body.model_type, body, routing_key(call, body.routing_key))
 
     async def batch_predict(self, call: Call) -> Reply:
         """Predict many rows with one model in one call (cheaper per row than /predict)."""
         body = await _body(call, BatchRequest, self.max_batch)
-        return await self._batch(body.model_type, body)
+        return await self._batch(body.model_type, body, routing_key(call, body.routing_key))
 
     async def predict_in_path(self, call: Call) -> Reply:
         """As /api/v1/predict, with the model in the path so a load balancer can route by it."""
-        return await self._predict(call.params["model_type"], await _body(call, PredictBody))
+        body = await _body(call, PredictBody)
+        return await self._predict(call.params["model_type"], body, routing_key(call, body.routing_key))
 
     async def batch_in_path(self, call: Call) -> Reply:
         """As /api/v1/batch_predict, with the model in the path."""
         body = await _body(call, BatchBody, self.max_batch)
-        return await self._batch(call.params["model_type"], body)
+        return await self._batch(call.params["model_type"], body, routing_key(call, body.routing_key))
 
-    async def _predict(self, model_type: str, body: PredictBody) -> Reply:
-        resolved = await self.service.get(model_type, body.version)
+    async def _predict(self, model_type: str, body: PredictBody, key: str | None = None) -> Reply:
+        resolved = await self.service.get(model_type, body.version, routing_key=key)
         out = await self._run(model_type, resolved, [body.features])
         payload: dict[str, Any] = {
             "model_type": model_type,
@@ -94,12 +95,12 @@ class V1:
             payload["probability"] = out.probabilities[0]
         return _reply(payload, resolved)
 
-    async def _batch(self, model_type: str, body: BatchBody) -> Reply:
+    async def _batch(self, model_type: str, body: BatchBody, key: str | None = None) -> Reply:
         if len(body.instances) > self.max_batch:  # parse_body checked already; kept for direct calls
             raise BatchTooLarge(len(body.instances), self.max_batch)
         if not body.instances:
             raise InvalidInput("instances is empty: send at least one row")
-        resolved = await self.service.get(model_type, body.version)
+        resolved = await self.service.get(model_type, body.version, routing_key=key)
         out = await self._run(model_type, resolved, body.instances)
         payload: dict[str, Any] = {
             "model_type": model_type,
@@ -118,8 +119,14 @@ class V1:
         try:
             out = await self.batcher.predict((model_type, resolved.version), resolved.model, rows)
         except (ValueError, TypeError) as exc:
+            self.metrics.observe_prediction_error(model_type, len(rows), resolved.version)
             raise refused_input(f"{model_type} {resolved.version}", exc) from None
-        self.metrics.observe_prediction(model_type, time.perf_counter() - started, len(rows))
+        except Exception:
+            self.metrics.observe_prediction_error(model_type, len(rows), resolved.version)
+            raise
+        self.metrics.observe_prediction(
+            model_type, time.perf_counter() - started, len(rows), resolved.version
+        )
         return out
 
     # -- models ---------------------------------------------------------------

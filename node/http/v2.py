@@ -22,7 +22,7 @@ from coordinator.versions import normalize_version
 from node.batching import Batcher
 from node.errors import InvalidInput
 from node.http.common import FastJSON, off_loop_if_big, refused_input
-from node.http.fast import JSON, Call, FastRoutes, Reply, document
+from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
 from node.metrics import NodeMetrics
 from node.service import ModelService
 from node.settings import NodeSettings
@@ -185,7 +185,7 @@ class V2:
             len(body), parse_request, body, None if header_length is None else header_length.decode("latin-1")
         )
         try:
-            resolved = await self.service.get(name, version)
+            resolved = await self.service.get(name, version, routing_key=routing_key(call))
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         model = resolved.model
@@ -196,8 +196,9 @@ class V2:
         except InvalidInput as exc:
             raise TensorError(str(exc)) from None
         except (ValueError, TypeError) as exc:
+            self.metrics.observe_prediction_error(name, len(x), resolved.version)
             raise TensorError(str(refused_input(f"{name} {resolved.version}", exc))) from None
-        self.metrics.observe_prediction(name, time.perf_counter() - started, len(x))
+        self.metrics.observe_prediction(name, time.perf_counter() - started, len(x), resolved.version)
         available: dict[str, Any] = {"predict": out.labels}
         if out.class_probabilities is not None:
             available["predict_proba"] = out.class_probabilities

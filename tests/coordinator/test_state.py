@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from coordinator import cli
-from coordinator.errors import ClusterUnavailable, VersionNotFound
+from coordinator.errors import CanaryNotFound, ClusterUnavailable, InvalidName, VersionNotFound
 from coordinator.keys import ALL
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
-from coordinator.wire import Ack, Change, Heartbeat, ModelAck, Outcome
+from coordinator.wire import Ack, Canary, Change, ChangeKind, Heartbeat, ModelAck, Outcome
 from tests.helpers import PublishFn
 
 
@@ -280,3 +280,57 @@ def test_membership_is_not_a_scan_and_expires_on_the_redis_clock(state: ClusterS
     assert set(state.client.hkeys(state.keys.heartbeats)) == {"a", "c"}
     state.leave("a")
     assert [n["node_id"] for n in state.nodes()] == ["c"]
+
+
+# -- canaries ---------------------------------------------------------------------
+def test_canary_promote_and_abort_change_keys_and_announce_atomically(
+    state: ClusterState, registry: Registry, publish: PublishFn
+) -> None:
+    publish("churn", "1.0.0")
+    publish("churn", "1.1.0")
+    pubsub = listen(state)
+    change = state.canary("churn", "1.1.0", 20, registry)
+    event = next_event(pubsub)
+    assert event["kind"] == "canary" and event["version"] == "1.1.0" and event["seq"] == change.seq == 1
+    snap = state.read()
+    assert snap.canaries == {"churn": Canary("1.1.0", 20.0)} and snap.pins == {}
+    assert state.describe()["canaries"] == {"churn": {"version": "1.1.0", "percent": 20.0}}
+
+    promoted = state.promote("churn", registry)
+    event = next_event(pubsub)
+    # One change: the pin and the canary's end are never seen apart.
+    assert event["kind"] == "promote" and event["version"] == "1.1.0" and promoted.seq == 2
+    snap = state.read()
+    assert snap.pins == {"churn": "1.1.0"} and snap.canaries == {} and snap.generations["churn"] == 2
+
+    with pytest.raises(CanaryNotFound, match="no canary runs for 'churn'"):
+        state.promote("churn", registry)
+    assert state.abort_canary("churn").seq == 0  # nothing to abort: nothing published
+    assert next_event(pubsub) is None
+
+    state.canary("churn", "1.0.0", 5.5, registry)
+    aborted = state.abort_canary("churn")
+    assert aborted.kind is ChangeKind.CANARY_ABORT and aborted.seq == 4
+    assert state.read().canaries == {} and state.read().pins == {"churn": "1.1.0"}
+    pubsub.close()
+
+
+@pytest.mark.parametrize("percent", [-1, 100.5, float("nan"), "20", True, None])
+def test_canary_refuses_a_percent_outside_0_to_100_before_publishing(
+    state: ClusterState, registry: Registry, publish: PublishFn, percent: object
+) -> None:
+    publish("churn", "1.0.0")
+    with pytest.raises(InvalidName, match="must be a number from 0 to 100"):
+        state.canary("churn", "1.0.0", percent, registry)
+    with pytest.raises(VersionNotFound):
+        state.canary("churn", "9.0.0", 10, registry)
+    assert state.read().seq == 0 and state.read().canaries == {}
+
+
+def test_an_unreadable_canary_is_set_aside_not_raised(state: ClusterState) -> None:
+    state.client.hset(
+        state.keys.canaries, mapping={"churn": "{junk", "fraud": '{"version":"1.0","percent":900}'}
+    )
+    snap = state.read()
+    assert snap.canaries == {} and set(snap.bad_canaries) == {"churn", "fraud"}
+    assert "outside 0-100" in snap.bad_canaries["fraud"]

@@ -63,6 +63,8 @@ def test_dashboard_covers_cache_health() -> None:
         "Reload propagation latency",
         "Redis connectivity per node",
         "What each node has cached",
+        "Canary: requests and errors by version",
+        "Canary share per node",
     ):
         assert wanted in titles
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["node", "model_type"]
@@ -168,6 +170,11 @@ def test_every_panel_query_returns_data(
             headers={"Authorization": "Bearer cluster-token"},
         )
         httpx.post(f"{nodes[0].url}/api/v1/models/b/predict", json={"features": ROW}, timeout=10)
+        # A canary for the canary panels: half of a's default traffic to 0.9, and input it refuses.
+        state.wait_for_acks(state.canary("a", "0.9", 50, registry), timeout_s=10)
+        for n in nodes:
+            for _ in range(4):
+                httpx.post(f"{n.url}/api/v1/models/a/predict", json={"features": ROW[:2]}, timeout=10)
 
         assert eventually(
             lambda: has_data(query(prom, "cluster:modelcache_cache_hit_ratio:rate1m")), timeout=30

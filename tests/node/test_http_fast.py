@@ -143,9 +143,9 @@ def test_concurrent_requests_share_predict_calls_and_get_their_own_answers(setti
     one_row = registry.get_sample_value("modelcache_batch_rows_bucket", {"model_type": "churn", "le": "1.0"})
     assert one_row is not None and one_row < count
     # Every request is still one observation of the per-request metrics.
-    assert registry.get_sample_value("modelcache_predict_seconds_count", {"model_type": "churn"}) == 4 * len(
-        rows
-    )
+    assert registry.get_sample_value(
+        "modelcache_predict_seconds_count", {"model_type": "churn", "version": "1.0.0"}
+    ) == 4 * len(rows)
 
 
 def test_docs_list_the_predict_routes_with_their_request_schemas(client: TestClient) -> None:

@@ -86,8 +86,10 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
         memory.estimate_cost(registry.metadata(mt, v)) for mt, v in (("a", "1.0"), ("c", "0.9"))
     )  # resident cost: a UBJ model is charged 1.5x its file plus the per-model overhead
     assert value(s, "process_resident_memory_bytes") > 0
-    assert value(s, "modelcache_predictions_total", model_type="a") == 6
-    assert value(s, "modelcache_predict_seconds_count", model_type="a") == 4
+    # Per version (bounded: only versions that answered), so a canary can be told from the stable.
+    assert value(s, "modelcache_predictions_total", model_type="a", version="1.0") == 6
+    assert value(s, "modelcache_predict_seconds_count", model_type="a", version="1.0") == 4
+    assert value(s, "modelcache_predictions_total", model_type="c", version="0.9") == 1
     assert value(s, "modelcache_reloads_total", source="api", outcome="ok") == 1
     assert value(s, "modelcache_served_version_info", model_type="c", version="1.0") == 1
     assert value(s, "modelcache_redis_connected") == 0

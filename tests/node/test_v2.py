@@ -218,7 +218,7 @@ def test_v2_requests_count_in_the_same_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'modelcache_cache_hits_total{model_type="churn"} 1.0' in text
     assert 'modelcache_cache_misses_total{model_type="churn"} 1.0' in text
-    assert 'modelcache_predictions_total{model_type="churn"} 10.0' in text
+    assert 'modelcache_predictions_total{model_type="churn",version="1.1.0"} 10.0' in text
 
 
 @pytest.mark.parametrize(
