@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -86,12 +87,12 @@ class V1:
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
-            "prediction": out.labels[0],
+            "prediction": out.labels[:1].tolist()[0],
             "node_id": self.node_id,
             "cached": resolved.cached,
         }
         if out.probabilities is not None:
-            payload["probability"] = out.probabilities[0]
+            payload["probability"] = _probabilities(out.probabilities)[:1].tolist()[0]
         return _reply(payload, resolved)
 
     async def _batch(self, model_type: str, body: BatchBody) -> Reply:
@@ -104,12 +105,12 @@ class V1:
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
-            "predictions": out.labels,
+            "predictions": out.labels.tolist(),
             "node_id": self.node_id,
             "cached": resolved.cached,
         }
         if out.probabilities is not None:
-            payload["probabilities"] = out.probabilities
+            payload["probabilities"] = _probabilities(out.probabilities).tolist()
         return _reply(payload, resolved)
 
     async def _run(self, model_type: str, resolved: Resolved, rows: list[Row]) -> Predictions:
@@ -139,6 +140,11 @@ async def _body(call: Call, model: type[M], max_rows: int | None = None) -> M:
     content_type = call.headers.get(b"content-type")
     require_json(None if content_type is None else content_type.decode("latin-1"))
     return await parse_body(call.body, model, max_rows)
+
+
+def _probabilities(matrix: np.ndarray) -> np.ndarray:
+    """v1's rendering of the class probabilities: a binary classifier's positive class, else every class."""
+    return matrix[:, 1] if matrix.shape[1] == 2 else matrix
 
 
 def _reply(payload: dict[str, Any], resolved: Resolved) -> Reply:

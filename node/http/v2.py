@@ -13,6 +13,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -198,9 +199,11 @@ class V2:
         except (ValueError, TypeError) as exc:
             raise TensorError(str(refused_input(f"{name} {resolved.version}", exc))) from None
         self.metrics.observe_prediction(name, time.perf_counter() - started, len(x))
-        available: dict[str, Any] = {"predict": out.labels}
-        if out.class_probabilities is not None:
-            available["predict_proba"] = out.class_probabilities
+        labels = out.labels
+        # Regression values leave as FP64, the datatype the model metadata announces.
+        available: dict[str, Any] = {"predict": labels.astype(np.float64) if labels.dtype.kind == "f" else labels}
+        if out.probabilities is not None:
+            available["predict_proba"] = out.probabilities
         wanted = [o["name"] for o in parsed.outputs] if parsed.outputs else list(available)
         unknown = [n for n in wanted if n not in available]
         if unknown:
