@@ -200,8 +200,9 @@ class V2:
             raise TensorError(str(refused_input(f"{name} {resolved.version}", exc))) from None
         self.metrics.observe_prediction(name, time.perf_counter() - started, len(x))
         labels = out.labels
-        # Regression values leave as FP64, the datatype the model metadata announces.
-        available: dict[str, Any] = {"predict": labels.astype(np.float64) if labels.dtype.kind == "f" else labels}
+        if labels.dtype.kind == "f":  # regression values leave as FP64, as the metadata announces
+            labels = labels.astype(np.float64)
+        available: dict[str, Any] = {"predict": labels}
         if out.probabilities is not None:
             available["predict_proba"] = out.probabilities
         wanted = [o["name"] for o in parsed.outputs] if parsed.outputs else list(available)
