@@ -15,6 +15,7 @@ from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import body_doc, parse_body, refused_input, require_json
 from node.http.fast import JSON, Call, FastRoutes, Reply, document
+from node.http.observe import Prediction
 from node.metrics import NodeMetrics
 from node.runtime import Predictions, Row
 from node.schemas import (
@@ -65,25 +66,25 @@ class V1:
     async def predict(self, call: Call) -> Reply:
         """Predict one row. The version is the request's, else the pin, else the latest stable."""
         body = await _body(call, PredictRequest)
-        return await self._predict(body.model_type, body)
+        return await self._predict(call, body.model_type, body)
 
     async def batch_predict(self, call: Call) -> Reply:
         """Predict many rows with one model in one call (cheaper per row than /predict)."""
         body = await _body(call, BatchRequest, self.max_batch)
-        return await self._batch(body.model_type, body)
+        return await self._batch(call, body.model_type, body)
 
     async def predict_in_path(self, call: Call) -> Reply:
         """As /api/v1/predict, with the model in the path so a load balancer can route by it."""
-        return await self._predict(call.params["model_type"], await _body(call, PredictBody))
+        return await self._predict(call, call.params["model_type"], await _body(call, PredictBody))
 
     async def batch_in_path(self, call: Call) -> Reply:
         """As /api/v1/batch_predict, with the model in the path."""
         body = await _body(call, BatchBody, self.max_batch)
-        return await self._batch(call.params["model_type"], body)
+        return await self._batch(call, call.params["model_type"], body)
 
-    async def _predict(self, model_type: str, body: PredictBody) -> Reply:
+    async def _predict(self, call: Call, model_type: str, body: PredictBody) -> Reply:
         resolved = await self.service.get(model_type, body.version)
-        out = await self._run(model_type, resolved, [body.features])
+        out = await self._run(call, model_type, resolved, [body.features])
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
@@ -95,13 +96,13 @@ class V1:
             payload["probability"] = _probabilities(out.probabilities)[:1].tolist()[0]
         return _reply(payload, resolved)
 
-    async def _batch(self, model_type: str, body: BatchBody) -> Reply:
+    async def _batch(self, call: Call, model_type: str, body: BatchBody) -> Reply:
         if len(body.instances) > self.max_batch:  # parse_body checked already; kept for direct calls
             raise BatchTooLarge(len(body.instances), self.max_batch)
         if not body.instances:
             raise InvalidInput("instances is empty: send at least one row")
         resolved = await self.service.get(model_type, body.version)
-        out = await self._run(model_type, resolved, body.instances)
+        out = await self._run(call, model_type, resolved, body.instances)
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
@@ -113,8 +114,9 @@ class V1:
             payload["probabilities"] = _probabilities(out.probabilities).tolist()
         return _reply(payload, resolved)
 
-    async def _run(self, model_type: str, resolved: Resolved, rows: list[Row]) -> Predictions:
+    async def _run(self, call: Call, model_type: str, resolved: Resolved, rows: list[Row]) -> Predictions:
         """Predict through the batcher; the model's own refusal of the input is a 422, not a 500."""
+        call.prediction = Prediction(model_type, resolved.version, resolved.cached, len(rows))
         started = time.perf_counter()
         try:
             out = await self.batcher.predict((model_type, resolved.version), resolved.model, rows)

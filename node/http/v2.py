@@ -24,6 +24,7 @@ from node.batching import Batcher
 from node.errors import InvalidInput
 from node.http.common import FastJSON, off_loop_if_big, refused_input
 from node.http.fast import JSON, Call, FastRoutes, Reply, document
+from node.http.observe import Prediction
 from node.metrics import NodeMetrics
 from node.service import ModelService
 from node.settings import NodeSettings
@@ -191,6 +192,7 @@ class V2:
             raise TensorError(str(exc)) from None
         model = resolved.model
         x = await off_loop_if_big(len(body), decode_input, parsed, model.n_features, self.max_batch)
+        call.prediction = Prediction(name, resolved.version, resolved.cached, len(x))
         started = time.perf_counter()
         try:
             out = await self.batcher.predict((name, resolved.version), model, x)
