@@ -29,8 +29,9 @@ Semantics of `predict(key, model, rows)`:
 - Only requests holding the same model object share a call: a reload that
   swaps the model under one key never mixes old and new in one predict.
 
-Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`,
-`benchmarks/results/http_batching.json`): a batch runs in one dedicated
+Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
+run was committed as `benchmarks/results/http_batching.json`, now in git history): a batch
+runs in one dedicated
 thread, so the event loop goes on parsing requests while XGBoost's C predict
 runs without the GIL, which is what lets batches form; but the thread hop
 costs more than the predict at low load. So a request of at most
