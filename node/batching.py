@@ -30,10 +30,9 @@ Semantics of `predict(key, model, rows)`:
   swaps the model under one key never mixes old and new in one predict.
 
 Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
-run was committed as `benchmarks/results/http_batching.json`, now in git history): a batch
-runs in one dedicated
-thread, so the event loop goes on parsing requests while XGBoost's C predict
-runs without the GIL, which is what lets batches form; but the thread hop
+run was committed as `benchmarks/results/http_batching.json`, now in git history): a
+batch runs in one dedicated thread, so the event loop goes on parsing requests while
+XGBoost's C predict runs without the GIL, which is what lets batches form; but the thread hop
 costs more than the predict at low load. So a request of at most
 `inline_max_rows` rows (default 1) for an idle lane yields once to the loop
 (a yield, not a timer) and, still alone, is predicted on the loop. On the
