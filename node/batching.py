@@ -29,10 +29,10 @@ Semantics of `predict(key, model, rows)`:
 - Only requests holding the same model object share a call: a reload that
   swaps the model under one key never mixes old and new in one predict.
 
-Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`,
-`benchmarks/results/http_batching.json`): a batch runs in one dedicated
-thread, so the event loop goes on parsing requests while XGBoost's C predict
-runs without the GIL, which is what lets batches form; but the thread hop
+Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
+run was committed as `benchmarks/results/http_batching.json`, now in git history): a
+batch runs in one dedicated thread, so the event loop goes on parsing requests while
+XGBoost's C predict runs without the GIL, which is what lets batches form; but the thread hop
 costs more than the predict at low load. So a request of at most
 `inline_max_rows` rows (default 1) for an idle lane yields once to the loop
 (a yield, not a timer) and, still alone, is predicted on the loop. On the
@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,7 @@ class Batcher:
         # Not the default executor: a predict must never queue behind a model load.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelcache-predict")
         self._lanes: dict[Hashable, _Lane] = {}
+        self._rows_histograms: dict[str, Any] = {}  # labelled children, resolved once per model type
         self.calls = 0
         """Predict calls made so far (each may serve several requests)."""
 
@@ -188,7 +190,11 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
         self.calls += 1
         if self.metrics is not None:
-            self.metrics.batch_rows.labels(model.meta.model_type).observe(len(x))
+            model_type = model.meta.model_type
+            histogram = self._rows_histograms.get(model_type)
+            if histogram is None:
+                histogram = self._rows_histograms[model_type] = self.metrics.batch_rows.labels(model_type)
+            histogram.observe(len(x))
         try:
             whole = model.adapter.predict(x)
         except Exception as exc:

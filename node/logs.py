@@ -9,7 +9,7 @@ the fields passed with `extra=`, `request_id` while one is bound, and `exception
 uvicorn as `log_config=`, so uvicorn's loggers use the same handler and formatter.
 
 For the HTTP layer: log each request to `ACCESS_LOGGER` with its fields as `extra=`
-(`log.info("request", extra={"method": ..., "path": ..., "status": ..., "ms": ...})`)
+(`node.http.observe` does: `extra={"method", "route", "status", "duration_ms", ...}`)
 and bind the request id for the duration of a request with `bind_request_id()` /
 `reset_request_id()`: every line logged meanwhile carries it.
 """

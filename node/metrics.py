@@ -37,6 +37,7 @@ PREDICT_BUCKETS = (
     1,
 )
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -172,6 +173,20 @@ class NodeMetrics:
             "modelcache_pinned_version_info",
             "1 for each cluster-wide pin this node knows of.",
             ["model_type", "version"],
+            registry=r,
+        )
+        # -- HTTP layer (node.http.observe): route templates only, never raw paths --
+        self.http_requests = Counter(
+            "modelcache_http_requests_total",
+            "HTTP requests answered, by route template ('unmatched' for no route), method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "modelcache_http_request_seconds",
+            "Time from a request's arrival to its response being sent, by route template.",
+            ["route"],
+            buckets=HTTP_BUCKETS,
             registry=r,
         )
 

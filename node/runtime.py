@@ -27,24 +27,20 @@ Row = Sequence[float | None] | Mapping[str, float | None]
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per-row outputs: `labels` always, `probabilities` for classifiers.
+    """Per-row outputs as arrays, the one shape every protocol renders from.
 
-    For a binary classifier each probability is that of the positive class; for
-    a multi-class one it is the list of per-class probabilities.
+    `labels` has one entry per row (class indices as int64 for classifiers, values
+    as float32 for regression). `probabilities` is the `[rows, classes]` matrix of
+    a classifier (two columns for a binary one), None otherwise.
     """
 
-    labels: list[float | int]
-    probabilities: list[float] | list[list[float]] | None
-    class_probabilities: np.ndarray | None = None
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
 
     def rows(self, start: int, stop: int) -> Predictions:
         """The outputs of rows `start:stop` (one caller's share of a batched predict)."""
-        classes = self.class_probabilities
-        return Predictions(
-            self.labels[start:stop],
-            None if self.probabilities is None else self.probabilities[start:stop],  # type: ignore[arg-type]
-            None if classes is None else classes[start:stop],
-        )
+        probs = self.probabilities
+        return Predictions(self.labels[start:stop], None if probs is None else probs[start:stop])
 
 
 class Adapter(Protocol):
@@ -181,14 +177,13 @@ class BoosterAdapter:
         out = self.raw(x)
         if self.objective == "binary:logistic":
             p1 = out.reshape(-1)
-            classes = np.stack([1 - p1, p1], axis=1)
-            return Predictions((p1 >= 0.5).astype(int).tolist(), p1.tolist(), classes)
+            return Predictions((p1 >= 0.5).astype(np.int64), np.stack([1 - p1, p1], axis=1))
         if self.objective == "multi:softprob":
             probs = out.reshape(len(x), -1)
-            return Predictions(probs.argmax(axis=1).tolist(), probs.tolist(), probs)
+            return Predictions(probs.argmax(axis=1), probs)
         if self.task != "regression":  # binary:hinge, multi:softmax give class labels
-            return Predictions(out.reshape(-1).astype(int).tolist(), None)
-        return Predictions(out.reshape(-1).tolist(), None)
+            return Predictions(out.reshape(-1).astype(np.int64))
+        return Predictions(out.reshape(-1))
 
 
 class EstimatorAdapter:
@@ -207,13 +202,10 @@ class EstimatorAdapter:
             self.task = "regression"
 
     def predict(self, x: np.ndarray) -> Predictions:
-        labels = np.asarray(self.estimator.predict(x)).reshape(-1).tolist()
+        labels = np.asarray(self.estimator.predict(x)).reshape(-1)
         if self.task == "regression":
-            return Predictions(labels, None)
-        probs = np.asarray(self.estimator.predict_proba(x))
-        if self.task == "binary_classification":
-            return Predictions(labels, probs[:, 1].tolist(), probs)
-        return Predictions(labels, probs.tolist(), probs)
+            return Predictions(labels)
+        return Predictions(labels, np.asarray(self.estimator.predict_proba(x)))
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ class NodeSettings(BaseSettings):
     """Log level of the node process (debug, info, warning, error)."""
     log_format: Literal["text", "json"] = "text"
     """Log format of the node and of uvicorn: `text` lines, or one JSON object per line."""
+    access_log: bool = False
+    """Log one line per request (request id, method, route, status, duration; model, version,
+    cache hit and rows for a prediction) on the `modelcache.access` logger."""
 
     @field_validator("registry")
     @classmethod

@@ -22,6 +22,7 @@ from node.http.canary import Canaries
 from node.http.common import FastJSON, add_schemas, install_error_handlers
 from node.http.fast import FastRoutes, NodeApp
 from node.http.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
+from node.http.observe import ObserveMiddleware, Observer
 from node.http.ops import Ops
 from node.http.v1 import V1
 from node.http.v2 import V2
@@ -88,14 +89,17 @@ def create_app(
         default_response_class=FastJSON,
     )
     # For the FastAPI part; the fast path does the same itself. Added last is outermost:
-    # the node header goes on everything, the 500 included.
+    # the node header and the request id go on everything, the 500 included, and the
+    # metrics and access log see the status the client saw.
+    observer = Observer(metrics, settings.access_log)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(NodeHeaderMiddleware, node_id=node_id)
+    app.add_middleware(ObserveMiddleware, observer=observer)
     install_error_handlers(app, settings.registry)
     add_schemas(app, [PredictRequest, PredictBody, BatchRequest, BatchBody, ReloadRequest, PinRequest])
 
-    fast = FastRoutes(node_id, settings.max_body_bytes, settings.registry)
+    fast = FastRoutes(node_id, settings.max_body_bytes, settings.registry, observer)
     admin = Admin(settings, service, cluster)
     V1(settings, service, metrics, batcher).register(app, fast)
     admin.register(app)

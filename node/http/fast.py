@@ -10,7 +10,9 @@ what the FastAPI part's middleware does for the other routes:
 - the handler (`Call` in, `Reply` out), its known errors mapped by
   `common.map_error` into `{"error", "code"}`, anything else a 500 without
   internals (logged with its traceback);
-- `X-Modelcache-Node` on every answer.
+- `X-Modelcache-Node` and `X-Request-ID` on every answer, the request id bound
+  to the log context meanwhile, the HTTP metrics and the access log
+  (`node.http.observe`).
 
 The same handlers are registered with FastAPI as ordinary routes (`document`),
 so `/docs` and `/openapi.json` describe them and a request the table does not
@@ -22,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ from starlette.types import Receive, Scope, Send
 from coordinator.errors import ModelCacheError
 from node.errors import InvalidInput
 from node.http.common import INTERNAL_ERROR, map_error
+from node.http.observe import PREDICTION, REQUEST_ID, Observer, Prediction, request_id
+from node.logs import bind_request_id, reset_request_id
 from node.resolver import MAX_ROUTING_KEY
 
 log = logging.getLogger("modelcache.api")
@@ -52,11 +57,15 @@ class Reply(NamedTuple):
 
 @dataclass(slots=True)
 class Call:
-    """What a fast handler gets: path parameters, the body, the raw (lower-case) headers."""
+    """What a fast handler gets: path parameters, the body, the raw (lower-case) headers.
+
+    A prediction handler sets `prediction` for the access log.
+    """
 
     params: dict[str, str]
     body: bytes
     headers: dict[bytes, bytes]
+    prediction: Prediction | None = None
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
@@ -83,57 +92,81 @@ def json_reply(doc: Any, headers: list[tuple[bytes, bytes]] | None = None, statu
 class FastRoutes:
     """POST routes matched by exact path or a `{param}` template, served as pure ASGI."""
 
-    def __init__(self, node_id: str, max_body_bytes: int, registry_root: Path) -> None:
+    def __init__(self, node_id: str, max_body_bytes: int, registry_root: Path, observer: Observer) -> None:
         self.node_header = (b"x-modelcache-node", node_id.encode())
         self.max_body_bytes, self.registry_root = max_body_bytes, registry_root
-        self._exact: dict[str, Handler] = {}
-        self._templates: list[tuple[re.Pattern[str], Handler]] = []
+        self.observer = observer
+        self.in_flight = 0
+        """Requests inside `serve` now (the batcher asks whether anyone else is)."""
+        self._exact: dict[str, tuple[str, Handler]] = {}
+        self._templates: list[tuple[re.Pattern[str], str, Handler]] = []
 
     def add(self, path: str, handler: Handler) -> None:
         names = re.findall(r"{(\w+)}", path)
         if not names:
-            self._exact[path] = handler
+            self._exact[path] = (path, handler)
             return
         # Starlette's `str` convertor: one non-empty segment.
         pattern = re.escape(path)
         for name in names:
             pattern = pattern.replace(re.escape(f"{{{name}}}"), f"(?P<{name}>[^/]+)")
-        self._templates.append((re.compile(pattern + r"\Z"), handler))
+        self._templates.append((re.compile(pattern + r"\Z"), path, handler))
 
-    def match(self, path: str) -> tuple[Handler, dict[str, str]] | None:
-        handler = self._exact.get(path)
-        if handler is not None:
-            return handler, {}
-        for pattern, handler in self._templates:
+    def match(self, path: str) -> tuple[str, Handler, dict[str, str]] | None:
+        """(route template, handler, path parameters), or None."""
+        exact = self._exact.get(path)
+        if exact is not None:
+            return exact[0], exact[1], {}
+        for pattern, template, handler in self._templates:
             found = pattern.match(path)
             if found is not None:
-                return handler, found.groupdict()
+                return template, handler, found.groupdict()
         return None
 
     async def serve(
-        self, handler: Handler, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+        self,
+        template: str,
+        handler: Handler,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = request_id(headers.get(REQUEST_ID))
+        token = bind_request_id(rid)
+        self.in_flight += 1
         try:
-            headers = dict(scope["headers"])
-            refusal = self._refuse(headers)
-            if refusal is not None:
-                await self._send(send, refusal)
-                return
-            body = await self._read(receive)
-            if body is None:
+            call = Call(params, b"", headers)
+            reply = await self._answer(handler, call, scope, receive)
+            if reply is None:
                 return  # the client went away
-            if isinstance(body, Reply):
-                await self._send(send, body)
-                return
-            reply = await handler(Call(params, body, headers))
+            await self._send(send, reply, rid)
+            self.observer.done(
+                template, "POST", reply.status, time.perf_counter() - started, rid, call.prediction
+            )
+        finally:
+            self.in_flight -= 1
+            reset_request_id(token)
+
+    async def _answer(self, handler: Handler, call: Call, scope: Scope, receive: Receive) -> Reply | None:
+        try:
+            refusal = self._refuse(call.headers)
+            if refusal is not None:
+                return refusal
+            body = await self._read(receive)
+            if body is None or isinstance(body, Reply):
+                return body
+            call.body = body
+            return await handler(call)
         except ModelCacheError as exc:
             status, doc, extra = map_error(exc, self.registry_root, scope["method"], scope["path"])
             extra_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-            reply = json_reply(doc, extra_headers, status)
+            return json_reply(doc, extra_headers, status)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            reply = error_reply(500, "internal_error", INTERNAL_ERROR)
-        await self._send(send, reply)
+            return error_reply(500, "internal_error", INTERNAL_ERROR)
 
     def _refuse(self, headers: dict[bytes, bytes]) -> Reply | None:
         length = headers.get(b"content-length")
@@ -178,11 +211,12 @@ class FastRoutes:
             "send fewer rows per request",
         )
 
-    async def _send(self, send: Send, reply: Reply) -> None:
+    async def _send(self, send: Send, reply: Reply, rid: str) -> None:
         headers = [
             *reply.headers,
             (b"content-length", str(len(reply.body)).encode()),
             self.node_header,
+            (REQUEST_ID, rid.encode()),
         ]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
@@ -201,7 +235,7 @@ class NodeApp(FastAPI):
         if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
             found = self.fast.match(scope["path"])
             if found is not None:
-                await self.fast.serve(found[0], found[1], scope, receive, send)
+                await self.fast.serve(*found, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -216,6 +250,7 @@ def document(app: FastAPI, path: str, handler: Handler, **route: Any) -> None:
     async def endpoint(request: Request, **params: str) -> Response:
         call = Call(params, await request.body(), dict(request.scope["headers"]))
         reply = await handler(call)
+        request.scope[PREDICTION] = call.prediction  # for the access log (ObserveMiddleware)
         response = Response(reply.body, status_code=reply.status)
         response.raw_headers = [h for h in response.raw_headers if h[0] != b"content-type"]
         response.raw_headers.extend(reply.headers)

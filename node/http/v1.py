@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import body_doc, parse_body, refused_input, require_json
 from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
+from node.http.observe import Prediction
 from node.metrics import NodeMetrics
 from node.runtime import Predictions, Row
 from node.schemas import (
@@ -64,57 +66,58 @@ class V1:
     async def predict(self, call: Call) -> Reply:
         """Predict one row. The version is the request's, else the pin, else the latest stable."""
         body = await _body(call, PredictRequest)
-        return await self._predict(body.model_type, body, routing_key(call, body.routing_key))
+        return await self._predict(call, body.model_type, body, routing_key(call, body.routing_key))
 
     async def batch_predict(self, call: Call) -> Reply:
         """Predict many rows with one model in one call (cheaper per row than /predict)."""
         body = await _body(call, BatchRequest, self.max_batch)
-        return await self._batch(body.model_type, body, routing_key(call, body.routing_key))
+        return await self._batch(call, body.model_type, body, routing_key(call, body.routing_key))
 
     async def predict_in_path(self, call: Call) -> Reply:
         """As /api/v1/predict, with the model in the path so a load balancer can route by it."""
         body = await _body(call, PredictBody)
-        return await self._predict(call.params["model_type"], body, routing_key(call, body.routing_key))
+        return await self._predict(call, call.params["model_type"], body, routing_key(call, body.routing_key))
 
     async def batch_in_path(self, call: Call) -> Reply:
         """As /api/v1/batch_predict, with the model in the path."""
         body = await _body(call, BatchBody, self.max_batch)
-        return await self._batch(call.params["model_type"], body, routing_key(call, body.routing_key))
+        return await self._batch(call, call.params["model_type"], body, routing_key(call, body.routing_key))
 
-    async def _predict(self, model_type: str, body: PredictBody, key: str | None = None) -> Reply:
+    async def _predict(self, call: Call, model_type: str, body: PredictBody, key: str | None = None) -> Reply:
         resolved = await self.service.get(model_type, body.version, routing_key=key)
-        out = await self._run(model_type, resolved, [body.features])
+        out = await self._run(call, model_type, resolved, [body.features])
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
-            "prediction": out.labels[0],
+            "prediction": out.labels[:1].tolist()[0],
             "node_id": self.node_id,
             "cached": resolved.cached,
         }
         if out.probabilities is not None:
-            payload["probability"] = out.probabilities[0]
+            payload["probability"] = _probabilities(out.probabilities)[:1].tolist()[0]
         return _reply(payload, resolved)
 
-    async def _batch(self, model_type: str, body: BatchBody, key: str | None = None) -> Reply:
+    async def _batch(self, call: Call, model_type: str, body: BatchBody, key: str | None = None) -> Reply:
         if len(body.instances) > self.max_batch:  # parse_body checked already; kept for direct calls
             raise BatchTooLarge(len(body.instances), self.max_batch)
         if not body.instances:
             raise InvalidInput("instances is empty: send at least one row")
         resolved = await self.service.get(model_type, body.version, routing_key=key)
-        out = await self._run(model_type, resolved, body.instances)
+        out = await self._run(call, model_type, resolved, body.instances)
         payload: dict[str, Any] = {
             "model_type": model_type,
             "version": resolved.version,
-            "predictions": out.labels,
+            "predictions": out.labels.tolist(),
             "node_id": self.node_id,
             "cached": resolved.cached,
         }
         if out.probabilities is not None:
-            payload["probabilities"] = out.probabilities
+            payload["probabilities"] = _probabilities(out.probabilities).tolist()
         return _reply(payload, resolved)
 
-    async def _run(self, model_type: str, resolved: Resolved, rows: list[Row]) -> Predictions:
+    async def _run(self, call: Call, model_type: str, resolved: Resolved, rows: list[Row]) -> Predictions:
         """Predict through the batcher; the model's own refusal of the input is a 422, not a 500."""
+        call.prediction = Prediction(model_type, resolved.version, resolved.cached, len(rows))
         started = time.perf_counter()
         try:
             out = await self.batcher.predict((model_type, resolved.version), resolved.model, rows)
@@ -146,6 +149,11 @@ async def _body(call: Call, model: type[M], max_rows: int | None = None) -> M:
     content_type = call.headers.get(b"content-type")
     require_json(None if content_type is None else content_type.decode("latin-1"))
     return await parse_body(call.body, model, max_rows)
+
+
+def _probabilities(matrix: np.ndarray) -> np.ndarray:
+    """v1's rendering of the class probabilities: a binary classifier's positive class, else every class."""
+    return matrix[:, 1] if matrix.shape[1] == 2 else matrix
 
 
 def _reply(payload: dict[str, Any], resolved: Resolved) -> Reply:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -23,6 +24,7 @@ from node.batching import Batcher
 from node.errors import InvalidInput
 from node.http.common import FastJSON, off_loop_if_big, refused_input
 from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
+from node.http.observe import Prediction
 from node.metrics import NodeMetrics
 from node.service import ModelService
 from node.settings import NodeSettings
@@ -190,6 +192,7 @@ class V2:
             raise TensorError(str(exc)) from None
         model = resolved.model
         x = await off_loop_if_big(len(body), decode_input, parsed, model.n_features, self.max_batch)
+        call.prediction = Prediction(name, resolved.version, resolved.cached, len(x))
         started = time.perf_counter()
         try:
             out = await self.batcher.predict((name, resolved.version), model, x)
@@ -199,9 +202,12 @@ class V2:
             self.metrics.observe_prediction_error(name, len(x), resolved.version)
             raise TensorError(str(refused_input(f"{name} {resolved.version}", exc))) from None
         self.metrics.observe_prediction(name, time.perf_counter() - started, len(x), resolved.version)
-        available: dict[str, Any] = {"predict": out.labels}
-        if out.class_probabilities is not None:
-            available["predict_proba"] = out.class_probabilities
+        labels = out.labels
+        if labels.dtype.kind == "f":  # regression values leave as FP64, as the metadata announces
+            labels = labels.astype(np.float64)
+        available: dict[str, Any] = {"predict": labels}
+        if out.probabilities is not None:
+            available["predict_proba"] = out.probabilities
         wanted = [o["name"] for o in parsed.outputs] if parsed.outputs else list(available)
         unknown = [n for n in wanted if n not in available]
         if unknown:

@@ -33,8 +33,9 @@ def test_binary_booster_matches_xgboost(registry: Registry, publish: PublishFn, 
     model = _load(registry, "m", "1.0")
     out = model.predict(ROWS)
     want = _expected(train_booster(seed=3), ROWS)
-    np.testing.assert_allclose(out.probabilities, want, atol=1e-6)
-    assert out.labels == [int(p >= 0.5) for p in want]
+    np.testing.assert_allclose(out.probabilities[:, 1], want, atol=1e-6)
+    np.testing.assert_allclose(out.probabilities.sum(axis=1), 1, atol=1e-6)
+    assert out.labels.tolist() == [int(p >= 0.5) for p in want]
     assert model.task == "binary_classification" and model.n_features == 4
 
 
@@ -42,14 +43,14 @@ def test_mapping_rows_are_ordered_by_metadata_features(registry: Registry, publi
     publish("m", "1.0")
     model = _load(registry, "m", "1.0")
     as_map = [dict(zip(reversed(FEATURES), reversed(row), strict=True)) for row in ROWS]
-    assert model.predict(as_map).probabilities == model.predict(ROWS).probabilities
+    np.testing.assert_array_equal(model.predict(as_map).probabilities, model.predict(ROWS).probabilities)
 
 
 def test_multiclass_and_regression_boosters(registry: Registry, publish: PublishFn) -> None:
     publish("multi", "1.0", objective="multi:softprob")
     publish("reg", "1.0", objective="reg:squarederror")
     multi = _load(registry, "multi", "1.0").predict(ROWS)
-    assert len(multi.probabilities[0]) == 3
+    assert multi.probabilities.shape == (len(ROWS), 3)
     assert multi.labels[0] == int(np.argmax(multi.probabilities[0]))
     reg = _load(registry, "reg", "1.0")
     assert reg.task == "regression"
@@ -73,8 +74,8 @@ def test_sklearn_estimator_via_joblib(registry: Registry, tmp_path: Path) -> Non
     model = _load(registry, "lr", "1.0")
     rows = [[1.0, 0.0, 0.0], [-1.0, 0.5, 0.2]]
     out = model.predict(rows)
-    np.testing.assert_allclose(out.probabilities, est.predict_proba(np.array(rows))[:, 1], atol=1e-6)
-    assert out.labels == est.predict(np.array(rows)).tolist()
+    np.testing.assert_allclose(out.probabilities, est.predict_proba(np.array(rows)), atol=1e-6)
+    assert out.labels.tolist() == est.predict(np.array(rows)).tolist()
 
 
 def test_xgbclassifier_via_joblib(registry: Registry, tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_xgbclassifier_via_joblib(registry: Registry, tmp_path: Path) -> None:
     joblib.dump(clf, tmp_path / "clf.joblib")
     registry.publish(tmp_path / "clf.joblib", "clf", "1.0")
     out = _load(registry, "clf", "1.0").predict(ROWS[:1])
-    np.testing.assert_allclose(out.probabilities, clf.predict_proba(np.array([ROWS[0]]))[:, 1], atol=1e-6)
+    np.testing.assert_allclose(out.probabilities, clf.predict_proba(np.array([ROWS[0]])), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -147,8 +148,8 @@ def test_direct_call_equals_xgboost(objective: str, n: int) -> None:
     out = adapter.predict(x)
     assert len(out.labels) == n
     if objective == "multi:softprob":
-        assert out.labels == booster.predict(xgb.DMatrix(x)).argmax(axis=1).tolist()
-        assert np.asarray(out.probabilities).shape == (n, 3)
+        assert out.labels.tolist() == booster.predict(xgb.DMatrix(x)).argmax(axis=1).tolist()
+        assert out.probabilities.shape == (n, 3)
 
 
 @pytest.mark.parametrize("objective", ["binary:logistic", "multi:softprob", "reg:squarederror"])
@@ -175,7 +176,7 @@ def test_categorical_model_falls_back_to_inplace_predict() -> None:
     assert adapter.dense is None
     probe = x[:5]
     want = booster.inplace_predict(probe)
-    np.testing.assert_allclose(adapter.predict(probe).probabilities, want, atol=1e-6)
+    np.testing.assert_allclose(adapter.predict(probe).probabilities[:, 1], want, atol=1e-6)
 
 
 def test_unusual_objective_falls_back_to_inplace_predict() -> None:
@@ -214,7 +215,7 @@ def test_joblib_xgbclassifier_and_many_rows(registry: Registry, tmp_path: Path) 
     registry.publish(tmp_path / "clf.joblib", "clf3", "1.0")
     out = _load(registry, "clf3", "1.0").predict(x[:10].tolist())
     np.testing.assert_allclose(out.probabilities, clf.predict_proba(x[:10]), atol=1e-6)
-    assert out.labels == clf.predict(x[:10]).tolist()
+    assert out.labels.tolist() == clf.predict(x[:10]).tolist()
 
 
 def test_rows_slices_one_callers_share() -> None:
@@ -222,6 +223,5 @@ def test_rows_slices_one_callers_share() -> None:
     x = _matrix(6)
     whole, part = adapter.predict(x), adapter.predict(x[2:5])
     share = whole.rows(2, 5)
-    assert share.labels == part.labels
+    np.testing.assert_array_equal(share.labels, part.labels)
     np.testing.assert_allclose(share.probabilities, part.probabilities, atol=1e-6)
-    np.testing.assert_allclose(share.class_probabilities, part.class_probabilities, atol=1e-6)
