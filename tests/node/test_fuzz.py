@@ -27,7 +27,16 @@ TOKEN = "fuzz-token"
 CASES = 2000
 
 # State, not input: a node without Redis has no cluster (501); V2 readiness is 503 by protocol.
-ALLOWED_5XX = {("/api/v1/cluster", 501), ("/api/v1/pins/{model_type}", 501), ("/api/v1/models/reload", 501)}
+# Cluster routes on a node without Redis answer 501 by design (the node's state, not the input).
+CLUSTER_ROUTES = (
+    "/api/v1/cluster",
+    "/api/v1/pins/{model_type}",
+    "/api/v1/models/reload",
+    "/api/v1/canaries",
+    "/api/v1/canaries/{model_type}",
+    "/api/v1/canaries/{model_type}/promote",
+)
+ALLOWED_5XX = {(path, 501) for path in CLUSTER_ROUTES}
 READINESS = {"/v2/health/ready", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"}
 
 
