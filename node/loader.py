@@ -111,7 +111,7 @@ class Loader:
             except ModelNotFound:
                 raise
             except ModelLoadError as exc:
-                if attempt == self.retries or exc.reason in ("metadata", "symlink"):
+                if attempt == self.retries or exc.reason in ("metadata", "symlink", "missing_dependency"):
                     raise  # retrying cannot fix what is written on disk
                 log.warning(
                     "load of %s %s failed (attempt %d/%d, retrying in %.2fs): %s",

@@ -276,6 +276,12 @@ def deserialize(meta: ModelMetadata, raw: bytes) -> LoadedModel:
             raise ValueError(f"unknown format {meta.format!r}")
     except ModelLoadError:
         raise
+    except ModuleNotFoundError as exc:
+        # A pickled estimator whose library this node lacks: say what to install.
+        top = (exc.name or "").partition(".")[0] or "a module"
+        hint = "pip install 'modelcache[sklearn]'" if top == "sklearn" else f"install {top}"
+        detail = f"{top} is not installed on this node ({hint}; the Docker image has sklearn)"
+        raise ModelLoadError(meta.model_type, meta.version, detail, reason="missing_dependency") from exc
     except Exception as exc:
         raise ModelLoadError(meta.model_type, meta.version, f"{type(exc).__name__}: {exc}") from exc
     if meta.features and adapter.n_features and len(meta.features) != adapter.n_features:

@@ -59,6 +59,7 @@ def create_app(
             if cluster is not None:
                 await cluster.stop()
             batcher.close()
+            service.close()  # the idle-TTL sweep thread
 
     async def _warm() -> None:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from coordinator.registry import Registry
-from tests.helpers import FEATURES, NodeProcess
+from tests.helpers import FEATURES, NodeProcess, metric
 
 ESTIMATORS = {
     "logreg": lambda: LogisticRegression(max_iter=500),
@@ -112,11 +112,14 @@ def test_without_sklearn_a_node_answers_503_naming_the_missing_module(
     assert "sklearn" in r.json()["error"], r.json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/runtime.py does not map ModuleNotFoundError('sklearn') to an install hint yet",
-)
 def test_without_sklearn_the_error_says_to_install_the_extra(node_without_sklearn: NodeProcess) -> None:
     r = predict_logreg(node_without_sklearn)
     assert r.status_code == 503
     assert "modelcache[sklearn]" in r.json()["error"], r.json()
+    failures = metric(
+        node_without_sklearn.url,
+        "modelcache_model_load_failures_total",
+        model_type="logreg",
+        reason="missing_dependency",
+    )
+    assert failures == 1
