@@ -23,8 +23,8 @@ Loading a JSON model leaves ~10x its size in freed-but-unreturned heap (glibc
 keeps it for reuse): `trim()` (`malloc_trim(0)`) after every load and eviction
 returns it, which is what lets the budget bound RSS at all. Even trimmed, a
 booster parsed from JSON keeps ~2.3x the resident memory of its UBJ twin
-(fragmentation), so JSON artifacts are converted to UBJ (`json_to_ubj`) and
-the served booster is built from that.
+(fragmentation), so JSON artifacts are converted to UBJ in a short-lived
+forked child (`json_to_ubj`) and the served booster is built from that.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ import ctypes
 import ctypes.util
 import os
 import pickle
+import select
+import signal
+import time
+import warnings
 from typing import Any
 
 from coordinator.registry import ModelMetadata
@@ -45,9 +49,17 @@ MODEL_OVERHEAD_BYTES = 64 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 << 10
+"""Allocations this big always get their own mapping, returned to the OS on free."""
+
+
 def _libc_trim() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc raises its mmap threshold after each big free (up to 32 MB), so artifact
+        # bytes read later land in the heap and fragment it; a fixed threshold stops that.
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         return libc.malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
@@ -73,21 +85,76 @@ def rss_bytes() -> int:
         return 0
 
 
-def json_to_ubj(raw: bytes) -> bytes:
-    """The UBJ form of a verified XGBoost JSON model, with the parse's heap returned.
+def json_to_ubj(raw: bytes, timeout_s: float = 120.0) -> bytes:
+    """The UBJ form of a verified XGBoost JSON model, parsed where its heap cannot stay.
 
-    Measured: a booster loaded straight from a 17 MB JSON stays at ~31 MB resident
-    after `malloc_trim` (its trees are interleaved with the parse's freed
-    fragments); the same model rebuilt from UBJ in a trimmed heap takes ~13 MB.
+    Parsing a JSON model costs ~10x its size in heap that stays fragmented even
+    after `malloc_trim` (a booster loaded straight from a 17 MB JSON sits at
+    ~31 MB resident, its UBJ twin at ~13 MB, and the freed fragments keep the
+    node's RSS up). So the parse runs in a forked child that writes the UBJ
+    bytes to a pipe and exits: its whole heap goes back to the OS with it. A
+    child that fails, hangs past `timeout_s` or cannot be forked, or an XGBoost
+    running OpenMP with several threads, falls back to parsing here, then trimming.
     """
+    # libgomp cannot fork once it has run a parallel region with a thread team (the
+    # child hangs), so only a single-threaded XGBoost (as every node runs) forks.
+    if hasattr(os, "fork") and os.environ.get("OMP_NUM_THREADS") == "1":
+        ubj = _parse_in_child(raw, timeout_s)
+        if ubj is not None:
+            return ubj
+    return _parse_here(raw)
+
+
+def _parse_here(raw: bytes) -> bytes:
     import xgboost as xgb
 
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
     ubj = bytes(booster.save_raw("ubj"))
-    del booster, raw
+    del booster
     trim()
     return ubj
+
+
+def _parse_in_child(raw: bytes, timeout_s: float) -> bytes | None:
+    read_fd, write_fd = os.pipe()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a threaded process: the child only parses
+            # and exits, and a child that deadlocks is killed at the timeout below.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
+    if pid == 0:  # the child: parse, write, exit without running the parent's cleanup
+        status = 1
+        try:
+            os.close(read_fd)
+            data = _parse_here(raw)
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    return b"".join(chunks) if status == 0 and chunks else None
 
 
 def estimate_cost(meta: ModelMetadata) -> int:

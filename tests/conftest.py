@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# As every node runs (node/__main__.py), before anything imports XGBoost: one OpenMP thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import uuid
 import zlib
 from collections.abc import Callable, Iterator

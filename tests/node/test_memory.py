@@ -64,3 +64,22 @@ def test_churn_keeps_rss_and_cache_bytes_within_the_budget(
         assert stats["evictions_by_reason"].get("bytes", 0) >= 10  # it really churned
     assert worst_bytes <= BUDGET
     assert worst_rss <= 1.35 * BUDGET + ALLOWANCE, (worst_rss / MB, BUDGET / MB)
+
+
+def test_json_is_parsed_in_a_child_and_gives_the_same_model(tmp_path: Path) -> None:
+    path = tmp_path / "model.json"
+    write_slow_model(path, n_trees=50)
+    raw = path.read_bytes()
+    from_child = memory._parse_in_child(raw, timeout_s=60)
+    assert from_child is not None  # the fork path ran (no silent fallback)
+    assert from_child == memory._parse_here(raw) == memory.json_to_ubj(raw)
+    booster = xgb.Booster()
+    booster.load_model(bytearray(from_child))
+    assert booster.num_boosted_rounds() == 50
+
+
+def test_a_child_that_fails_or_hangs_falls_back_to_parsing_here(tmp_path: Path) -> None:
+    assert memory._parse_in_child(b"not a model", timeout_s=30) is None  # the child exits 1
+    path = tmp_path / "model.json"
+    write_slow_model(path, n_trees=3000)  # ~1 s to parse: longer than the timeout below
+    assert memory._parse_in_child(path.read_bytes(), timeout_s=0.01) is None  # killed, reaped
