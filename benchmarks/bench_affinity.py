@@ -1,13 +1,16 @@
-"""Plain consistent hashing vs bounded loads, through the real HAProxy, on a skewed workload.
+"""Consistent hashing, bounded loads for all, bounded loads for hot models only, on a skewed workload.
 
     python benchmarks/bench_affinity.py [--requests 3000] [--connections 32] [--hot-share 0.6]
+        [--policies lru,lfu]
 
 Three real nodes (MODELCACHE_CACHE_SIZE=3) with a real Redis; seven models, one taking
 `--hot-share` of the requests. The names are picked as in tests/deploy/test_lb.py: the
-hot model alone on its home node, three cold ones on each other node. For each routing
-(hash-balance-factor 0, then 125), fresh nodes and a fresh HAProxy serve the same
-request sequence; reported: per-node request share (max/mean), cluster hit rate (the
-nodes' own stats), p50/p99 latency at the client, and how many nodes cache the hot model.
+hot model alone on its home node, three cold ones on each other node. For each node
+cache policy and each routing (plain consistent hashing; every model bounded at
+hash-balance-factor 125, the previous config; only hot models bounded, at the default
+factor), fresh nodes and a fresh HAProxy serve the same request sequence; reported:
+per-node request share (max/mean), cluster hit rate (the nodes' own stats), p50/p99
+latency at the client, and how many nodes cache the hot model.
 Writes benchmarks/results/affinity.json and affinity.png.
 """
 
@@ -26,13 +29,17 @@ import numpy as np
 import xgboost as xgb
 from common import ROOT, report, start_nodes, stop_nodes
 
-from coordinator.lb import HAProxy
+from coordinator.lb import BALANCE_FACTOR, HAProxy
 from coordinator.processes import free_port
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 
 ROW = [0.1, 0.2, 0.3, 0.4]
-ROUTINGS = {"consistent hashing": 0, "bounded loads (1.25)": 125}
+ROUTINGS: dict[str, dict[str, int | bool]] = {
+    "consistent hashing": {"balance_factor": 0},
+    "bounded for all (125)": {"balance_factor": 125, "hot_only": False},
+    f"bounded for hot only ({BALANCE_FACTOR})": {"balance_factor": BALANCE_FACTOR, "hot_only": True},
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,10 +78,14 @@ def layout(url: str) -> list[str]:
 
 
 def run(
-    registry: Registry, redis_url: str, factor: int, sequence_idx: list[int], connections: int
+    registry: Registry,
+    redis_url: str,
+    routing: dict[str, int | bool],
+    sequence_idx: list[int],
+    connections: int,
 ) -> dict[str, object]:
     nodes = start_nodes(registry.root, 3, redis_url)
-    lb = HAProxy([u.removeprefix("http://") for _, u in nodes], free_port(), balance_factor=factor)
+    lb = HAProxy([u.removeprefix("http://") for _, u in nodes], free_port(), **routing)  # type: ignore[arg-type]
     try:
         lb.start()
         models = layout(lb.url)
@@ -103,7 +114,8 @@ def run(
     misses = sum(s["cache_misses"] for s in stats)
     latencies = [t for _, _, t in results]
     return {
-        "hash_balance_factor": factor,
+        "hash_balance_factor": routing["balance_factor"],
+        "hot_only": bool(routing.get("hot_only", False)),
         "share_max_over_mean": round(max(served.values()) / mean, 3),
         "share_per_node": sorted((round(c / mean, 3) for c in served.values()), reverse=True),
         "hit_rate": round(hits / (hits + misses), 4),
@@ -116,14 +128,17 @@ def run(
     }
 
 
-def plot(rows: dict[str, dict[str, object]], path: Path) -> None:
+def plot(results: dict[str, dict[str, dict[str, object]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-    names = list(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    policies = list(results)
+    names = list(next(iter(results.values())))
+    width = 0.8 / len(names)
+    colors = ["#999", "#d84", "#2a7"]
     for ax, (key, title) in zip(
         axes,
         [
@@ -134,9 +149,15 @@ def plot(rows: dict[str, dict[str, object]], path: Path) -> None:
         ],
         strict=True,
     ):
-        ax.bar(range(len(names)), [float(rows[n][key]) for n in names], color=["#999", "#2a7"])
-        ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+        for j, name in enumerate(names):
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(policies))]
+            values = [float(results[p][name][key]) for p in policies]
+            ax.bar(xs, values, width, color=colors[j % len(colors)], label=name)
+        ax.set_xticks(range(len(policies)), [f"node cache {p.upper()}" for p in policies], fontsize=8)
         ax.set_title(title, fontsize=9)
+    axes[0].axhline(1.4, color="k", lw=0.8, ls="--")
+    axes[1].axhline(0.9, color="k", lw=0.8, ls="--")
+    axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle("7 models, one with 60% of requests, 3 nodes x 3 cache slots, through HAProxy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -148,6 +169,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--hot-share", type=float, default=0.6)
+    parser.add_argument("--policies", default="lru,lfu", help="node cache policies, comma-separated")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "affinity.json"))
     args = parser.parse_args()
     os.environ["MODELCACHE_CACHE_SIZE"] = "3"
@@ -155,17 +177,20 @@ def main() -> None:
     rng = np.random.default_rng(7)
     rest = (1 - args.hot_share) / 6
     sequence = [int(i) for i in rng.choice(7, size=args.requests, p=[args.hot_share] + [rest] * 6)]
-    rows: dict[str, dict[str, object]] = {}
+    results: dict[str, dict[str, dict[str, object]]] = {}
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis:
         work = Path(tmp)
         registry = Registry(work / "registry")
         for i in range(60):
             publish(registry, f"model-{i:03d}", work)
-        for name, factor in ROUTINGS.items():
-            rows[name] = run(registry, redis.url, factor, sequence, args.connections)
-            print(name, rows[name], flush=True)
+        for policy in args.policies.split(","):
+            os.environ["MODELCACHE_CACHE_POLICY"] = policy
+            rows = results[policy] = {}
+            for name, routing in ROUTINGS.items():
+                rows[name] = run(registry, redis.url, routing, sequence, args.connections)
+                print(policy, name, rows[name], flush=True)
     out = Path(args.out)
-    plot(rows, out.with_suffix(".png"))
+    plot(results, out.with_suffix(".png"))
     report(
         str(out),
         {
@@ -177,7 +202,7 @@ def main() -> None:
                 "nodes": 3,
                 "cache_size": 3,
             },
-            "routings": rows,
+            "routings_by_cache_policy": results,
         },
     )
 

@@ -23,8 +23,15 @@ import httpx
 from coordinator.processes import stop_process
 
 TEMPLATE = Path(__file__).parent / "templates" / "haproxy.cfg.template"
-BALANCE_FACTOR = 125
-"""No node takes more than 125% of the mean in-flight requests (0: plain consistent hashing)."""
+BALANCE_FACTOR = 200
+"""Hot models (backend nodes_hot): no node takes more than 200% of the mean in-flight hot
+requests, i.e. with 3 nodes a hot model's home keeps up to 2/3 of them and the overflow
+goes to the next node on the ring: one extra copy, not one per node (125 put the hot
+model on all 3 nodes, 4 models in two 3-slot caches: hit rate 0.85). 0: plain consistent
+hashing for every model."""
+
+_HOT_ONLY = "    acl hot_model var(txn.hot) -m int gt 0"
+_ALL_BOUNDED = "    acl hot_model var(txn.model) -m found  # hot_only=False: every model is bounded"
 INSTALL = "install haproxy >= 2.6 (Debian: apt-get install haproxy)"
 
 COMPOSE_SERVERS = tuple(f"node{i}:8000" for i in (1, 2, 3))
@@ -47,6 +54,7 @@ def render(
     max_body_bytes: int,
     *,
     balance_factor: int = BALANCE_FACTOR,
+    hot_only: bool = True,
     threads: int | None = None,
     resolve: bool = False,
     dns_slots: tuple[str, int] | None = None,
@@ -56,6 +64,8 @@ def render(
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
     where a restarted node comes back with a new address). `dns_slots=(fqdn:port, n)`:
     n server slots filled from one DNS name (Kubernetes) instead of `servers`.
+    `balance_factor` bounds the loads of hot models (0: plain consistent hashing for
+    all); `hot_only=False` bounds every model's requests (for comparison).
     """
     if balance_factor != 0 and balance_factor <= 100:
         raise ValueError(f"balance factor {balance_factor} must be 0 (off) or above 100 (a percentage)")
@@ -63,14 +73,22 @@ def render(
     if dns_slots is not None:
         fqdn, slots = dns_slots
         lines = [f"    server-template node 1-{slots} {fqdn} resolvers dns init-addr none"]
+        hot_lines = lines
+        hot_default = "check inter 1s fall 2 rise 1 "
     else:
         lines = [f"    server node{i} {s}{dns}" for i, s in enumerate(servers, 1)]
+        hot_lines = [f"{line} track nodes/node{i}" for i, line in enumerate(lines, 1)]
+        hot_default = ""
     if not lines:
         raise ValueError("no servers: give at least one host:port")
     values = {
         "global": f"    nbthread {threads}\n" if threads else "",
         "resolvers": _RESOLVERS if resolve or dns_slots else "",
         "servers": "\n".join(lines),
+        "hot_servers": "\n".join(hot_lines),
+        "hot_default_server": hot_default,
+        "hot_acl": _HOT_ONLY if hot_only else _ALL_BOUNDED,
+        "cold_balance_factor": "0",
         "listen": listen,
         "max_body_bytes": str(max_body_bytes),
         "balance_factor": str(balance_factor),
@@ -129,6 +147,7 @@ class HAProxy:
         max_body_bytes: int = 1_048_576,
         *,
         balance_factor: int = BALANCE_FACTOR,
+        hot_only: bool = True,
     ) -> None:
         self.binary = find_haproxy()
         if self.binary is None:
@@ -137,7 +156,14 @@ class HAProxy:
         self.run_dir = Path(tempfile.mkdtemp(prefix="modelcache-haproxy-"))
         self.conf = self.run_dir / "haproxy.cfg"
         self.conf.write_text(
-            render(servers, f"127.0.0.1:{port}", max_body_bytes, balance_factor=balance_factor, threads=1)
+            render(
+                servers,
+                f"127.0.0.1:{port}",
+                max_body_bytes,
+                balance_factor=balance_factor,
+                hot_only=hot_only,
+                threads=1,
+            )
         )
         self.log = self.run_dir / "haproxy.log"
         self.proc: subprocess.Popen[bytes] | None = None
