@@ -116,6 +116,10 @@ class Agent(ClusterSync):
         self._pending = {}
 
 
+async def _stop_all(agents: list[Agent]) -> None:
+    await asyncio.gather(*(a.stop() for a in agents))
+
+
 def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) -> dict[str, Any]:
     prefix = f"fleet{n}:"
     metrics = NodeMetrics()
@@ -178,7 +182,7 @@ def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) 
         for a in agents:  # tell every agent first: their threads then end in parallel
             a._stop.set()
             a._wake.set()
-        loop.run_until_complete(asyncio.gather(*(a.stop() for a in agents)))
+        loop.run_until_complete(_stop_all(agents))
         loop.close()
         for key in admin.scan_iter(match=f"{prefix}*"):
             admin.delete(key)
