@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -101,3 +102,22 @@ def test_readyz_reports_cluster_sync_problems(registry: Registry, publish: Publi
         r = c.get("/readyz")
         assert r.status_code == 503 and "loop: 3 errors in a row" in r.json()["error"]
         assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).is_success
+
+
+def test_a_model_idle_past_the_ttl_is_gone_from_cache_stats(registry: Registry, publish: PublishFn) -> None:
+    """Real time and the real sweep thread: TTL 2 s, the model unused for 5 s."""
+    publish("m", "1.0")
+    publish("n", "1.0")
+    settings = NodeSettings(registry=registry.root, cache_idle_ttl_s=2.0)
+    with TestClient(build_app(settings)) as c:
+        for model_type in ("m", "n"):
+            assert c.post(f"/api/v1/models/{model_type}/predict", json={"features": ROW}).is_success
+        cached = {e["model_type"] for e in c.get("/api/v1/cache/stats").json()["models"]}
+        assert cached == {"m", "n"}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # keep n in use; leave m idle
+            assert c.post("/api/v1/models/n/predict", json={"features": ROW}).is_success
+            time.sleep(0.5)
+        stats = c.get("/api/v1/cache/stats").json()
+        assert {e["model_type"] for e in stats["models"]} == {"n"}
+        assert stats["evictions_by_reason"] == {"idle": 1}
