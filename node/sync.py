@@ -193,7 +193,10 @@ class ClusterSync:
             woken = self._wake.wait(max(0.0, min(next_reconcile, next_heartbeat) - now))
             if self._stop.is_set():
                 return
-            self._wake.clear()
+            if woken:
+                # Only a wake is consumed: clearing after a heartbeat timeout would drop an
+                # event that landed just then, and the change would wait for the next reconcile.
+                self._wake.clear()
             now = time.monotonic()
             try:
                 rejoining = not self._connected

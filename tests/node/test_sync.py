@@ -43,15 +43,17 @@ def local_sync(registry: Registry, redis_server: RedisServer, prefix: str) -> It
     made: list[tuple[ClusterSync, bool]] = []
 
     def _make(node_id: str = "n1", start: bool = False, **overrides: object) -> ClusterSync:
+        defaults: dict[str, object] = {
+            "reconcile_interval_s": 60,  # only events (or an explicit call) make it reconcile
+            "heartbeat_s": 0.3,
+            "load_retries": 1,
+        }
         settings = NodeSettings(
             registry=registry.root,
             redis_url=redis_server.url,
             redis_prefix=prefix,
             node_id=node_id,
-            reconcile_interval_s=60,  # only events (or an explicit call) make it reconcile
-            heartbeat_s=0.3,
-            load_retries=1,
-            **overrides,
+            **{**defaults, **overrides},  # type: ignore[arg-type]
         )
         metrics = NodeMetrics()
         sync = ClusterSync(settings, build_service(settings, metrics), metrics)
@@ -482,3 +484,20 @@ def test_backoff_is_capped_decorrelated_jitter() -> None:
 
 def metric_value(sync: ClusterSync, name: str, **labels: str) -> float | None:
     return sync.metrics.registry.get_sample_value(name, labels)
+
+
+def test_an_event_landing_as_a_heartbeat_falls_due_is_not_dropped(
+    local_sync: LocalSync, registry: Registry, publish: PublishFn, state: ClusterState
+) -> None:
+    """Heartbeats every 2 ms and no periodic reconcile: every change must travel by its event.
+
+    The loop used to clear its wake-up flag after a heartbeat timeout too, dropping an event
+    that landed in between; the change then waited for the next periodic reconcile.
+    """
+    publish("m", "1.0")
+    publish("m", "2.0")
+    local_sync(start=True, heartbeat_s=0.002)
+    for i in range(150):
+        change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
+        [row] = state.wait_for_acks(change, timeout_s=5)
+        assert row.outcome == Outcome.OK, (i, row)
