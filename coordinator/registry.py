@@ -61,7 +61,9 @@ FORMATS = {".ubj": "xgboost-ubj", ".json": "xgboost-json", ".joblib": "joblib", 
 METADATA_FILE = "metadata.json"
 MAX_METADATA_BYTES = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in the registry must be refused, not block open() forever
+# (it changes nothing for regular files, the only kind read after the check).
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 log = logging.getLogger("modelcache.registry")
 

@@ -17,7 +17,7 @@ import pytest
 from coordinator.redis_server import RedisServer
 from coordinator.registry import ModelMetadata, Registry
 from coordinator.state import ClusterState
-from tests.helpers import FEATURES, NodeProcess, PublishFn, train_booster, wait_http
+from tests.helpers import FEATURES, HungReads, NodeProcess, PublishFn, train_booster, wait_http
 
 
 @pytest.fixture
@@ -107,3 +107,12 @@ def cluster(
         return nodes
 
     return _start
+
+
+@pytest.fixture
+def hung_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[HungReads]:
+    """hung_reads.hang(model_type, version): its artifact reads block until the test ends."""
+    hung = HungReads()
+    monkeypatch.setattr(Registry, "_read", hung.read)
+    yield hung
+    hung.release.set()

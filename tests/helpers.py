@@ -155,3 +155,28 @@ def require_binary(name: str, install: str) -> str:
             pytest.fail(f"{message} (CI must run this test, not skip it)")
         pytest.skip(message)
     return path
+
+
+class HungReads:
+    """Reads of chosen versions' artifacts block until released, as on a hung network mount.
+
+    A hung mount cannot be made in a test, and the registry refuses a FIFO (whose open would
+    block), so the hang is injected into the registry's one read function.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.versions: set[tuple[str, str]] = set()
+        real = Registry._read
+
+        def _read(registry: Registry, model_type: str, version: str, name: str, limit: int) -> bytes:
+            if (model_type, version) in self.versions and name != "metadata.json":
+                self.release.wait()
+            return real(registry, model_type, version, name, limit)
+
+        self.read = _read
+
+    def hang(self, model_type: str, version: str) -> None:
+        self.versions.add((model_type, version))

@@ -6,7 +6,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from node.loader import Loader
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel
 from node.service import ModelService
-from tests.helpers import PublishFn, corrupt, eventually
+from tests.helpers import HungReads, PublishFn, corrupt, eventually
 
 ROW = [[0.1, 0.2, 0.3, 0.4]]
 
@@ -290,37 +289,32 @@ def test_default_version_removed_while_serving_falls_back(registry: Registry, pu
     assert (resolved.version, resolved.fallback_from) == ("1.0.0", "1.1.0")
 
 
-@pytest.fixture
-def fifo_artifact(registry: Registry, publish: PublishFn) -> Iterator[Callable[[str, str], None]]:
-    """Replace a published artifact with a FIFO: open() blocks, as a read on a hung NFS mount."""
-    made: list[Path] = []
-
-    def _make(model_type: str, version: str) -> None:
-        path = registry.artifact_path(publish(model_type, version))
-        path.unlink()
-        os.mkfifo(path)
-        made.append(path)
-
-    yield _make
-    for path in made:  # unblock the reader (its open returns; the load then fails and ends)
-        while True:
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:  # ENXIO: no reader waits on it any more
-                break
+def test_a_fifo_in_place_of_the_artifact_is_refused_at_once(registry: Registry, publish: PublishFn) -> None:
+    """Opening a FIFO blocks until a writer comes: planted in the registry it must not wedge loads."""
+    publish("m", "1.0")
+    path = registry.artifact_path(publish("m", "1.1"))
+    path.unlink()
+    os.mkfifo(path)
+    service = make_service(registry, load_timeout_s=30)
+    resolved = get(service, "m")
+    assert (resolved.version, resolved.fallback_from) == ("1.0", "1.1")
+    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="io") == 1
+    assert sample(service, "modelcache_loads_in_progress") == 0
+    assert service.load_health() == []
 
 
 def test_a_hung_read_times_out_and_does_not_starve_other_loads(
-    registry: Registry, publish: PublishFn, fifo_artifact: Callable[[str, str], None]
+    registry: Registry, publish: PublishFn, hung_reads: HungReads
 ) -> None:
-    fifo_artifact("hung", "1.0")
+    publish("hung", "1.0")
+    hung_reads.hang("hung", "1.0")
     publish("ok", "1.0")
     service = make_service(registry, load_timeout_s=0.5, load_workers=2)
     started = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"longer than 0\.5s"):
         get(service, "hung")
     assert time.monotonic() - started < 2.0
-    assert sample(service, "modelcache_loads_in_progress") == 1  # still stuck in open()
+    assert sample(service, "modelcache_loads_in_progress") == 1  # still stuck in its read
     assert sample(service, "modelcache_model_load_failures_total", model_type="hung", reason="timeout") == 1
     # Other models load on the remaining worker; metadata does not use the pool at all.
     assert get(service, "ok").version == "1.0"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 
 from fastapi.testclient import TestClient
@@ -14,7 +12,7 @@ from node.app import build_app, build_service
 from node.http.app import create_app
 from node.metrics import NodeMetrics
 from node.settings import NodeSettings
-from tests.helpers import PublishFn, eventually
+from tests.helpers import HungReads, PublishFn, eventually
 from tests.node.http.support import ROW
 
 
@@ -52,23 +50,21 @@ def test_readyz_waits_for_warmup(registry: Registry, publish: PublishFn) -> None
         assert c.get("/api/v1/cache/stats").json()["cached_models"] == 1
 
 
-def test_readyz_says_when_loading_is_wedged(registry: Registry, publish: PublishFn) -> None:
-    path = registry.artifact_path(publish("hung", "1.0"))
-    path.unlink()
-    os.mkfifo(path)  # open() blocks, as a read on a hung network filesystem does
+def test_readyz_says_when_loading_is_wedged(
+    registry: Registry, publish: PublishFn, hung_reads: HungReads
+) -> None:
+    publish("hung", "1.0")
+    hung_reads.hang("hung", "1.0")
     settings = NodeSettings(registry=registry.root, load_timeout_s=0.3, load_workers=1, load_retries=1)
-    try:
-        with TestClient(build_app(settings)) as c:
-            assert c.get("/readyz").status_code == 200
-            r = c.post("/api/v1/predict", json={"model_type": "hung", "features": ROW})
-            assert r.status_code == 503 and "longer than 0.3s" in r.json()["error"]
-            ready = c.get("/readyz")
-            assert ready.status_code == 503 and "stuck" in ready.json()["error"]
-            assert c.get("/v2/health/ready").status_code == 503
-            assert c.get("/healthz").status_code == 200  # alive, just not ready
-    finally:
-        with contextlib.suppress(OSError):  # unblock the stuck reader so its thread ends
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    with TestClient(build_app(settings)) as c:
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/api/v1/predict", json={"model_type": "hung", "features": ROW})
+        assert r.status_code == 503 and "longer than 0.3s" in r.json()["error"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "stuck" in ready.json()["error"]
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/healthz").status_code == 200  # alive, just not ready
+        hung_reads.release.set()
 
 
 def test_a_failing_warm_up_still_ends_ready(registry: Registry, publish: PublishFn) -> None:
