@@ -671,3 +671,16 @@ def test_compose_sentinel_config_runs_and_fails_over(tmp_path: Path) -> None:
         assert client.get("modelcache:test") == "after"
         with redis.Redis(port=replica.port, decode_responses=True) as direct:
             assert direct.info("replication")["role"] == "master"
+
+
+def test_redis_ha_doc_shows_the_compose_and_kubernetes_setups() -> None:
+    doc = (DEPLOY.parent / "docs" / "redis-ha.md").read_text()
+    services = sentinel_compose()["services"]
+    assert services["node1"]["environment"]["MODELCACHE_REDIS_URL"] in doc
+    assert "deploy/docker-compose.yml:deploy/docker-compose.sentinel.yml" in doc
+    # The overlay the doc tells you to write, placed at the repository root, finds the base and component.
+    [block] = re.findall(r"```yaml\n# my-overlay/kustomization.yaml\n(.*?)```", doc, re.S)
+    overlay = yaml.safe_load(block)
+    root = DEPLOY.parent / "my-overlay"
+    assert [(root / p).resolve() for p in overlay["resources"]] == [DEPLOY / "k8s"]
+    assert [(root / p).resolve() for p in overlay["components"]] == [SENTINEL_COMPONENT]
