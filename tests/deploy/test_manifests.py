@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import check_jsonschema
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from coordinator.processes import free_port, stop_process
+from coordinator.redis_server import RedisServer, find_redis_server
+from coordinator.redis_url import client_for, parse_redis_url
 from node.settings import NodeSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -325,3 +332,355 @@ def test_haproxy_lets_idle_connections_go_before_the_node_closes_them(where: str
     assert seconds(client) < UVICORN_KEEP_ALIVE_S
     assert not re.search(r"http-reuse (aggressive|always)", cfg), "first requests would ride old connections"
     assert "empty-response" in re.findall(r"retry-on (.*)", cfg)[0]
+
+
+# -- optional Redis replica + Sentinel ----------------------------------------------------------
+
+SENTINEL_OVERRIDE = DEPLOY / "docker-compose.sentinel.yml"
+SENTINEL_COMPONENT = DEPLOY / "k8s" / "redis-sentinel"
+SENTINEL_PORT = 26379
+
+
+def merge_compose(base: object, override: object, key: str = "") -> object:
+    """`docker compose -f base -f override` for what these files use (the compose spec's merge rules).
+
+    Mappings merge key by key; `command`, `entrypoint` and a healthcheck's `test` are
+    replaced; other sequences (volumes, ports, ...) keep the base's entries and add new ones.
+    """
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            merged[k] = merge_compose(base[k], v, k) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(override, list) and key not in ("command", "entrypoint", "test"):
+        return base + [item for item in override if item not in base]
+    return override
+
+
+def sentinel_compose() -> dict:
+    return merge_compose(compose(), yaml.safe_load(SENTINEL_OVERRIDE.read_text()))  # type: ignore[return-value]
+
+
+def sentinel_directives(conf: str) -> list[list[str]]:
+    return [line.split() for line in conf.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_sentinel_config(conf: str, url: str) -> tuple[str, int]:
+    """The Sentinel config watches the master the URL names, by hostname; returns (host, port)."""
+    target = parse_redis_url(url)
+    assert target.is_sentinel, url
+    lines = sentinel_directives(conf)
+    [monitor] = [i for i, d in enumerate(lines) if d[:2] == ["sentinel", "monitor"]]
+    _, _, master, host, port, quorum = lines[monitor]
+    assert master == target.master, f"Sentinel monitors {master!r}, the URL names {target.master!r}"
+    # Hostnames everywhere: without resolve-hostnames Sentinel refuses a hostname in `monitor`
+    # ("Can't resolve instance hostname"); without announce-hostnames it hands clients IPs.
+    assert ["sentinel", "resolve-hostnames", "yes"] in lines, "sentinel resolve-hostnames yes is missing"
+    assert ["sentinel", "announce-hostnames", "yes"] in lines
+    # A majority of the Sentinels the clients know is the quorum, and every setting is for this master.
+    assert len(target.sentinels) // 2 < int(quorum) <= len(target.sentinels)
+    for d in lines:
+        if d[0] == "sentinel" and d[1] in ("down-after-milliseconds", "failover-timeout", "parallel-syncs"):
+            assert d[2] == master, f"{d[1]} is set for {d[2]!r}, not the monitored {master!r}"
+    settings = {d[1] for d in lines if d[0] == "sentinel"}
+    assert {"down-after-milliseconds", "failover-timeout"} <= settings
+    assert ["port", str(SENTINEL_PORT)] in lines
+    return host, int(port)
+
+
+def compose_sentinel_conf() -> str:
+    return yaml.safe_load(SENTINEL_OVERRIDE.read_text())["configs"]["sentinel-conf"]["content"]
+
+
+def test_sentinel_override_follows_the_compose_specification() -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.validate(yaml.safe_load(SENTINEL_OVERRIDE.read_text()), schema)
+    jsonschema.validate(sentinel_compose(), schema)
+    broken = sentinel_compose()
+    broken["services"]["sentinel-1"]["configs"] = [{"source": "sentinel-conf", "path": "/etc/x"}]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_sentinel_override_adds_a_replica_and_three_sentinels_the_nodes_use() -> None:
+    doc = sentinel_compose()
+    services = doc["services"]
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    url = f"redis+sentinel://{','.join(f'{s}:{SENTINEL_PORT}' for s in sentinels)}/modelcache/0"
+    host, port = check_sentinel_config(compose_sentinel_conf(), url)
+    # The monitored host is the primary: a service that replicates from no one, announcing its name.
+    primary, replica = services[host]["command"], services["redis-replica"]["command"]
+    assert "--replicaof" not in primary and "--appendonly" in primary
+    assert replica[replica.index("--replicaof") + 1 :][:2] == [host, str(port)]
+    for name in (host, "redis-replica"):
+        command = services[name]["command"]
+        assert command[command.index("--replica-announce-ip") + 1] == name
+        assert services[name]["healthcheck"]["test"][-1] == "ping"
+    assert "redis-replica-data:/data" in services["redis-replica"]["volumes"]
+    assert {"redis-data", "redis-replica-data"} <= set(doc["volumes"])
+    for name in sentinels:
+        sentinel = services[name]
+        assert sentinel["environment"]["SENTINEL_HOSTNAME"] == name
+        [config] = sentinel["configs"]
+        assert config["source"] in doc["configs"]
+        script = sentinel["command"][-1]
+        assert config["target"] in script and "--sentinel" in script
+        assert "sentinel announce-ip $$SENTINEL_HOSTNAME" in script
+    for name in ("node1", "node2", "node3"):
+        node = services[name]
+        assert node["environment"]["MODELCACHE_REDIS_URL"] == url
+        # The base's other settings and dependencies survive the merge.
+        assert node["environment"]["MODELCACHE_NODE_ID"] == name
+        assert "MODELCACHE_ADMIN_TOKEN" in node["environment"]
+        assert set(node["depends_on"]) == {"redis", "demo-models", *sentinels}
+    # The base file is unchanged: plain Redis without the override.
+    assert compose()["services"]["node1"]["environment"]["MODELCACHE_REDIS_URL"] == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda c: c.replace("monitor modelcache ", "monitor mymaster "), "the URL names 'modelcache'"),
+        (lambda c: c.replace("failover-timeout modelcache", "failover-timeout other"), "not the monitored"),
+        (lambda c: c.replace("sentinel resolve-hostnames yes\n", ""), "resolve-hostnames yes is missing"),
+        (lambda c: c.replace(" 6379 2", " 6379 1"), "assert"),
+    ],
+    ids=["master-name", "setting-for-other-master", "no-resolve-hostnames", "quorum-of-one"],
+)
+def test_sentinel_config_check_catches_mistakes(edit: Callable[[str], str], why: str) -> None:
+    url = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/modelcache/0"
+    conf = compose_sentinel_conf()
+    check_sentinel_config(conf, url)
+    with pytest.raises(AssertionError, match=why):
+        check_sentinel_config(edit(conf), url)
+
+
+def sentinel_component_documents() -> list[tuple[str, dict]]:
+    """The objects the component adds (its patches are checked in the rendered output)."""
+    kustomization = yaml.safe_load((SENTINEL_COMPONENT / "kustomization.yaml").read_text())
+    return [
+        (name, doc)
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((SENTINEL_COMPONENT / name).read_text())
+        if doc
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "doc"), sentinel_component_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"]
+)
+def test_sentinel_component_manifests_validate(name: str, doc: dict) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert doc["metadata"]["namespace"] == "modelcache"
+
+
+def test_sentinel_component_lists_its_files() -> None:
+    kustomization = yaml.safe_load((SENTINEL_COMPONENT / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    listed = {*kustomization["resources"], *(p["path"] for p in kustomization["patches"])}
+    assert listed == {p.name for p in SENTINEL_COMPONENT.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def render_with_sentinel(tmp_path: Path) -> list[dict]:
+    command = kustomize()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed (the component's manifests still validated)")
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "k8s", tmp_path)],
+        "components": [os.path.relpath(SENTINEL_COMPONENT, tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    out = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomize_renders_the_sentinel_component(tmp_path: Path) -> None:
+    docs = render_with_sentinel(tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert docs[0]["kind"] == "Namespace"
+    assert len(docs) == len(k8s_documents()) + len(sentinel_component_documents())
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    def fqdn(host: str) -> str:
+        return f"{host}.modelcache.svc.cluster.local"
+
+    def args(kind: str, name: str) -> list[str]:
+        [container] = objects[(kind, name)]["spec"]["template"]["spec"]["containers"]
+        return container["args"]
+
+    # The nodes' URL lists every Sentinel pod by its name under the headless Service.
+    sentinels = objects[("StatefulSet", "modelcache-sentinel")]
+    service = objects[("Service", sentinels["spec"]["serviceName"])]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == sentinels["spec"]["selector"]["matchLabels"]
+    url = objects[("ConfigMap", "modelcache-config")]["data"]["MODELCACHE_REDIS_URL"]
+    pods = [f"modelcache-sentinel-{i}" for i in range(sentinels["spec"]["replicas"])]
+    assert url == (
+        "redis+sentinel://"
+        + ",".join(f"{fqdn(pod + '.' + service['metadata']['name'])}:{SENTINEL_PORT}" for pod in pods)
+        + "/modelcache/0"
+    )
+    # The Sentinels watch the primary by its Service, which selects the primary pod only.
+    conf = objects[("ConfigMap", "modelcache-sentinel")]["data"]["sentinel.conf"]
+    host, port = check_sentinel_config(conf, url)
+    assert host == fqdn("modelcache-redis") and port == 6379
+    primary, replica = (
+        objects[("StatefulSet", "modelcache-redis")],
+        objects[("StatefulSet", "modelcache-redis-replica")],
+    )
+    selector = objects[("Service", "modelcache-redis")]["spec"]["selector"]
+    assert selector.items() <= primary["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= replica["spec"]["template"]["metadata"]["labels"].items()
+    # Primary: the base's arguments plus the name it announces; replica: follows the primary.
+    primary_args = args("StatefulSet", "modelcache-redis")
+    assert (
+        primary_args[: primary_args.index("--replica-announce-ip")]
+        == by_name("StatefulSet", "modelcache-redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert primary_args[primary_args.index("--replica-announce-ip") + 1] == host
+    assert "--replicaof" not in primary_args
+    replica_args = args("StatefulSet", "modelcache-redis-replica")
+    assert replica_args[replica_args.index("--replicaof") + 1 :][:2] == [host, str(port)]
+    replica_service = objects[("Service", replica["spec"]["serviceName"])]
+    assert replica_service["spec"]["clusterIP"] == "None"
+    announce = replica_args[replica_args.index("--replica-announce-ip") + 1]
+    assert announce == fqdn(f"$(POD_NAME).{replica_service['metadata']['name']}")
+    [replica_container] = replica["spec"]["template"]["spec"]["containers"]
+    assert {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    } in replica_container["env"]
+    # Each Sentinel announces the name the URL lists for it.
+    [init] = sentinels["spec"]["template"]["spec"]["initContainers"]
+    assert f"sentinel announce-ip {fqdn('$POD_NAME.' + service['metadata']['name'])}" in init["command"][-1]
+    # The nodes read the patched ConfigMap.
+    [node] = objects[("Deployment", "modelcache-node")]["spec"]["template"]["spec"]["containers"]
+    assert {"configMapRef": {"name": "modelcache-config"}} in node["envFrom"]
+
+
+# -- the compose Sentinel config, run for real on loopback ----------------------------------------
+
+
+def localhost_sentinel_conf(conf: str, port: int, primary_port: int, work: Path) -> str:
+    """The compose config with `localhost` for the service names, free ports, and quick timeouts.
+
+    Everything else (hostname resolution and announcement, the master name, the quorum,
+    parallel-syncs) is the file's own text.
+    """
+    out = []
+    for d in sentinel_directives(conf):
+        if d[0] == "port":
+            d = ["port", str(port)]
+        elif d[:2] == ["sentinel", "monitor"]:
+            d = [*d[:3], "localhost", str(primary_port), d[5]]
+        elif d[1:2] == ["down-after-milliseconds"]:
+            d = [*d[:3], "500"]
+        elif d[1:2] == ["failover-timeout"]:
+            d = [*d[:3], "2000"]
+        out.append(" ".join(d))
+    return "\n".join([*out, "bind 127.0.0.1", f"dir {work}", "sentinel announce-ip localhost", ""])
+
+
+def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (OSError, redis.RedisError):
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def sentinel_process(template: str, primary_port: int, work: Path) -> Iterator[int]:
+    """A Sentinel from the compose template, stopped by PID; yields its port."""
+    port = free_port()
+    work.mkdir()
+    path = work / "sentinel.conf"
+    path.write_text(localhost_sentinel_conf(template, port, primary_port, work))
+    log = work / "sentinel.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [find_redis_server(), str(path), "--sentinel", "--loglevel", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def answers() -> bool:
+            assert proc.poll() is None, f"sentinel exited: {log.read_text()}"
+            with redis.Redis(port=port, socket_timeout=1) as c:
+                return bool(c.ping())
+
+        until(answers, f"sentinel on {port}", 10)
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def test_compose_sentinel_config_runs_and_fails_over(tmp_path: Path) -> None:
+    """A real primary, replica and three Sentinels from the compose config text; a real failover."""
+    try:
+        find_redis_server()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    template = compose_sentinel_conf()
+    with contextlib.ExitStack() as stack:
+        primary = stack.enter_context(RedisServer(args=["--replica-announce-ip", "localhost"]))
+        replica = stack.enter_context(
+            RedisServer(
+                args=["--replicaof", "localhost", str(primary.port), "--replica-announce-ip", "localhost"]
+            )
+        )
+        ports = [
+            stack.enter_context(sentinel_process(template, primary.port, tmp_path / f"sentinel-{i}"))
+            for i in range(3)
+        ]
+        url = f"redis+sentinel://{','.join(f'localhost:{p}' for p in ports)}/modelcache/0"
+        master = parse_redis_url(url).master
+
+        def sentinels_see_the_group() -> bool:
+            for p in ports:
+                with redis.Redis(port=p, socket_timeout=1, decode_responses=True) as c:
+                    if len(c.sentinel_slaves(master)) != 1 or len(c.sentinel_sentinels(master)) != 2:
+                        return False
+                    # Hostnames, not IPs, are what the Sentinels hand out.
+                    assert c.sentinel_get_master_addr_by_name(master) == ("localhost", primary.port)
+            return True
+
+        until(sentinels_see_the_group, "three Sentinels that know the replica and each other")
+        client = client_for(parse_redis_url(url), timeout=1.0, decode_responses=True)
+        stack.callback(client.close)
+        client.set("modelcache:test", "before")
+        until(lambda: client.wait(1, 1000) == 1, "the replica to have the write")
+        primary.stop()
+
+        def promoted() -> bool:
+            with redis.Redis(port=ports[0], socket_timeout=1, decode_responses=True) as c:
+                return c.sentinel_get_master_addr_by_name(master) == ("localhost", replica.port)
+
+        until(promoted, "the Sentinels to promote the replica")
+        until(lambda: client.set("modelcache:test", "after"), "a write through the URL after the failover")
+        assert client.get("modelcache:test") == "after"
+        with redis.Redis(port=replica.port, decode_responses=True) as direct:
+            assert direct.info("replication")["role"] == "master"
+
+
+def test_redis_ha_doc_shows_the_compose_and_kubernetes_setups() -> None:
+    doc = (DEPLOY.parent / "docs" / "redis-ha.md").read_text()
+    services = sentinel_compose()["services"]
+    assert services["node1"]["environment"]["MODELCACHE_REDIS_URL"] in doc
+    assert "deploy/docker-compose.yml:deploy/docker-compose.sentinel.yml" in doc
+    # The overlay the doc tells you to write, placed at the repository root, finds the base and component.
+    [block] = re.findall(r"```yaml\n# my-overlay/kustomization.yaml\n(.*?)```", doc, re.S)
+    overlay = yaml.safe_load(block)
+    root = DEPLOY.parent / "my-overlay"
+    assert [(root / p).resolve() for p in overlay["resources"]] == [DEPLOY / "k8s"]
+    assert [(root / p).resolve() for p in overlay["components"]] == [SENTINEL_COMPONENT]
