@@ -151,7 +151,7 @@ def test_kubernetes_traffic_goes_through_haproxy_to_each_node_pod() -> None:
     [volume] = lb["spec"]["template"]["spec"]["volumes"]
     config = by_name("ConfigMap", volume["configMap"]["name"])
     cfg = config["data"]["haproxy.cfg"]
-    assert "hash-balance-factor 125" in cfg
+    assert "hash-balance-factor 200" in cfg and "use_backend nodes_hot" in cfg  # hot models bounded
     pods = by_name("Service", "modelcache-node-pods")
     assert pods["spec"]["clusterIP"] == "None"
     assert f"{pods['metadata']['name']}.{pods['metadata']['namespace']}.svc.cluster.local:8000" in cfg
@@ -326,9 +326,9 @@ def test_haproxy_lets_idle_connections_go_before_the_node_closes_them(where: str
         cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     else:
         cfg = by_name("ConfigMap", "modelcache-lb")["data"]["haproxy.cfg"]
-    [purge] = re.findall(r"pool-purge-delay (\S+)", cfg)
+    purges = re.findall(r"pool-purge-delay (\S+)", cfg)  # one per backend (hot and cold)
     [client] = re.findall(r"timeout http-keep-alive (\S+)", cfg)
-    assert seconds(purge) <= UVICORN_KEEP_ALIVE_S / 2
+    assert purges and all(seconds(purge) <= UVICORN_KEEP_ALIVE_S / 2 for purge in purges)
     assert seconds(client) < UVICORN_KEEP_ALIVE_S
     assert not re.search(r"http-reuse (aggressive|always)", cfg), "first requests would ride old connections"
     assert "empty-response" in re.findall(r"retry-on (.*)", cfg)[0]
