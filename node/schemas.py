@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
 # Strict: "1.5" (a string) or true is refused with 422 rather than coerced.
 Value = StrictFloat | None
@@ -13,6 +13,8 @@ Features = list[Value] | dict[str, Value]
 MAX_TIMEOUT_S = 120.0
 # Bounded and finite: a NaN, infinite or huge timeout would hold a request (and its Redis wait) forever.
 Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+BodyTimeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=True)]
+"""In a JSON body a timeout is a number, never "5" or true (a query string is parsed instead)."""
 
 # With a canary running, one key gets one version on every node (X-Modelcache-Routing-Key too).
 RoutingKey = Annotated[
@@ -131,15 +133,21 @@ class ReloadRequest(BaseModel):
     model_type: str | None = Field(None, description="Reload this model type; omit for every one.")
     version: str | None = Field(None, description="Load this exact version afresh.")
     scope: Literal["cluster", "node"] = "cluster"
-    wait: bool = Field(False, description="Cluster scope: wait for every node's acknowledgement.")
-    timeout_s: Timeout = 10.0
+    wait: StrictBool = Field(False, description="Cluster scope: wait for every node's acknowledgement.")
+    timeout_s: BodyTimeout = 10.0
+
+    @model_validator(mode="after")
+    def _version_needs_a_model_type(self) -> ReloadRequest:
+        if self.version is not None and self.model_type is None:
+            raise ValueError("version needs model_type: name the model type to reload at that version")
+        return self
 
 
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "1.0.0"}]})
     version: str
-    wait: bool = False
-    timeout_s: Timeout = 10.0
+    wait: StrictBool = False
+    timeout_s: BodyTimeout = 10.0
 
 
 class ErrorBody(BaseModel):

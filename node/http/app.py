@@ -89,6 +89,8 @@ def create_app(
         lifespan=lifespan,
         default_response_class=FastJSON,
     )
+    # A trailing slash is a 404 in the error shape, not a 307 to whatever Host the client sent.
+    app.router.redirect_slashes = False
     # For the FastAPI part; the fast path does the same itself. Added last is outermost:
     # the node header and the request id go on everything, the 500 included, and the
     # metrics and access log see the status the client saw.

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from node.http.admin import Cluster, TimeoutQuery
 from node.http.common import NotAvailable, add_schemas, body_doc, read_body
-from node.schemas import ADMIN_ERRORS, Timeout
+from node.schemas import ADMIN_ERRORS, BodyTimeout
 from node.service import ModelService
 
 # Strict: "20" (a string) or true is refused with 422, as are NaN and values outside 0-100.
@@ -28,8 +28,8 @@ class CanaryRequest(BaseModel):
     )
     version: str = Field(description="The version to try; it must exist in the registry.")
     percent: Percent = Field(description="Share (0-100) of the requests naming no version sent to it.")
-    wait: bool = Field(False, description="Wait for every node's acknowledgement (each says ok or why not).")
-    timeout_s: Timeout = 10.0
+    wait: StrictBool = Field(False, description="Wait for every node's acknowledgement (ok, or why not).")
+    timeout_s: BodyTimeout = 10.0
 
 
 class Canaries:

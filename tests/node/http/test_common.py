@@ -39,6 +39,11 @@ def test_chunked_body_too_large(client: TestClient) -> None:
 def test_unknown_route_and_wrong_method_answer_the_error_shape(client: TestClient) -> None:
     assert_error_shape(client.get("/api/v1/nope"), 404, "not_found")
     assert_error_shape(client.post("/v2/models/churn/nope", json={}), 404, "not_found")
+    # A trailing slash is not redirected (a 307 would send the body to the client's Host header).
+    slash = client.post(
+        "/api/v1/models/reload/", json={}, headers={"Host": "evil.example"}, follow_redirects=False
+    )
+    assert_error_shape(slash, 404, "not_found")
     r = client.get("/api/v1/predict")
     assert_error_shape(r, 405, "method_not_allowed")
     assert r.headers["allow"] == "POST"
