@@ -647,7 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["node"]:
         return run_node(argv[1:])
-    args = build_parser().parse_args(argv)
+    wants_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and wants_json:
+            _json_failure("usage error (see stderr)", EXIT_USAGE)
+        raise
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()
@@ -655,16 +661,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except (UsageError, InvalidName, AdminRequestInvalid) as exc:
-        _error(str(exc))
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, wants_json)
     except ClusterUnavailable as exc:
-        _error(f"cluster unreachable: {exc}")
-        return EXIT_UNREACHABLE
+        return _fail(f"cluster unreachable: {exc}", EXIT_UNREACHABLE, wants_json)
     except ModelCacheError as exc:
-        _error(str(exc))
-        return EXIT_FAILED
+        return _fail(str(exc), EXIT_FAILED, wants_json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _fail(message: str, code: int, wants_json: bool) -> int:
+    """One line on stderr; with --json also the one JSON document stdout promises."""
+    _error(message)
+    if wants_json:
+        _json_failure(message, code)
+    return code
+
+
+def _json_failure(message: str, code: int) -> None:
+    sys.stdout.write(json.dumps({"ok": False, "error": " ".join(message.split()), "exit_code": code}) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -251,7 +251,18 @@ def test_over_http_failures_have_their_exit_code_and_one_line(cluster, publish, 
     for proc, code, says in cases:
         assert proc.returncode == code, (says, proc.returncode, proc.stderr)
         assert proc.stderr.startswith("modelcache: error: ") and says in proc.stderr, proc.stderr
-        assert proc.stderr.count("\n") == 1 and proc.stdout == "", proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        if "--json" in proc.args:  # --json keeps its promise on failure too: one document
+            doc = one_json(proc)
+            assert doc["ok"] is False and doc["exit_code"] == code and says in doc["error"], doc
+        else:
+            assert proc.stdout == "", proc.stdout
+    usage = cli_at(url, "status", "--json", "--bogus")
+    assert usage.returncode == 2 and one_json(usage) == {
+        "ok": False,
+        "error": "usage error (see stderr)",
+        "exit_code": 2,
+    }
 
 
 def test_redis_mode_json_is_one_document_and_exit_codes(
