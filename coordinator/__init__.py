@@ -3,6 +3,7 @@
 from coordinator.errors import (
     AlreadyPublished,
     ArtifactError,
+    ClusterStateCorrupt,
     ClusterUnavailable,
     InvalidName,
     MetadataError,
@@ -18,6 +19,7 @@ from coordinator.registry import ModelMetadata, Registry
 __all__ = [
     "AlreadyPublished",
     "ArtifactError",
+    "ClusterStateCorrupt",
     "ClusterUnavailable",
     "InvalidName",
     "MetadataError",

@@ -10,7 +10,8 @@
     │   └── UnsafePath           a symlink inside the registry (never followed)
     ├── AlreadyPublished         publishing over an existing version without force
     ├── ArtifactError            an artifact that cannot be published (unknown format, missing)
-    └── ClusterUnavailable       Redis cannot be reached for a cluster-wide call
+    ├── ClusterUnavailable       Redis cannot be reached for a cluster-wide call
+    └── ClusterStateCorrupt      Redis answers, but a state key holds the wrong type of value
 
 No HTTP status codes here: the node's API maps these in one place.
 Messages name the model and version, never a filesystem path: `str(exc)` reaches
@@ -108,3 +109,9 @@ class ArtifactError(ModelCacheError):
 
 class ClusterUnavailable(ModelCacheError):
     code = "cluster_unavailable"
+
+
+class ClusterStateCorrupt(ModelCacheError):
+    """Redis answers, but a key of the cluster state holds a value of the wrong type."""
+
+    code = "cluster_state_corrupt"

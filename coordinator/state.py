@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from coordinator.errors import CanaryNotFound, ClusterUnavailable, InvalidName
+from coordinator.errors import CanaryNotFound, ClusterStateCorrupt, ClusterUnavailable, InvalidName
 from coordinator.keys import ALL, Keys
 from coordinator.redis_url import client_for, parse_redis_url
 from coordinator.registry import Registry
@@ -208,6 +208,18 @@ class ClusterState:
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except redis.exceptions.ReadOnlyError as exc:  # a demoted primary: a failover is under way
+            raise ClusterUnavailable(
+                f"cannot {what}: {self.where} is a read-only replica now ({exc})"
+            ) from exc
+        except redis.ResponseError as exc:
+            # WRONGTYPE, "not an integer": someone wrote junk into a state key. Not an outage;
+            # the detail (key, script) is for the log, not for the client.
+            log.error("cannot %s: Redis refused the command: %s", what, exc)
+            raise ClusterStateCorrupt(
+                f"cannot {what}: the cluster state in Redis is corrupt (a key under {self.keys.prefix!r} "
+                "holds a value of the wrong type); the node log has the detail"
+            ) from exc
         except redis.RedisError as exc:
             raise ClusterUnavailable(
                 f"cannot {what}: {self.where} is unreachable "

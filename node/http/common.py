@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.errors import (
+    ClusterStateCorrupt,
     ClusterUnavailable,
     InvalidName,
     ModelCacheError,
@@ -83,6 +84,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (RegistryError, 503),
     (NotReady, 503),
     (ClusterUnavailable, 503),
+    (ClusterStateCorrupt, 503),
     (NotAvailable, 501),
 ]
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}

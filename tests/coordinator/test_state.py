@@ -12,7 +12,13 @@ import pytest
 import redis
 
 from coordinator import cli
-from coordinator.errors import CanaryNotFound, ClusterUnavailable, InvalidName, VersionNotFound
+from coordinator.errors import (
+    CanaryNotFound,
+    ClusterStateCorrupt,
+    ClusterUnavailable,
+    InvalidName,
+    VersionNotFound,
+)
 from coordinator.keys import ALL
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
@@ -334,3 +340,18 @@ def test_an_unreadable_canary_is_set_aside_not_raised(state: ClusterState) -> No
     snap = state.read()
     assert snap.canaries == {} and set(snap.bad_canaries) == {"churn", "fraud"}
     assert "outside 0-100" in snap.bad_canaries["fraud"]
+
+
+def test_a_state_key_of_the_wrong_type_is_corrupt_state_not_an_outage(
+    state: ClusterState, registry: Registry, publish: PublishFn
+) -> None:
+    publish("m", "1.0")
+    state.client.set(state.keys.pins, "x")  # WRONGTYPE for every hash command on it
+    with pytest.raises(ClusterStateCorrupt) as caught:
+        state.pins()
+    message = str(caught.value)
+    assert "corrupt" in message and "WRONGTYPE" not in message and "127.0.0.1" not in message
+    state.client.delete(state.keys.pins)
+    state.client.set(state.keys.seq, "notanumber")  # the change script's INCR fails
+    with pytest.raises(ClusterStateCorrupt):
+        state.pin("m", "1.0", registry)
