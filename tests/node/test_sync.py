@@ -497,7 +497,8 @@ def test_an_event_landing_as_a_heartbeat_falls_due_is_not_dropped(
     publish("m", "1.0")
     publish("m", "2.0")
     local_sync(start=True, heartbeat_s=0.002)
-    for i in range(150):
+    assert eventually(lambda: len(state.nodes()) == 1)  # a member, so wait_for_acks waits for it
+    for i in range(400):
         change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
         [row] = state.wait_for_acks(change, timeout_s=5)
         assert row.outcome == Outcome.OK, (i, row)
