@@ -74,23 +74,8 @@ class RedisServer:
         ]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self.proc.returncode} (port {self.port} busy?)"
-                    )
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        _wait_for_ping(self.proc, self.port, f"redis-server (port {self.port} busy?)", timeout)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -139,21 +124,8 @@ class SentinelServer:
     def start(self, timeout: float = 10.0) -> SentinelServer:
         cmd = [find_redis_server(), str(self.config), "--sentinel", "--loglevel", "warning"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis sentinel exited with {self.proc.returncode}")
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        _wait_for_ping(self.proc, self.port, "redis sentinel", timeout)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -164,3 +136,22 @@ class SentinelServer:
 def sentinel_url(sentinels: Sequence[SentinelServer], master: str = "modelcache", db: int = 0) -> str:
     """`redis+sentinel://h:p,h:p/<master>/<db>` for these Sentinels."""
     return f"redis+sentinel://{','.join(s.address for s in sentinels)}/{master}/{db}"
+
+
+def _wait_for_ping(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float) -> None:
+    """Until the server on `port` answers PING; fail at once if its process exits."""
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}")
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
