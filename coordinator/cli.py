@@ -8,27 +8,42 @@ use. `--json` prints exactly one JSON document on stdout; people's text goes to 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from rich.console import Console
-from rich.table import Table
+from coordinator.client import AdminRequestInvalid
+from coordinator.commands import (
+    COMMANDS,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE_CLOSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+    run_node,
+)
+from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError
+from coordinator.render import error as _error
+from coordinator.render import json_failure as _json_failure
 
-from coordinator.client import AdminClient, AdminRequestInvalid
-from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError, VersionNotFound
-from coordinator.registry import Registry
-from coordinator.state import ClusterState, nothing_changed
-from coordinator.wire import Change, Outcome
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PIPE_CLOSED",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+    "run_node",
+]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141
 
 EXIT_CODES = """exit codes:
   0  success
@@ -44,21 +59,6 @@ or Redis directly with --redis-url (MODELCACHE_REDIS_URL) and --registry.
 
 example:
   modelcache --url http://lb:8080 --token $TOKEN pin churn 1.0.0 --wait --json"""
-
-
-def _console(stderr: bool) -> Console:
-    # Piped output keeps whole table rows (rich would cut them to 80 columns); COLUMNS still wins.
-    stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty() and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=100_000 if wide else None)
-
-
-console = _console(stderr=False)
-err_console = _console(stderr=True)
-
-
-class UsageError(Exception):
-    """Bad arguments found after parsing (exit 2)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,385 +102,6 @@ def _metric(text: str) -> tuple[str, float]:
         return key, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"metric {text!r} must look like name=0.93") from None
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-
-
-# -- registry commands ---------------------------------------------------------
-def cmd_publish(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
-    options = {
-        "features": args.feature or (),
-        "metrics": dict(args.metric or ()),
-        "task": args.task,
-        "force": args.force,
-    }
-    if sys.stderr.isatty() and not args.json:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-        columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns, console=err_console, transient=True) as bar:
-            task = bar.add_task(f"publishing {Path(args.artifact).name}", total=None)
-            meta = registry.publish(
-                args.artifact,
-                args.model_type,
-                args.version,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                **options,
-            )
-    else:
-        meta = registry.publish(args.artifact, args.model_type, args.version, **options)
-    if args.json:
-        _print_json(meta.to_dict())
-        return EXIT_OK
-    console.print(
-        f"published [bold]{meta.model_type} {meta.version}[/] ({meta.format}, {meta.size_bytes} bytes, "
-        f"sha256 {meta.sha256[:12]}…) to {registry.root.resolve()}"
-    )
-    return EXIT_OK
-
-
-def _registry_models(registry: Registry) -> list[dict[str, Any]]:
-    out = []
-    for mt in registry.model_types():
-        try:
-            latest: str | None = registry.latest(mt)
-        except VersionNotFound:
-            latest = None
-        out.append({"model_type": mt, "versions": registry.versions(mt), "latest": latest})
-    return out
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    if args.url:
-        return _models_over_http(args)
-    registry = Registry(args.registry)
-    if args.json:
-        _print_json(_registry_models(registry))
-        return EXIT_OK
-    types = registry.model_types()
-    if not types:
-        console.print(f"no models in {registry.root.resolve()}; try `modelcache demo-models`")
-        return EXIT_OK
-    table = Table(title=f"registry {registry.root.resolve()}")
-    for col in ("model type", "version", "format", "size", "features", "metrics", "created"):
-        table.add_column(col)
-    for entry in _registry_models(registry):
-        mt, latest = entry["model_type"], entry["latest"]
-        for v in entry["versions"]:
-            try:
-                m = registry.metadata(mt, v)
-            except ModelCacheError as exc:
-                table.add_row(mt, v, f"[red]{exc}[/]", "", "", "", "")
-                continue
-            label = f"{v} [green](latest)[/]" if v == latest else v
-            metrics = ", ".join(f"{k}={val:g}" for k, val in m.metrics.items())
-            table.add_row(
-                mt, label, m.format, f"{m.size_bytes:,}", str(len(m.features)), metrics, m.created_at
-            )
-    console.print(table)
-    return EXIT_OK
-
-
-def _models_over_http(args: argparse.Namespace) -> int:
-    with AdminClient(args.url, args.token) as client:
-        models = client.models()
-    if args.json:
-        _print_json(models)
-        return EXIT_OK
-    table = Table(title=f"models at {args.url}")
-    for col in ("model type", "versions", "latest", "pin", "serving", "cached on the answering node"):
-        table.add_column(col)
-    for m in models:
-        versions = ", ".join(m.get("versions", [])) or f"[red]{m.get('error', '-')}[/]"
-        cached = ", ".join(m.get("cached", [])) or "-"
-        table.add_row(
-            m["model_type"],
-            versions,
-            m.get("latest") or "-",
-            m.get("pin") or "-",
-            m.get("serving") or "-",
-            cached,
-        )
-    console.print(table)
-    return EXIT_OK
-
-
-def cmd_demo_models(args: argparse.Namespace) -> int:
-    from coordinator.demo import DEMO_SPECS, publish_demo_models
-
-    registry = Registry(args.registry)
-
-    def progress(spec: object, i: int, total: int) -> None:
-        console.print(f"[{i + 1}/{total}] training {spec.model_type} {spec.version}")  # type: ignore[attr-defined]
-
-    published = publish_demo_models(registry, force=args.force, progress=progress)
-    skipped = len(DEMO_SPECS) - len(published)
-    console.print(
-        f"published {len(published)} demo model versions to {registry.root.resolve()}"
-        + (f" ({skipped} already there)" if skipped else "")
-    )
-    return EXIT_OK
-
-
-# -- processes -----------------------------------------------------------------
-def run_node(node_args: Sequence[str]) -> int:
-    """`modelcache node ...`: the installed node package's entry point, in this process.
-
-    The one place the coordinator imports the node, and only when asked to be one: a
-    subprocess of `python -m node` would run a `node/` folder of the current directory.
-    """
-    from node.__main__ import main as node_main
-
-    return node_main(list(node_args))
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from coordinator.launcher import run_up
-
-    return run_up(args)
-
-
-# -- cluster commands ----------------------------------------------------------
-def _state(args: argparse.Namespace) -> ClusterState:
-    if not args.redis_url:
-        raise UsageError(
-            "no cluster given: pass --url (a node or the load balancer; MODELCACHE_URL) "
-            "or --redis-url (MODELCACHE_REDIS_URL)"
-        )
-    return ClusterState.from_url(args.redis_url, args.redis_prefix, origin=f"cli@{socket.gethostname()}")
-
-
-def _change_doc(state: ClusterState, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
-    """The admin API's answer to a change (node.sync), built here from Redis directly."""
-    doc: dict[str, Any] = {
-        "scope": "cluster",
-        "change": {
-            "kind": change.kind.value,
-            "model_type": change.model_type,
-            "version": change.version or None,
-            "seq": change.seq,
-            "generation": change.generation,
-            "epoch": change.epoch,
-        },
-    }
-    if change.seq == 0:
-        return doc | {"ok": True, "detail": nothing_changed(change), "acks": []}
-    if not wait:
-        return doc | {"ok": True, "detail": "published; nodes apply it within milliseconds"}
-    rows = state.wait_for_acks(change, timeout_s)
-    doc["acks"] = [
-        {
-            "node_id": r.node_id,
-            "outcome": r.outcome.value,
-            "version": r.version,
-            "detail": r.detail,
-            "propagation_ms": r.propagation_ms,
-        }
-        for r in rows
-    ]
-    doc["ok"] = all(r.outcome is Outcome.OK for r in rows)
-    return doc
-
-
-def _change(args: argparse.Namespace, what: str) -> int:
-    """Run pin/unpin/reload over HTTP or Redis, then report the one shape both return."""
-    wait, timeout = args.wait, args.timeout
-    if args.url:
-        with AdminClient(args.url, args.token) as client:
-            if args.command == "pin":
-                doc = client.pin(args.model_type, args.version, wait=wait, timeout_s=timeout)
-            elif args.command == "unpin":
-                doc = client.unpin(args.model_type, wait=wait, timeout_s=timeout)
-            else:
-                doc = client.reload(args.model_type, args.version, wait=wait, timeout_s=timeout)
-    else:
-        state = _state(args)
-        try:
-            if args.command == "pin":
-                change = state.pin(args.model_type, args.version, Registry(args.registry))
-            elif args.command == "unpin":
-                change = state.unpin(args.model_type)
-            else:
-                change = state.reload(args.model_type, args.version, Registry(args.registry))
-            doc = _change_doc(state, change, wait, timeout)
-        finally:
-            state.close()
-    return _report(doc, args, what)
-
-
-def _report(doc: dict[str, Any], args: argparse.Namespace, what: str) -> int:
-    change, acks = doc.get("change", {}), doc.get("acks")
-    what = what.format(version=change.get("version"))
-    if args.json:
-        _print_json(doc)
-    elif change.get("seq") == 0:
-        console.print(f"{what}: nothing changed")
-    else:
-        # The epoch names the change too: seq restarts when Redis loses its data.
-        console.print(
-            f"{what}: published as change #{change.get('seq')} "
-            f"(generation {change.get('generation')}, epoch {change.get('epoch')})"
-        )
-        if acks:
-            table = Table(title=f"acknowledgements of change #{change.get('seq')}")
-            for col in ("node", "outcome", "serving", "propagation ms", "detail"):
-                table.add_column(col)
-            for a in acks:
-                color = "green" if a["outcome"] == Outcome.OK.value else "red"
-                ms = f"{a['propagation_ms']:.1f}" if a.get("propagation_ms") is not None else "-"
-                table.add_row(
-                    a["node_id"], f"[{color}]{a['outcome']}[/]", a.get("version") or "-", ms, a["detail"]
-                )
-            console.print(table)
-    if args.wait and change.get("seq") and not acks:
-        err_console.print("[yellow]no live nodes to acknowledge[/]")
-    bad = [a for a in acks or () if a["outcome"] != Outcome.OK.value]
-    if bad or not doc.get("ok", True):
-        names = ", ".join(f"{a['node_id']} ({a['outcome']})" for a in bad)
-        _error(f"{len(bad)} of {len(acks or ())} node(s) failed or timed out: {names}")
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def cmd_pin(args: argparse.Namespace) -> int:
-    return _change(args, f"pinned {args.model_type} to {{version}}")
-
-
-def cmd_unpin(args: argparse.Namespace) -> int:
-    return _change(args, f"unpinned {args.model_type}")
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    what = f"reload of {args.model_type or 'every model'}" + (f" {args.version}" if args.version else "")
-    return _change(args, what)
-
-
-def cmd_canary(args: argparse.Namespace) -> int:
-    """`canary T V --percent P`, `canary T --promote`, `canary T --abort`, `canary --list`."""
-    actions = [a for a in ("promote", "abort", "list") if getattr(args, a)]
-    if len(actions) > 1:
-        raise UsageError(f"choose one of --{', --'.join(actions)}")
-    action = actions[0] if actions else "set"
-    if action == "list":
-        if args.model_type or args.version:
-            raise UsageError("--list takes no model type or version")
-        return _list_canaries(args)
-    if not args.model_type:
-        raise UsageError("name the model type: modelcache canary T V --percent P (or --promote/--abort)")
-    if action == "set" and (args.version is None or args.percent is None):
-        raise UsageError(f"start a canary with: modelcache canary {args.model_type} VERSION --percent P")
-    if action != "set" and (args.version is not None or args.percent is not None):
-        raise UsageError(f"--{action} takes the model type only")
-    wait, timeout, mt = args.wait, args.timeout, args.model_type
-    if args.url:
-        with AdminClient(args.url, args.token) as client:
-            if action == "set":
-                doc = client.canary(mt, args.version, args.percent, wait=wait, timeout_s=timeout)
-            elif action == "promote":
-                doc = client.promote_canary(mt, wait=wait, timeout_s=timeout)
-            else:
-                doc = client.abort_canary(mt, wait=wait, timeout_s=timeout)
-    else:
-        state = _state(args)
-        try:
-            if action == "set":
-                change = state.canary(mt, args.version, args.percent, Registry(args.registry))
-            elif action == "promote":
-                change = state.promote(mt, Registry(args.registry))
-            else:
-                change = state.abort_canary(mt)
-            doc = _change_doc(state, change, wait, timeout)
-        finally:
-            state.close()
-    what = {
-        "set": f"canary {mt} {{version}} at {args.percent:g}%" if args.percent is not None else "",
-        "promote": f"promoted the canary of {mt}: pinned to {{version}}",
-        "abort": f"aborted the canary of {mt}",
-    }[action]
-    return _report(doc, args, what)
-
-
-def _list_canaries(args: argparse.Namespace) -> int:
-    if args.url:
-        with AdminClient(args.url, args.token) as client:
-            canaries = client.canaries()
-    else:
-        state = _state(args)
-        try:
-            canaries = {mt: {**c.to_dict(), "nodes": []} for mt, c in state.canaries().items()}
-        finally:
-            state.close()
-    if args.json:
-        _print_json({"canaries": canaries})
-        return EXIT_OK
-    if not canaries:
-        console.print("no canaries")
-        return EXIT_OK
-    table = Table(title="canaries")
-    for col in ("model type", "version", "percent", "nodes"):
-        table.add_column(col)
-    for mt, c in sorted(canaries.items()):
-        nodes = ", ".join(f"{n['node_id']}: {n['outcome'] or '-'}" for n in c.get("nodes", [])) or "-"
-        table.add_row(mt, c["version"], f"{c['percent']:g}%", nodes)
-    console.print(table)
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    if args.url:
-        with AdminClient(args.url, args.token) as client:
-            view = client.cluster()
-    else:
-        state = _state(args)
-        try:
-            view = state.describe()
-        finally:
-            state.close()
-    if args.json:
-        _print_json(view)
-        return EXIT_OK
-    table = Table(title=f"{len(view['nodes'])} live node(s), change #{view['seq']}")
-    for col in ("node", "url", "cached", "hit rate", "hits", "misses", "evictions", "redis seq", "heartbeat"):
-        table.add_column(col)
-    now = time.time()
-    for n in view["nodes"]:
-        st = n.get("stats", {})
-        cached = ", ".join(f"{c['model_type']}:{c['version']}" for c in n.get("cached", [])) or "-"
-        table.add_row(
-            n["node_id"],
-            n.get("url", ""),
-            cached,
-            f"{st.get('hit_rate', 0):.3f}",
-            str(st.get("cache_hits", 0)),
-            str(st.get("cache_misses", 0)),
-            str(st.get("evictions", 0)),
-            str(n.get("applied_seq", "")),
-            f"{now - n.get('heartbeat_at', now):.1f}s ago",
-        )
-    console.print(table)
-    pins = ", ".join(f"{k}={v}" for k, v in sorted(view["pins"].items())) or "none"
-    console.print(f"pins: {pins}")
-    canaries = view.get("canaries") or {}
-    if canaries:
-        shown = ", ".join(f"{k}={c['version']} at {c['percent']:g}%" for k, c in sorted(canaries.items()))
-        console.print(f"canaries: {shown}")
-    return EXIT_OK
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "publish": cmd_publish,
-    "models": cmd_models,
-    "demo-models": cmd_demo_models,
-    "up": cmd_up,
-    "pin": cmd_pin,
-    "unpin": cmd_unpin,
-    "reload": cmd_reload,
-    "status": cmd_status,
-    "canary": cmd_canary,
-}
 
 
 def _version() -> str:
@@ -631,10 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> None:
-    sys.stderr.write(f"modelcache: error: {' '.join(str(message).split())}\n")
-
-
 def _quiet_broken_pipe() -> int:
     # The reader (`| head`) went away: no traceback, and no second error when Python
     # flushes stdout at exit.
@@ -676,11 +293,6 @@ def _fail(message: str, code: int, wants_json: bool) -> int:
     if wants_json:
         _json_failure(message, code)
     return code
-
-
-def _json_failure(message: str, code: int) -> None:
-    sys.stdout.write(json.dumps({"ok": False, "error": " ".join(message.split()), "exit_code": code}) + "\n")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ the keys (invariant 3).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,10 +19,12 @@ import redis
 
 from coordinator.errors import CanaryNotFound, ClusterStateCorrupt, ClusterUnavailable, InvalidName
 from coordinator.keys import ALL, Keys
+from coordinator.membership import AckRow, Membership
 from coordinator.redis_url import client_for, parse_redis_url
 from coordinator.registry import Registry
+from coordinator.scripts import BEAT, CHANGE, LIVE
 from coordinator.versions import normalize_version, validate_model_type
-from coordinator.wire import Ack, Canary, Change, ChangeKind, Heartbeat, Outcome, WireError
+from coordinator.wire import Canary, Change, ChangeKind, WireError
 
 __all__ = [
     "AckRow",
@@ -38,78 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("modelcache.state")
-
-# KEYS: pins, generations, changes, seq, epoch, canaries.
-# ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token, canary JSON.
-# `promote` takes its version from the canary and, in the same step, pins it and ends the
-# canary: no node can see the pin without the canary's end or the reverse.
-# The epoch is created here, with the counters, when absent: after Redis lost its data
-# the first change starts a new epoch, so (epoch, seq) never names two changes.
-# Returns {change JSON or '' when nothing changed, connected replicas}: the caller WAITs for
-# a replica only when there is one (WAIT 1 with none blocks for its whole timeout).
-_CHANGE = """
-local kind, mt, version = ARGV[1], ARGV[2], ARGV[3]
-local info = redis.call('INFO', 'replication')
-local replicas = tonumber(string.match(info, 'connected_slaves:(%d+)')) or 0
-if kind == 'pin' then
-  redis.call('HSET', KEYS[1], mt, version)
-elseif kind == 'unpin' then
-  if redis.call('HDEL', KEYS[1], mt) == 0 then return {'', replicas} end
-elseif kind == 'canary' then
-  redis.call('HSET', KEYS[6], mt, ARGV[8])
-elseif kind == 'canary_abort' then
-  if redis.call('HDEL', KEYS[6], mt) == 0 then return {'', replicas} end
-elseif kind == 'promote' then
-  local raw = redis.call('HGET', KEYS[6], mt)
-  if not raw then return {'', replicas, 'absent'} end
-  local ok, canary = pcall(cjson.decode, raw)
-  if not ok or type(canary) ~= 'table' or type(canary.version) ~= 'string' or canary.version == '' then
-    return {'', replicas, 'unreadable'}
-  end
-  version = canary.version
-  redis.call('HSET', KEYS[1], mt, version)
-  redis.call('HDEL', KEYS[6], mt)
-end
-local epoch = redis.call('GET', KEYS[5])
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('SET', KEYS[5], epoch)
-end
-local gen = redis.call('HINCRBY', KEYS[2], mt, 1)
-local seq = redis.call('INCR', KEYS[4])
-local change = cjson.encode({kind=kind, model_type=mt, version=version, generation=gen, seq=seq,
-                             origin=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch})
-redis.call('HSET', KEYS[3], mt, change)
-redis.call('PUBLISH', ARGV[6], change)
-return {change, replicas}
-"""
-
-# Membership on the Redis clock (nodes' clocks may disagree). KEYS: members, heartbeats.
-# ARGV: node_id, heartbeat JSON, ttl ms. Expired members are swept on every beat, so the
-# hash holds live nodes plus at most one heartbeat interval of dead ones.
-_BEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(gone) do redis.call('HDEL', KEYS[2], id) end
-if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-"""
-
-# KEYS: members, heartbeats. Returns {ids, heartbeats} of live nodes (HMGET in chunks:
-# Lua's unpack has a stack limit).
-_LIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-local values = {}
-for i = 1, #ids, 500 do
-  local chunk = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + 499, #ids)))
-  for _, v in ipairs(chunk) do values[#values + 1] = v end
-end
-return {ids, values}
-"""
 
 
 class LogThrottle:
@@ -149,17 +78,6 @@ class Snapshot:
     """model_type (as stored) -> why its canary cannot be applied."""
 
 
-@dataclass
-class AckRow:
-    node_id: str
-    outcome: Outcome
-    version: str | None = None
-    detail: str = ""
-    propagation_ms: float | None = None
-    url: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def connect(url: str, *, timeout: float = 2.0, decode_responses: bool = True) -> redis.Redis:
     """A client that fails fast: no retries, short timeouts (callers must never hang on Redis).
 
@@ -171,7 +89,7 @@ def connect(url: str, *, timeout: float = 2.0, decode_responses: bool = True) ->
     return client_for(parse_redis_url(url), timeout=timeout, decode_responses=decode_responses)
 
 
-class ClusterState:
+class ClusterState(Membership):
     """Reads and changes the cluster's state in one Redis (sync API, short timeouts)."""
 
     def __init__(
@@ -189,9 +107,9 @@ class ClusterState:
         self.where = where or _where(client)
         self.replica_timeout_s = replica_timeout_s
         """How long a change waits for a replica to confirm it (only when the primary has one)."""
-        self._change = client.register_script(_CHANGE)
-        self._beat = client.register_script(_BEAT)
-        self._live = client.register_script(_LIVE)
+        self._change = client.register_script(CHANGE)
+        self._beat = client.register_script(BEAT)
+        self._live = client.register_script(LIVE)
         self.throttle = LogThrottle()
 
     @classmethod
@@ -330,137 +248,6 @@ class ClusterState:
     def pins(self) -> dict[str, str]:
         return self.read().pins
 
-    # -- membership and acknowledgements -----------------------------------
-    def heartbeat(self, beat: Heartbeat, ttl_s: float) -> None:
-        k = self.keys
-        ttl_ms = max(1, int(ttl_s * 1000))
-        self._call("heartbeat", self._beat, [k.members, k.heartbeats], [beat.node_id, beat.to_json(), ttl_ms])
-
-    def leave(self, node_id: str) -> None:
-        def _leave() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(self.keys.members, node_id).hdel(self.keys.heartbeats, node_id).execute()
-
-        self._call("leave the cluster", _leave)
-
-    def heartbeats(self) -> list[Heartbeat]:
-        """Live nodes (heartbeat not expired), sorted by id; unreadable heartbeats are skipped.
-
-        One round trip, O(live nodes): no SCAN over the database's keys.
-        """
-
-        def _values() -> list[tuple[str, Any]]:
-            ids, values = self._live([self.keys.members, self.keys.heartbeats], [])
-            return list(zip(ids, values, strict=True))
-
-        beats: dict[str, Heartbeat] = {}
-        for name, value in self._call("list nodes", _values):
-            if value is None:
-                continue  # swept between the member and its heartbeat
-            try:
-                beat = Heartbeat.from_json(value)
-            except WireError as exc:
-                self.throttle.warning(f"node:{name}", "ignoring heartbeat %s: %s", name[:200], exc)
-                continue
-            beats[beat.node_id] = beat
-        return [beats[n] for n in sorted(beats)]
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Live nodes as JSON-ready dicts (the shape `status` and /api/v1/cluster show)."""
-        return [b.to_dict() for b in self.heartbeats()]
-
-    def write_ack(self, ack: Ack) -> None:
-        """Store the ack (the truth) and publish it (wakes `wait_for_acks` at once), one round trip."""
-
-        def _write() -> None:
-            raw = ack.to_json()
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.keys.ack(ack.node_id), raw, ex=86400).publish(self.keys.acks_channel, raw)
-            pipe.execute()
-
-        self._call("acknowledge", _write)
-
-    def acks(self, node_ids: Iterable[str]) -> dict[str, Ack]:
-        """The last acknowledgement of each node that has a readable one."""
-        ids = list(node_ids)
-        if not ids:
-            return {}
-        values = self._call("read acknowledgements", self.client.mget, [self.keys.ack(i) for i in ids])
-        out: dict[str, Ack] = {}
-        for node_id, value in zip(ids, values, strict=True):
-            if value is None:
-                continue
-            try:
-                out[node_id] = Ack.from_json(value)
-            except WireError as exc:
-                self.throttle.warning(f"ack:{node_id}", "ignoring acknowledgement of %s: %s", node_id, exc)
-        return out
-
-    def wait_for_acks(self, change: Change, timeout_s: float, poll_s: float = 0.25) -> list[AckRow]:
-        """Wait until every live node has applied `change` (or the timeout passes).
-
-        Woken by each ack published on the acks channel (subscribed before the first read, so
-        none is missed between the two); the keys are re-read every `poll_s` without a message,
-        because pub/sub is at-most-once. Only acknowledgements of this change's epoch count:
-        after Redis lost its data a node's old ack may carry a seq as high as this change's.
-        """
-        nodes = {b.node_id: b for b in self.heartbeats()}
-        deadline = time.monotonic() + timeout_s
-        rows: dict[str, AckRow] = {}
-
-        def take(node_id: str, ack: Ack) -> None:
-            if node_id in nodes and node_id not in rows and ack.answers(change):
-                rows[node_id] = _row(node_id, ack, change, nodes[node_id].url)
-
-        pubsub = self._call("subscribe to acknowledgements", self._ack_subscription) if nodes else None
-        try:
-            next_read = 0.0  # read the keys first: acks written before we subscribed
-            while True:
-                now = time.monotonic()
-                if now >= next_read or now >= deadline:
-                    for node_id, ack in self.acks(set(nodes) - set(rows)).items():
-                        take(node_id, ack)
-                    next_read = time.monotonic() + poll_s
-                if len(rows) == len(nodes) or now >= deadline or pubsub is None:
-                    break
-                wait = max(0.0, min(next_read, deadline) - time.monotonic())
-                message = self._call("wait for acknowledgements", pubsub.get_message, True, wait)
-                while message is not None:
-                    self._take_published(message, take)
-                    message = self._call("wait for acknowledgements", pubsub.get_message, True, 0)
-        finally:
-            if pubsub is not None:
-                with _suppress_redis():
-                    pubsub.close()
-        for node_id in set(nodes) - set(rows):
-            rows[node_id] = AckRow(
-                node_id,
-                Outcome.TIMEOUT,
-                detail=f"no acknowledgement of change #{change.seq} within {timeout_s:g}s",
-                url=nodes[node_id].url,
-            )
-        return [rows[n] for n in sorted(rows)]
-
-    def _ack_subscription(self) -> Any:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.keys.acks_channel)
-        except BaseException:
-            with _suppress_redis():
-                pubsub.close()
-            raise
-        return pubsub
-
-    def _take_published(self, message: Any, take: Any) -> None:
-        if not isinstance(message, dict) or message.get("type") != "message":
-            return
-        try:
-            ack = Ack.from_json(message.get("data"))
-        except WireError as exc:  # anyone can PUBLISH: junk here wakes nobody
-            self.throttle.warning("ack-message", "ignoring a message on %s: %s", self.keys.acks_channel, exc)
-            return
-        take(ack.node_id, ack)
-
     # -- popularity (warm start) -------------------------------------------
     def add_popularity(self, counts: Mapping[str, int]) -> None:
         if not counts:
@@ -515,10 +302,6 @@ def _where(client: redis.Redis) -> str:
     return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}"
 
 
-def _suppress_redis() -> contextlib.suppress:
-    return contextlib.suppress(redis.RedisError, OSError)
-
-
 def _snapshot(
     pins: Mapping[str, str],
     gens: Mapping[str, str],
@@ -563,17 +346,3 @@ def _snapshot(
         bad_pins=bad_pins,
         bad_changes=bad_changes,
     )
-
-
-def _row(node_id: str, ack: Ack, change: Change, url: str) -> AckRow:
-    outcome = ack.outcomes.get(change.model_type)
-    if outcome is None or outcome.epoch != change.epoch or outcome.seq < change.seq:
-        # The node applied a later state in which this model needed no work.
-        served = ack.serving.get(change.model_type)
-        return AckRow(node_id, Outcome.OK, served, "nothing to do on this node", None, url)
-    detail = outcome.detail
-    if outcome.seq > change.seq:
-        # Two operators at once: a later change on this model type won; say so, not just "ok".
-        later = f"superseded by change #{outcome.seq}"
-        detail = f"{later}; {detail}" if detail else later
-    return AckRow(node_id, outcome.outcome, outcome.version, detail, outcome.propagation_ms, url)

@@ -5,7 +5,8 @@ default, failure TTL, fallback order) which version to serve, gets it from
 the cache (node.cache over a policy from node.policies), whose loads go
 through the loader on the load pool, and charges each model its resident
 cost against the byte budget (node.memory). Reloads load the new version
-beside the old one and swap (invariant 2). Views live in node.views.
+beside the old one and swap (invariant 2): reloads, pins and canaries live in
+node.reloads, views in node.views.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prometheus_client import Gauge
 
 from coordinator.errors import ModelCacheError, ModelNotFound, VersionNotFound
 from coordinator.registry import ModelMetadata, Registry
-from coordinator.versions import normalize_version, validate_model_type
+from coordinator.versions import normalize_version
 from node import memory
 from node.cache import ModelCache
 from node.errors import LoadRateLimited, LoadTimeout, ModelLoadError
@@ -29,6 +30,7 @@ from node.loader import LoadBudget, Loader, LoadPool
 from node.metrics import NodeMetrics
 from node.periodic import Periodic
 from node.policies import Reason
+from node.reloads import Outcome, Reloads
 from node.resolver import Key, Resolver
 from node.runtime import LoadedModel
 from node.views import cache_stats_view, models_view
@@ -47,27 +49,10 @@ class Resolved:
     canary: bool = False
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The result of applying a reload or pin on this node."""
-
-    model_type: str
-    outcome: str  # "ok" | "failed"
-    version: str | None  # the version served by default afterwards
-    previous: str | None = None
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_type": self.model_type,
-            "outcome": self.outcome,
-            "version": self.version,
-            "previous": self.previous,
-            "detail": self.detail,
-        }
+__all__ = ["ModelService", "Outcome", "Resolved"]
 
 
-class ModelService:
+class ModelService(Reloads):
     """Serves models from the cache, loading, falling back and reloading as needed."""
 
     def __init__(
@@ -291,125 +276,6 @@ class ModelService:
             )
             return Resolved(model, candidate, hit, fallback_from=failed)
         raise ModelLoadError(model_type, failed, f"{reason}; no lower version could be loaded either")
-
-    # -- reload and pins (run in a worker thread) ---------------------------
-    def reload(
-        self, model_type: str | None = None, version: str | None = None, *, source: str = "api"
-    ) -> list[Outcome]:
-        """Reload one model type, one exact version, or every model type this node serves."""
-        if model_type is None:
-            types = sorted({k[0] for k in self.cache.cached_keys()} | set(self.resolver.serving()))
-            return [self._apply(mt, source) for mt in types]
-        validate_model_type(model_type)
-        if version is not None:
-            return [self._refresh_exact(model_type, normalize_version(version), source)]
-        return [self._apply(model_type, source)]
-
-    def set_pins(self, pins: Mapping[str, str], *, source: str = "cluster") -> list[Outcome]:
-        """Adopt a new set of pins; each changed model type switches version (load beside, swap)."""
-        return [self._apply(mt, source) for mt in self.resolver.set_pins(pins)]
-
-    def _apply(self, model_type: str, source: str) -> Outcome:
-        """Re-resolve the default of `model_type` and switch to it without a gap."""
-        previous = self.resolver.served(model_type)
-        try:
-            target = self.resolver.target(model_type)
-        except ModelNotFound as exc:
-            return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
-        key = (model_type, target)
-        cached_here = any(k[0] == model_type for k in self.cache.cached_keys())
-        if not cached_here:
-            # Nothing to swap: the next request loads the new default lazily. Still check
-            # the artifact's checksum, so a corrupt target is refused here as on nodes that load it.
-            try:
-                self._bounded(key, lambda: self.loader.verify(model_type, target))
-            except (ModelLoadError, ModelNotFound) as exc:
-                detail = f"{exc}; still serving {previous}" if previous else str(exc)
-                return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
-            self.resolver.clear_failed(key)
-            self.resolver.set_default(model_type, target)
-            return self._outcome(
-                source,
-                Outcome(model_type, "ok", target, previous, "not cached on this node; loads on use"),
-            )
-        remove = ((model_type, previous),) if previous and previous != target else ()
-        try:
-            model, cost = self._bounded(key, lambda: self._load(key, replacing=remove or (key,)))
-        except (ModelLoadError, ModelNotFound) as exc:
-            self.cache.release(key)
-            detail = f"{exc}; still serving {previous}" if previous else str(exc)
-            return self._outcome(source, Outcome(model_type, "failed", previous, previous, detail))
-        self.cache.replace(key, model, cost, remove)
-        self.resolver.clear_failed(key)
-        self.resolver.set_default(model_type, target)
-        return self._outcome(source, Outcome(model_type, "ok", target, previous, "loaded and swapped in"))
-
-    # -- canaries (run in a worker thread) --------------------------------------
-    def set_canary(
-        self, model_type: str, version: str, percent: float, *, source: str = "cluster"
-    ) -> Outcome:
-        """Load `version` beside the default, then send `percent`% of default requests to it.
-
-        If it cannot be loaded, no canary runs here (100% to the default) and the outcome
-        says why: no request ever waits on, or fails because of, a canary's load.
-        """
-        version = normalize_version(version)
-        key = (model_type, version)
-        try:
-            served: str | None = self.resolver.default_version(model_type)
-        except ModelCacheError:
-            served = self.resolver.served(model_type)
-        try:
-            if key not in self.cache:
-                # Beside the default: making room for the canary never evicts what serves now.
-                keep = ((model_type, served),) if served else ()
-                model, cost = self._bounded(key, lambda: self._load(key, protect=keep))
-                self.cache.replace(key, model, cost)
-        except (ModelLoadError, ModelNotFound) as exc:
-            self.cache.release(key)
-            self.resolver.clear_canary(model_type)
-            self.resolver.mark_failed(key, str(exc))
-            detail = f"canary {version} not loaded ({exc}); sending 100% to {served}"
-            return self._outcome(source, Outcome(model_type, "failed", served, served, detail))
-        self.resolver.clear_failed(key)
-        self.resolver.set_canary(model_type, version, percent)
-        detail = f"canary {version} loaded beside {served}: {percent:g}% of requests naming no version"
-        return self._outcome(source, Outcome(model_type, "ok", version, served, detail))
-
-    def clear_canary(self, model_type: str, *, source: str = "cluster") -> Outcome:
-        """End the canary of `model_type` (100% to the default); drop its model unless it serves."""
-        old = self.resolver.clear_canary(model_type)
-        served = self.resolver.served(model_type)
-        if old is not None and old != served and old != self.resolver.pin(model_type):
-            self.cache.evict((model_type, old))
-        detail = f"canary {old} ended; 100% to {served}" if old else "no canary ran on this node"
-        return self._outcome(source, Outcome(model_type, "ok", served, served, detail))
-
-    def canaries(self) -> dict[str, tuple[str, float]]:
-        return self.resolver.canaries()
-
-    def _refresh_exact(self, model_type: str, version: str, source: str) -> Outcome:
-        """Load `version` afresh beside any cached copy and swap it in; the default is unchanged."""
-        previous = self.resolver.served(model_type)
-        key = (model_type, version)
-        try:
-            model, cost = self._bounded(key, lambda: self._load(key, replacing=(key,)))
-        except (ModelLoadError, ModelNotFound) as exc:
-            self.cache.release(key)
-            return self._outcome(source, Outcome(model_type, "failed", previous, previous, str(exc)))
-        self.cache.replace(key, model, cost)
-        self.resolver.clear_failed(key)
-        return self._outcome(
-            source, Outcome(model_type, "ok", previous, previous, f"{version} loaded and swapped in")
-        )
-
-    def _outcome(self, source: str, outcome: Outcome) -> Outcome:
-        self.metrics.reloads.labels(source, outcome.outcome).inc()
-        if outcome.outcome == "ok":
-            log.info("%s %s: %s", source, outcome.model_type, outcome.detail)
-        else:
-            log.error("%s %s failed: %s", source, outcome.model_type, outcome.detail)
-        return outcome
 
     # -- warm-up, load, unload -------------------------------------------------
     def warm(self, model_types: Iterable[str]) -> list[str]:
