@@ -14,8 +14,8 @@ from coordinator.client import AdminClient
 from coordinator.errors import VersionNotFound
 from coordinator.registry import Registry
 from coordinator.render import console, err_console
-from coordinator.state import ClusterState, nothing_changed
-from coordinator.wire import Change, Outcome
+from coordinator.state import ClusterState
+from coordinator.wire import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141
@@ -140,38 +140,6 @@ def _state(args: argparse.Namespace) -> ClusterState:
     return ClusterState.from_url(args.redis_url, args.redis_prefix, origin=f"cli@{socket.gethostname()}")
 
 
-def _change_doc(state: ClusterState, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
-    """The admin API's answer to a change (node.sync), built here from Redis directly."""
-    doc: dict[str, Any] = {
-        "scope": "cluster",
-        "change": {
-            "kind": change.kind.value,
-            "model_type": change.model_type,
-            "version": change.version or None,
-            "seq": change.seq,
-            "generation": change.generation,
-            "epoch": change.epoch,
-        },
-    }
-    if change.seq == 0:
-        return doc | {"ok": True, "detail": nothing_changed(change), "acks": []}
-    if not wait:
-        return doc | {"ok": True, "detail": "published; nodes apply it within milliseconds"}
-    rows = state.wait_for_acks(change, timeout_s)
-    doc["acks"] = [
-        {
-            "node_id": r.node_id,
-            "outcome": r.outcome.value,
-            "version": r.version,
-            "detail": r.detail,
-            "propagation_ms": r.propagation_ms,
-        }
-        for r in rows
-    ]
-    doc["ok"] = all(r.outcome is Outcome.OK for r in rows)
-    return doc
-
-
 def _change(args: argparse.Namespace, what: str) -> int:
     """Run pin/unpin/reload over HTTP or Redis, then report the one shape both return."""
     wait, timeout = args.wait, args.timeout
@@ -192,7 +160,7 @@ def _change(args: argparse.Namespace, what: str) -> int:
                 change = state.unpin(args.model_type)
             else:
                 change = state.reload(args.model_type, args.version, Registry(args.registry))
-            doc = _change_doc(state, change, wait, timeout)
+            doc = state.answer(change, wait, timeout)
         finally:
             state.close()
     return _report(doc, args, what)
@@ -262,7 +230,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
                 change = state.promote(mt, Registry(args.registry))
             else:
                 change = state.abort_canary(mt)
-            doc = _change_doc(state, change, wait, timeout)
+            doc = state.answer(change, wait, timeout)
         finally:
             state.close()
     what = {

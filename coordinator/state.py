@@ -24,7 +24,7 @@ from coordinator.redis_url import client_for, parse_redis_url
 from coordinator.registry import Registry
 from coordinator.scripts import BEAT, CHANGE, LIVE
 from coordinator.versions import normalize_version, validate_model_type
-from coordinator.wire import Canary, Change, ChangeKind, WireError
+from coordinator.wire import Canary, Change, ChangeKind, Outcome, WireError
 
 __all__ = [
     "AckRow",
@@ -281,6 +281,46 @@ class ClusterState(Membership):
             "seq": snap.seq,
             "epoch": snap.epoch,
         }
+
+    def answer(self, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
+        """The answer to a change, as the admin API and the CLI print it (waits for acks if asked)."""
+        doc: dict[str, Any] = {
+            "scope": "cluster",
+            "change": {
+                "kind": change.kind.value,
+                "model_type": change.model_type,
+                "version": change.version or None,
+                "seq": change.seq,
+                "generation": change.generation,
+                "epoch": change.epoch,
+            },
+        }
+        if change.seq == 0:
+            return doc | {"ok": True, "detail": nothing_changed(change), "acks": []}
+        # None: the primary has no replica (nothing to confirm); False: it may not survive a failover.
+        doc["replicated"] = change.replicated
+        if change.replicated is False:
+            doc["warning"] = (
+                f"change #{change.seq} is applied on the Redis primary but no replica confirmed it within "
+                f"{self.replica_timeout_s:g}s: if the primary fails now it may be lost; check the "
+                "replicas (INFO replication) and repeat the call if it is missing"
+            )
+        if not wait:
+            detail = "published; nodes apply it within milliseconds (wait=true to see acks)"
+            return doc | {"ok": change.replicated is not False, "detail": detail}
+        rows = self.wait_for_acks(change, timeout_s)
+        doc["acks"] = [
+            {
+                "node_id": r.node_id,
+                "outcome": r.outcome.value,
+                "version": r.version,
+                "detail": r.detail,
+                "propagation_ms": r.propagation_ms,
+            }
+            for r in rows
+        ]
+        doc["ok"] = change.replicated is not False and all(r.outcome is Outcome.OK for r in rows)
+        return doc
 
 
 def nothing_changed(change: Change) -> str:

@@ -27,8 +27,8 @@ import redis
 
 from coordinator.errors import ClusterUnavailable
 from coordinator.keys import Keys
-from coordinator.state import AckRow, ClusterState, LogThrottle, connect, nothing_changed
-from coordinator.wire import Canary, Change, Heartbeat, ModelAck, Outcome, WireError
+from coordinator.state import ClusterState, LogThrottle, connect
+from coordinator.wire import Canary, Change, Heartbeat, ModelAck, WireError
 from node.background import UNHEALTHY_AFTER, Backoff, SyncHealth, ThreadHealth
 from node.metrics import NodeMetrics
 from node.reconcile import Reconciler
@@ -307,44 +307,4 @@ class ClusterSync(Reconciler):
         return await self._answer(change, wait, timeout_s)
 
     async def _answer(self, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "scope": "cluster",
-            "change": {
-                "kind": change.kind.value,
-                "model_type": change.model_type,
-                "version": change.version or None,
-                "seq": change.seq,
-                "generation": change.generation,
-                "epoch": change.epoch,
-            },
-        }
-        if change.seq == 0:
-            body.update(ok=True, detail=nothing_changed(change), acks=[])
-            return body
-        # None: the primary has no replica (nothing to confirm); False: it may not survive a failover.
-        body["replicated"] = change.replicated
-        if change.replicated is False:
-            body["warning"] = (
-                f"change #{change.seq} is applied on the Redis primary but no replica confirmed it within "
-                f"{self.state.replica_timeout_s:g}s: if the primary fails now it may be lost; check the "
-                "replicas (INFO replication) and repeat the call if it is missing"
-            )
-        if not wait:
-            body.update(
-                ok=change.replicated is not False,
-                detail="published; nodes apply it within milliseconds (wait=true to see acks)",
-            )
-            return body
-        rows: list[AckRow] = await asyncio.to_thread(self.state.wait_for_acks, change, timeout_s)
-        body["acks"] = [
-            {
-                "node_id": r.node_id,
-                "outcome": r.outcome.value,
-                "version": r.version,
-                "detail": r.detail,
-                "propagation_ms": r.propagation_ms,
-            }
-            for r in rows
-        ]
-        body["ok"] = change.replicated is not False and all(r.outcome is Outcome.OK for r in rows)
-        return body
+        return await asyncio.to_thread(self.state.answer, change, wait, timeout_s)
