@@ -175,7 +175,8 @@ class Registry:
             known = self._version_dirs(model_type)
             if not known:
                 raise ModelNotFound(model_type, self.model_types()) from None
-            if version in known or os.path.lexists(self.root / model_type / version):
+            where = self.root / model_type / version
+            if version in known or (where.is_dir() and not where.is_symlink()):
                 raise MetadataError(model_type, version, "metadata.json is missing") from None
             raise VersionNotFound(model_type, version, sort_versions(known)) from None
         if len(raw) > MAX_METADATA_BYTES:
@@ -215,6 +216,11 @@ class Registry:
             fd = self._open_nofollow((model_type, version, name))
         except FileNotFoundError:
             raise
+        except NotADirectoryError as exc:
+            if any(p.is_symlink() for p in (self.root / model_type, self.root / model_type / version)):
+                raise self._os_error(model_type, version, name, exc) from None  # refused as unsafe
+            # A plain file where the version's directory should be: no such version (it is not listed).
+            raise FileNotFoundError(errno.ENOENT, f"{model_type}/{version} is not a directory") from None
         except OSError as exc:
             raise self._os_error(model_type, version, name, exc) from None
         try:

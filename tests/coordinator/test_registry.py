@@ -305,3 +305,13 @@ def test_published_versions_are_readable_by_other_users(
     assert folder.stat().st_mode & 0o777 == dir_mode
     for name in ("metadata.json", meta.artifact):
         assert (folder / name).stat().st_mode & 0o777 == file_mode
+
+
+def test_a_file_where_a_version_directory_should_be_is_no_such_version(
+    registry: Registry, publish: PublishFn
+) -> None:
+    publish("m", "1.0")
+    (registry.root / "m" / "1.5").write_text("junk")
+    assert registry.versions("m") == ["1.0"]
+    with pytest.raises(VersionNotFound, match="available versions: 1.0"):
+        registry.metadata("m", "1.5")
