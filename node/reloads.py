@@ -73,7 +73,24 @@ class Reloads:
         return [self._apply(mt, source) for mt in self.resolver.set_pins(pins)]
 
     def _apply(self, model_type: str, source: str) -> Outcome:
-        """Re-resolve the default of `model_type` and switch to it without a gap."""
+        """Re-resolve the default of `model_type`, switch to it without a gap, re-check its canary."""
+        outcome = self._apply_default(model_type, source)
+        canary = self.resolver.canaries().get(model_type)
+        if canary is None or outcome.outcome != "ok":
+            return outcome
+        version = canary[0]
+        try:  # a reload re-reads the registry: a canary version removed or altered since must stop
+            self._bounded((model_type, version), lambda: self.loader.verify(model_type, version))
+        except (ModelLoadError, ModelNotFound) as exc:
+            self.resolver.clear_canary(model_type)
+            self.resolver.mark_failed((model_type, version), str(exc))
+            self.cache.evict((model_type, version))
+            detail = f"{outcome.detail}; canary {version} ended ({exc}): 100% to {outcome.version}"
+            log.error("%s %s: %s", source, model_type, detail)  # the reload itself is already counted
+            return Outcome(model_type, "failed", outcome.version, outcome.previous, detail)
+        return outcome
+
+    def _apply_default(self, model_type: str, source: str) -> Outcome:
         previous = self.resolver.served(model_type)
         try:
             target = self.resolver.target(model_type)

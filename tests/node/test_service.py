@@ -443,3 +443,18 @@ def test_a_failing_sweep_is_logged_counted_and_reported_not_fatal(registry: Regi
     now[0] = 5.0
     assert any("cache-sweep failing" in p for p in service.load_health())
     assert sample(service, "modelcache_background_errors_total", thread="cache-sweep") == 1
+
+
+def test_a_reload_ends_a_canary_whose_version_left_the_registry(
+    registry: Registry, publish: PublishFn
+) -> None:
+    publish("m", "1.0")
+    publish("m", "1.1")
+    service = make_service(registry)
+    assert get(service, "m").version == "1.1"
+    assert service.set_canary("m", "1.0", 50).outcome == "ok"
+    shutil.rmtree(registry.root / "m" / "1.0")
+    [outcome] = service.reload("m")
+    assert outcome.outcome == "failed" and "canary 1.0 ended" in outcome.detail, outcome
+    assert service.canaries() == {}
+    assert {get(service, "m").version for _ in range(20)} == {"1.1"}
