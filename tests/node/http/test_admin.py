@@ -89,3 +89,22 @@ def test_admin_token_is_checked_before_the_body(
     assert_error_shape(r, 401, "unauthorized")
     r = client.request(method, path, content=content, headers={**headers, "Authorization": "Bearer wrong"})
     assert_error_shape(r, 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"version": "1.0.0", "wait": "yes"},
+        {"version": "1.0.0", "timeout_s": "5"},
+        {"version": "1.0.0", "timeout_s": True},
+        {"version": "1.0.0", "wait": 1},
+    ],
+)
+def test_admin_bodies_take_json_types_not_lookalikes(client: TestClient, body: dict) -> None:
+    r = client.put("/api/v1/pins/churn", json=body, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+
+
+def test_reload_of_a_version_needs_its_model_type(client: TestClient) -> None:
+    r = client.post("/api/v1/models/reload", json={"scope": "node", "version": "1.0.0"}, headers=ADMIN)
+    assert r.status_code == 422 and "version needs model_type" in r.json()["error"], r.text
