@@ -1,7 +1,7 @@
 """A background thread that runs one function periodically and never dies silently.
 
-It catches everything at its top, logs it, backs off (doubling up to ten
-intervals) and goes on; `problem()` reports it for /readyz when it has not
+It catches everything at its top, logs it, backs off (`node.background.Backoff`, up to
+ten intervals) and goes on; `problem()` reports it for /readyz when it has not
 succeeded for three intervals, and each failure counts in
 `modelcache_background_errors_total{thread}`.
 """
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
+
+from node.background import Backoff
 
 log = logging.getLogger("modelcache.periodic")
 
@@ -74,7 +76,11 @@ class Periodic:
         return None
 
     def _run(self) -> None:
+        backoff = Backoff(base=self.interval_s, cap=10 * self.interval_s)  # the sync threads' jitter too
         wait = self.interval_s
         while not self._stop.wait(wait):
-            ok = self.run_once()
-            wait = self.interval_s if ok else min(wait * 2, 10 * self.interval_s)
+            if self.run_once():
+                backoff.reset()
+                wait = self.interval_s
+            else:
+                wait = backoff.next()
