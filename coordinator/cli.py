@@ -148,10 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         "modelcache up --nodes 3 --port 8000",
         "Ctrl-C stops every process it started.",
     )
-    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    p.add_argument("--port", type=int, default=8000, help="first node's port (default 8000)")
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3, at most 50)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="base port (default 8000): nodes from PORT, embedded Redis PORT+79, load balancer PORT+80; "
+        "every port up opens lies in PORT..PORT+99",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--lb-port", type=int, default=8080, help="HAProxy load balancer port (default 8080)")
+    p.add_argument("--lb-port", type=int, help="HAProxy load balancer port (default PORT+80)")
     p.add_argument("--no-lb", action="store_true", help="do not start HAProxy even if it is installed")
     _registry_arg(p)
     _redis_arg(p)

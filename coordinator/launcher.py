@@ -22,6 +22,38 @@ from coordinator.registry import Registry
 
 console = Console(highlight=False, soft_wrap=True)
 
+# `up --port B` opens every port in [B, B + PORT_SPAN), so two local clusters whose bases
+# are PORT_SPAN apart never collide: nodes from B, then Redis and the load balancer at
+# fixed offsets (B=8000 keeps the load balancer on the documented 8080).
+PORT_SPAN = 100
+MAX_NODES = 50
+REDIS_OFFSET = 79
+LB_OFFSET = 80
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports one `modelcache up` opens, all derived from its base port."""
+
+    nodes: list[int]
+    redis: int | None
+    lb: int | None
+
+    @classmethod
+    def plan(cls, base: int, nodes: int, embedded_redis: bool, lb: bool, lb_port: int | None) -> Ports:
+        if not 1 <= nodes <= MAX_NODES:
+            raise ValueError(f"--nodes must be between 1 and {MAX_NODES}")
+        if not 1024 <= base <= 65535 - PORT_SPAN:
+            raise ValueError(f"--port must be between 1024 and {65535 - PORT_SPAN}")
+        return cls(
+            nodes=[base + i for i in range(nodes)],
+            redis=base + REDIS_OFFSET if embedded_redis else None,
+            lb=(lb_port or base + LB_OFFSET) if lb else None,
+        )
+
+    def all(self) -> list[int]:
+        return [*self.nodes, *(p for p in (self.redis, self.lb) if p is not None)]
+
 
 @dataclass
 class Stack:
@@ -88,11 +120,21 @@ def run_up(args: argparse.Namespace) -> int:
             registry,
             progress=lambda spec, i, n: console.print(f"  [{i + 1}/{n}] {spec.model_type} {spec.version}"),
         )
-    ports = [args.port + i for i in range(args.nodes)]
-    busy = [p for p in ports if not port_free(args.host, p)]
-    if busy:
-        console.print(f"[red]error:[/] port(s) {busy} already in use; pass --port to pick others")
+    try:
+        with_lb = not args.no_lb and find_haproxy() is not None
+        plan = Ports.plan(args.port, args.nodes, not args.redis_url, with_lb, args.lb_port)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
         return 2
+    # The embedded Redis listens on 127.0.0.1 whatever --host says.
+    busy = [p for p in plan.all() if not port_free("127.0.0.1" if p == plan.redis else args.host, p)]
+    if busy:
+        console.print(
+            f"[red]error:[/] port(s) {busy} already in use; pass --port to pick another range "
+            f"(up opens ports {args.port}-{args.port + PORT_SPAN - 1})"
+        )
+        return 2
+    ports = plan.nodes
     token = os.environ.get("MODELCACHE_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     log_dir = Path(os.environ.get("MODELCACHE_LOG_DIR", registry.root.resolve().parent / ".modelcache-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +146,6 @@ def run_up(args: argparse.Namespace) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
-    redis_server = None
     lb = None
     try:
         redis_url = args.redis_url
@@ -112,7 +153,10 @@ def run_up(args: argparse.Namespace) -> int:
             from coordinator.redis_server import RedisServer, find_redis_server
 
             console.print(f"starting embedded Redis ({find_redis_server()})")
-            redis_server = RedisServer(data_dir=log_dir).start()
+            redis_server = RedisServer(port=plan.redis, data_dir=log_dir).start()
+            assert redis_server.proc is not None
+            # In the stack, so its death stops `up` like a node's would (and it is stopped last).
+            stack.add("redis", redis_server.proc)
             redis_url = redis_server.url
         console.print(f"redis: {redis_url}")
         urls = []
@@ -125,7 +169,7 @@ def run_up(args: argparse.Namespace) -> int:
         for url, proc in urls:
             wait_ready(url, proc)
             console.print(f"node ready: {url}")
-        lb = _start_balancer(args, ports)
+        lb = _start_balancer(args, ports, plan.lb)
         entry = lb.url if lb is not None else urls[0][0]
         if lb is not None:
             note = "HAProxy, cache affinity by model with bounded loads; use this one"
@@ -151,21 +195,16 @@ def run_up(args: argparse.Namespace) -> int:
         if lb is not None:
             lb.stop()
         stack.stop()
-        if redis_server is not None:
-            redis_server.stop()
 
 
-def _start_balancer(args: argparse.Namespace, ports: list[int]) -> HAProxy | None:
-    if args.no_lb:
+def _start_balancer(args: argparse.Namespace, ports: list[int], lb_port: int | None) -> HAProxy | None:
+    if lb_port is None:
+        if not args.no_lb:
+            console.print(f"no haproxy on PATH: no load balancer ({INSTALL})")
         return None
-    if find_haproxy() is None:
-        console.print(f"no haproxy on PATH: no load balancer ({INSTALL})")
-        return None
-    if not port_free(args.host, args.lb_port):
-        raise RuntimeError(f"load balancer port {args.lb_port} is in use; pass --lb-port")
     servers = [f"{args.host}:{p}" for p in ports]
     max_body = int(os.environ.get("MODELCACHE_MAX_BODY_BYTES", "1048576"))
-    return HAProxy(servers, args.lb_port, max_body).start()
+    return HAProxy(servers, lb_port, max_body).start()
 
 
 def _print_banner(

