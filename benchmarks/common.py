@@ -20,8 +20,10 @@ from coordinator.processes import free_port, stop_process  # noqa: E402
 Node = tuple[subprocess.Popen[bytes], str]
 
 
-def start_nodes(registry: Path, n: int = 1, redis_url: str | None = None) -> list[Node]:
-    """Start `n` nodes (`python -m node`) and wait until each is ready."""
+def start_nodes(
+    registry: Path, n: int = 1, redis_url: str | None = None, env: dict[str, str] | None = None
+) -> list[Node]:
+    """Start `n` nodes (`python -m node`, with `env` on top) and wait until each is ready."""
     nodes = []
     for _ in range(n):
         port = free_port()
@@ -30,6 +32,7 @@ def start_nodes(registry: Path, n: int = 1, redis_url: str | None = None) -> lis
             "MODELCACHE_REGISTRY": str(registry),
             "MODELCACHE_LOG_LEVEL": "warning",
             "MODELCACHE_NODE_ID": f"node-{port}",
+            **(env or {}),
         }
         if redis_url:
             env["MODELCACHE_REDIS_URL"] = redis_url

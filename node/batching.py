@@ -28,6 +28,12 @@ Semantics of `predict(key, model, rows)`:
   completes for the others.
 - Only requests holding the same model object share a call: a reload that
   swaps the model under one key never mixes old and new in one predict.
+- Isolation between models: predicts run on a pool of `threads` threads, and a
+  lane has at most one predict in flight, so one model (a big one taking 1,000-row
+  batches, say) holds at most one thread and the others keep theirs; XGBoost's
+  C predict releases the GIL, so they really run side by side. A lane's backlog
+  is bounded by `max_queued_rows`: beyond it the caller gets `ModelOverloaded`
+  (429) at once instead of a queue that delays its own callers for seconds.
 
 Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
 run was committed as `benchmarks/results/http_batching.json`, now in git history): a
@@ -51,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from node.errors import InvalidInput
+from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel, Predictions, Row
 
@@ -68,10 +74,11 @@ class _Request:
 class _Lane:
     """The requests of one key waiting for the predict in flight to finish."""
 
-    __slots__ = ("collecting", "queue", "task")
+    __slots__ = ("collecting", "queue", "queued_rows", "task")
 
     def __init__(self) -> None:
         self.queue: deque[_Request] = deque()
+        self.queued_rows = 0  # rows in `queue` (bounded by Batcher.max_queued_rows)
         self.task: asyncio.Task[None] | None = None
         self.collecting = False  # a lone caller is yielding once to see who else comes
 
@@ -85,11 +92,13 @@ class Batcher:
         metrics: NodeMetrics | None = None,
         *,
         inline_max_rows: int = 1,
-        threads: int = 1,
+        threads: int = 2,
+        max_queued_rows: int | None = None,
     ) -> None:
-        if max_rows < 1:
-            raise ValueError("max_rows must be at least 1")
+        if max_rows < 1 or threads < 1:
+            raise ValueError("max_rows and threads must be at least 1")
         self.max_rows, self.metrics, self.inline_max_rows = max_rows, metrics, inline_max_rows
+        self.max_queued_rows = max_queued_rows if max_queued_rows is not None else 8 * max_rows
         # Not the default executor: a predict must never queue behind a model load.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelcache-predict")
         self._lanes: dict[Hashable, _Lane] = {}
@@ -112,7 +121,11 @@ class Batcher:
         request = _Request(model, x, loop.create_future())
         if lane is None:
             lane = self._lanes[key] = _Lane()
+        elif lane.queue and lane.queued_rows + len(x) > self.max_queued_rows:
+            # An empty queue always admits one request, however large (MAX_BATCH bounds it).
+            raise ModelOverloaded(model.meta.model_type, lane.queued_rows, self.max_queued_rows)
         lane.queue.append(request)
+        lane.queued_rows += len(x)
         if lane.task is None and not lane.collecting:
             lane.task = loop.create_task(self._drain(key, lane))
         return await request.future  # type: ignore[misc]
@@ -139,6 +152,7 @@ class Batcher:
             return _single(self._run([request]))
         request.future = asyncio.get_running_loop().create_future()
         lane.queue.appendleft(request)
+        lane.queued_rows += len(x)
         return await request.future
 
     async def _drain(self, key: Hashable, lane: _Lane) -> None:
@@ -146,7 +160,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while lane.queue:
-                batch = self._take(lane.queue)
+                batch = self._take(lane)
                 if not batch:
                     continue
                 outcomes = await loop.run_in_executor(self._executor, self._run, batch)
@@ -164,24 +178,28 @@ class Batcher:
                 if request.future is not None and not request.future.done():
                     request.future.set_exception(RuntimeError(f"prediction abandoned: {exc!r}"))
             lane.queue.clear()
+            lane.queued_rows = 0
             raise
         finally:
             lane.task = None
             if self._lanes.get(key) is lane and not lane.queue:
                 del self._lanes[key]
 
-    def _take(self, queue: deque[_Request]) -> list[_Request]:
+    def _take(self, lane: _Lane) -> list[_Request]:
         batch: list[_Request] = []
         rows = 0
+        queue = lane.queue
         while queue:
             head = queue[0]
             if head.future is not None and head.future.done():
                 queue.popleft()  # cancelled while queued
+                lane.queued_rows -= len(head.x)
                 continue
             if batch and (head.model is not batch[0].model or rows + len(head.x) > self.max_rows):
                 break
             batch.append(queue.popleft())
             rows += len(head.x)
+        lane.queued_rows -= rows
         return batch
 
     def _run(self, batch: list[_Request]) -> list[Outcome]:

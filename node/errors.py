@@ -7,7 +7,9 @@ ModelCacheError (coordinator.errors)
 │   │                    metadata, io, symlink, size, timeout: bounded metric label values)
 │   ├── ChecksumMismatch the artifact's bytes do not match metadata.sha256
 │   └── LoadTimeout      the load did not finish within MODELCACHE_LOAD_TIMEOUT_S
-├── LoadRateLimited      too many on-demand loads of non-default versions (per node)
+├── Throttled            a 429 with Retry-After: come back later, nothing is wrong
+│   ├── LoadRateLimited  too many on-demand loads of non-default versions (per node)
+│   └── ModelOverloaded  one model's prediction queue is full (the others are unaffected)
 └── NotReady             the node is still warming up
 """
 
@@ -70,8 +72,14 @@ class LoadTimeout(ModelLoadError):
         )
 
 
-class LoadRateLimited(ModelCacheError):
-    """A 429: explicit non-default versions may be loaded on demand only so often per node."""
+class Throttled(ModelCacheError):
+    """A 429 that tells the client when to come back (the Retry-After header)."""
+
+    retry_after_s: int = 1
+
+
+class LoadRateLimited(Throttled):
+    """Explicit non-default versions may be loaded on demand only so often per node."""
 
     code = "too_many_loads"
 
@@ -82,6 +90,22 @@ class LoadRateLimited(ModelCacheError):
             f"{model_type} {version} is not cached and this node already loaded {per_minute} "
             f"non-default versions in the last minute (MODELCACHE_ONDEMAND_LOADS_PER_MIN); "
             f"retry in {self.retry_after_s}s or request the default version"
+        )
+
+
+class ModelOverloaded(Throttled):
+    """A model's queue of rows waiting to be predicted is full: it answers at once instead of
+    growing a backlog that would delay its own callers for seconds (the other models have
+    lanes of their own and are not slowed)."""
+
+    code = "model_overloaded"
+
+    def __init__(self, model_type: str, queued_rows: int, limit: int) -> None:
+        self.model_type = model_type
+        super().__init__(
+            f"{model_type} already has {queued_rows} rows waiting to be predicted on this node "
+            f"(MODELCACHE_MODEL_QUEUE_MAX_ROWS={limit}); retry shortly, spread the load over more "
+            "nodes or send smaller batches"
         )
 
 

@@ -75,6 +75,12 @@ class NodeSettings(BaseSettings):
     """Most instances in one batch_predict request (413 beyond)."""
     batch_max_rows: int = Field(256, ge=1)
     """Most rows one coalesced predict call takes from concurrent requests for one model."""
+    predict_threads: int = Field(2, ge=1, le=64)
+    """Threads that run predictions; one model holds at most one, so a slow model leaves the
+    others theirs (2 on a 2-core node; more only helps with more cores)."""
+    model_queue_max_rows: int | None = Field(None, ge=1)
+    """Rows one model may have waiting to be predicted before it answers 429 model_overloaded
+    (default 8 x BATCH_MAX_ROWS)."""
     keep_alive_s: int = Field(75, ge=1)
     """Seconds an idle connection stays open; above the load balancer's idle times, never below."""
     log_level: str = "info"

@@ -45,7 +45,12 @@ def create_app(
     """Build the node's ASGI app from its collaborators."""
     node_id = settings.resolved_node_id
     state = {"ready": False}
-    batcher = Batcher(settings.batch_max_rows, metrics)
+    batcher = Batcher(
+        settings.batch_max_rows,
+        metrics,
+        threads=settings.predict_threads,
+        max_queued_rows=settings.model_queue_max_rows,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

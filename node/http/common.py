@@ -34,9 +34,9 @@ from node.errors import (
     BatchTooLarge,
     ChecksumMismatch,
     InvalidInput,
-    LoadRateLimited,
     ModelLoadError,
     NotReady,
+    Throttled,
 )
 from node.tensors import TensorError
 
@@ -79,7 +79,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (InvalidInput, 422),
     (BatchTooLarge, 413),
     (UnsupportedMediaType, 415),
-    (LoadRateLimited, 429),
+    (Throttled, 429),
     (ModelLoadError, 503),
     (RegistryError, 503),
     (NotReady, 503),
@@ -139,7 +139,7 @@ def map_error(
     if status >= 500:
         # The detail (paths, digests, library messages) goes to the log, not to the client.
         log.warning("%s %s -> %d %s: %s", method, path, status, exc.code, exc)
-    extra = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, LoadRateLimited) else {}
+    extra = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Throttled) else {}
     return status, {"error": message, "code": exc.code}, extra
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.registry import Registry
 from node.batching import Batcher
-from node.errors import InvalidInput
+from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel, Predictions, deserialize
 from tests.helpers import FEATURES, PublishFn
@@ -258,4 +258,61 @@ def test_v2_matrices_are_checked_and_batched(model: LoadedModel) -> None:
     good, bad = _run(main)
     _same(good, model.adapter.predict(x))
     assert isinstance(bad, InvalidInput) and "4 columns" in str(bad)
+    batcher.close()
+
+
+def test_a_slow_model_does_not_hold_up_the_others(model: LoadedModel) -> None:
+    """A big model's predict in flight leaves the other models a thread (one thread used to serve all)."""
+    big, big_spy = _spied(model)
+    small, small_spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=0)  # both on the predict threads
+    big_spy.release.clear()
+
+    async def main() -> Predictions:
+        held = asyncio.create_task(batcher.predict(("big", "1"), big, _rows(0)))
+        assert await asyncio.to_thread(big_spy.started.wait, 10)  # the big predict holds a thread
+        try:
+            return await asyncio.wait_for(batcher.predict(("small", "1"), small, _rows(1)), 10)
+        finally:
+            big_spy.release.set()
+            await held
+
+    _same(_run(main), model.predict(_rows(1)))
+    assert small_spy.sizes == [len(_rows(1))]
+    batcher.close()
+
+
+def test_a_full_model_queue_answers_overloaded_at_once_and_only_for_that_model(model: LoadedModel) -> None:
+    spied, spy = _spied(model)
+    batcher = Batcher(64, inline_max_rows=0, max_queued_rows=4)
+    spy.release.clear()
+
+    async def main() -> tuple[list[Predictions], ModelOverloaded]:
+        first = asyncio.create_task(batcher.predict(KEY, spied, _rows(0)))  # in flight
+        assert await asyncio.to_thread(spy.started.wait, 10)
+        queued = [asyncio.create_task(batcher.predict(KEY, spied, [[1, 2, 3, 4]] * 2)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ModelOverloaded) as refused:  # 4 rows queued: the 5th is refused at once
+            await batcher.predict(KEY, spied, [[1, 2, 3, 4]])
+        other = await batcher.predict(("other", "1"), model, _rows(3))  # another model is unaffected
+        spy.release.set()
+        return [await first, *(await asyncio.gather(*queued)), other], refused.value
+
+    results, refused = _run(main)
+    assert len(results) == 4 and refused.code == "model_overloaded"
+    assert "MODELCACHE_MODEL_QUEUE_MAX_ROWS=4" in str(refused)
+    assert batcher._lanes == {}  # drained, counters back to zero with the lane gone
+    batcher.close()
+
+
+def test_one_request_larger_than_the_queue_bound_is_still_admitted_to_an_empty_queue(
+    model: LoadedModel,
+) -> None:
+    batcher = Batcher(64, inline_max_rows=0, max_queued_rows=2)
+    rows = [[1, 2, 3, 4]] * 10
+
+    async def main() -> Predictions:
+        return await batcher.predict(KEY, model, rows)
+
+    _same(_run(main), model.predict(rows))
     batcher.close()
