@@ -93,7 +93,9 @@ async def measure(url: str, n: int, big_clients: int, small_clients: int) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--big-clients", type=int, default=2)
     parser.add_argument("--small-clients", type=int, default=4)
@@ -116,7 +118,11 @@ def main() -> None:
                 )
             finally:
                 stop_nodes(nodes)
-        shape = {"requests": args.requests, "big_clients": args.big_clients, "small_clients": args.small_clients}
+        shape = {
+            "requests": args.requests,
+            "big_clients": args.big_clients,
+            "small_clients": args.small_clients,
+        }
         report(args.out, {**shape, **results})
 
 
