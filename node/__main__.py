@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from node.app import build_app
+    from node.http.protocol import uvicorn_limits
     from node.logs import configure
 
     config = configure(settings.log_format, settings.log_level, settings.resolved_node_id)
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=10,
+        **uvicorn_limits(settings.header_timeout_s, settings.max_connections),
     )
     return 0
 

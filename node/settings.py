@@ -81,6 +81,10 @@ class NodeSettings(BaseSettings):
     model_queue_max_rows: int | None = Field(None, ge=1)
     """Rows one model may have waiting to be predicted before it answers 429 model_overloaded
     (default 8 x BATCH_MAX_ROWS)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a request's headers may take to arrive; a slower client (slowloris) is disconnected."""
+    max_connections: int = Field(2048, ge=1)
+    """Connections plus requests in progress before the node answers 503 at once (uvicorn's limit)."""
     keep_alive_s: int = Field(75, ge=1)
     """Seconds an idle connection stays open; above the load balancer's idle times, never below."""
     log_level: str = "info"
