@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -61,10 +62,8 @@ def test_slow_header_clients_are_disconnected_and_others_are_served(
     while open_socks and time.monotonic() < deadline:
         for sock in trickling:
             if sock in open_socks:
-                try:
-                    sock.sendall(b"X")  # a byte at a time: each one used to reset nothing and hold on
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):  # a byte at a time, as a slowloris does
+                    sock.sendall(b"X")
         open_socks = [s for s in open_socks if not _closed_by_server(s)]
         assert httpx.post(f"{node.url}/api/v1/predict", json=ROW, timeout=10).status_code == 200
     for sock in silent + trickling:
