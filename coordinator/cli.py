@@ -24,7 +24,6 @@ from coordinator.commands import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     UsageError,
-    run_node,
 )
 from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError
 from coordinator.render import error as _error
@@ -41,7 +40,6 @@ __all__ = [
     "UsageError",
     "build_parser",
     "main",
-    "run_node",
 ]
 
 
@@ -162,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     _redis_arg(p)
 
-    # Listed for the help text; main() hands `node ...` to the node's own parser.
+    # Listed for the help text; the `modelcache` entry point (modelcache/__main__.py) hands
+    # `node ...` to the node's own parser, so the coordinator never imports the node.
     sub.add_parser("node", help="run one node (see `modelcache node --help`)", add_help=False)
 
     p = command(
@@ -269,7 +268,7 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["node"]:
-        return run_node(argv[1:])
+        return _fail("run a node with `modelcache node ...` or `python -m node ...`", EXIT_USAGE, False)
     wants_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)

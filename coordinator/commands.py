@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from coordinator import render
 from coordinator.client import AdminClient
+from coordinator.control import Control
 from coordinator.errors import VersionNotFound
 from coordinator.registry import Registry
 from coordinator.render import console, err_console
-from coordinator.state import ClusterState
 from coordinator.wire import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -113,17 +113,6 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 
 # -- processes -----------------------------------------------------------------
-def run_node(node_args: Sequence[str]) -> int:
-    """`modelcache node ...`: the installed node package's entry point, in this process.
-
-    The one place the coordinator imports the node, and only when asked to be one: a
-    subprocess of `python -m node` would run a `node/` folder of the current directory.
-    """
-    from node.__main__ import main as node_main
-
-    return node_main(list(node_args))
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from coordinator.launcher import run_up
 
@@ -131,13 +120,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # -- cluster commands ----------------------------------------------------------
-def _state(args: argparse.Namespace) -> ClusterState:
+def _control(args: argparse.Namespace) -> Control:
+    """The operator commands straight over Redis (coordinator.control, as the admin API runs them)."""
     if not args.redis_url:
         raise UsageError(
             "no cluster given: pass --url (a node or the load balancer; MODELCACHE_URL) "
             "or --redis-url (MODELCACHE_REDIS_URL)"
         )
-    return ClusterState.from_url(args.redis_url, args.redis_prefix, origin=f"cli@{socket.gethostname()}")
+    origin = f"cli@{socket.gethostname()}"
+    # Read-only commands (status) take no --registry: they never reach it, and Registry is lazy.
+    registry = Registry(getattr(args, "registry", None) or "./registry")
+    return Control.connect(args.redis_url, registry, args.redis_prefix, origin=origin)
 
 
 def _change(args: argparse.Namespace, what: str) -> int:
@@ -152,17 +145,14 @@ def _change(args: argparse.Namespace, what: str) -> int:
             else:
                 doc = client.reload(args.model_type, args.version, wait=wait, timeout_s=timeout)
     else:
-        state = _state(args)
-        try:
+        with _control(args) as control:
             if args.command == "pin":
-                change = state.pin(args.model_type, args.version, Registry(args.registry))
+                change = control.pin(args.model_type, args.version)
             elif args.command == "unpin":
-                change = state.unpin(args.model_type)
+                change = control.unpin(args.model_type)
             else:
-                change = state.reload(args.model_type, args.version, Registry(args.registry))
-            doc = state.answer(change, wait, timeout)
-        finally:
-            state.close()
+                change = control.reload(args.model_type, args.version)
+            doc = control.answer(change, wait, timeout)
     return _report(doc, args, what)
 
 
@@ -222,17 +212,14 @@ def cmd_canary(args: argparse.Namespace) -> int:
             else:
                 doc = client.abort_canary(mt, wait=wait, timeout_s=timeout)
     else:
-        state = _state(args)
-        try:
+        with _control(args) as control:
             if action == "set":
-                change = state.canary(mt, args.version, args.percent, Registry(args.registry))
+                change = control.canary(mt, args.version, args.percent)
             elif action == "promote":
-                change = state.promote(mt, Registry(args.registry))
+                change = control.promote(mt)
             else:
-                change = state.abort_canary(mt)
-            doc = state.answer(change, wait, timeout)
-        finally:
-            state.close()
+                change = control.abort_canary(mt)
+            doc = control.answer(change, wait, timeout)
     what = {
         "set": f"canary {mt} {{version}} at {args.percent:g}%" if args.percent is not None else "",
         "promote": f"promoted the canary of {mt}: pinned to {{version}}",
@@ -246,11 +233,8 @@ def _list_canaries(args: argparse.Namespace) -> int:
         with AdminClient(args.url, args.token) as client:
             canaries = client.canaries()
     else:
-        state = _state(args)
-        try:
-            canaries = {mt: {**c.to_dict(), "nodes": []} for mt, c in state.canaries().items()}
-        finally:
-            state.close()
+        with _control(args) as control:
+            canaries = control.canaries()["canaries"]
     if args.json:
         render.print_json({"canaries": canaries})
         return EXIT_OK
@@ -263,11 +247,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         with AdminClient(args.url, args.token) as client:
             view = client.cluster()
     else:
-        state = _state(args)
-        try:
-            view = state.describe()
-        finally:
-            state.close()
+        with _control(args) as control:
+            view = control.describe()
     if args.json:
         render.print_json(view)
         return EXIT_OK

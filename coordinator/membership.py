@@ -1,4 +1,8 @@
-"""Membership and acknowledgements: live nodes' heartbeats, their acks, waiting for every ack."""
+"""Membership and acknowledgements: live nodes' heartbeats, their acks, waiting for every ack.
+
+A peer of coordinator.state over the same link: the desired state is there, who
+is alive and what each node made of it is here.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
-from coordinator.keys import Keys
+from coordinator.link import Link
+from coordinator.scripts import BEAT, LIVE
 from coordinator.wire import Ack, Change, Heartbeat, Outcome, WireError
 
-if TYPE_CHECKING:
-    from coordinator.state import LogThrottle
+__all__ = ["AckRow", "Membership"]
 
 
 @dataclass
@@ -29,29 +33,27 @@ class AckRow:
 
 
 class Membership:
-    """ClusterState's membership and acknowledgement methods (mixed into coordinator.state)."""
+    """Live nodes and their acknowledgements, over one link (sync API, short timeouts)."""
 
-    client: redis.Redis
-    keys: Keys
-    throttle: LogThrottle
-    _beat: Any
-    _live: Any
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._beat = link.script(BEAT)
+        self._live = link.script(LIVE)
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
-        raise NotImplementedError  # ClusterState's: Redis errors become ModelCacheErrors
-
-    # -- membership and acknowledgements -----------------------------------
+    # -- membership --------------------------------------------------------
     def heartbeat(self, beat: Heartbeat, ttl_s: float) -> None:
-        k = self.keys
+        k = self.link.keys
         ttl_ms = max(1, int(ttl_s * 1000))
-        self._call("heartbeat", self._beat, [k.members, k.heartbeats], [beat.node_id, beat.to_json(), ttl_ms])
+        self.link.call(
+            "heartbeat", self._beat, [k.members, k.heartbeats], [beat.node_id, beat.to_json(), ttl_ms]
+        )
 
     def leave(self, node_id: str) -> None:
         def _leave() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(self.keys.members, node_id).hdel(self.keys.heartbeats, node_id).execute()
+            pipe = self.link.client.pipeline(transaction=True)
+            pipe.zrem(self.link.keys.members, node_id).hdel(self.link.keys.heartbeats, node_id).execute()
 
-        self._call("leave the cluster", _leave)
+        self.link.call("leave the cluster", _leave)
 
     def heartbeats(self) -> list[Heartbeat]:
         """Live nodes (heartbeat not expired), sorted by id; unreadable heartbeats are skipped.
@@ -60,17 +62,17 @@ class Membership:
         """
 
         def _values() -> list[tuple[str, Any]]:
-            ids, values = self._live([self.keys.members, self.keys.heartbeats], [])
+            ids, values = self._live([self.link.keys.members, self.link.keys.heartbeats], [])
             return list(zip(ids, values, strict=True))
 
         beats: dict[str, Heartbeat] = {}
-        for name, value in self._call("list nodes", _values):
+        for name, value in self.link.call("list nodes", _values):
             if value is None:
                 continue  # swept between the member and its heartbeat
             try:
                 beat = Heartbeat.from_json(value)
             except WireError as exc:
-                self.throttle.warning(f"node:{name}", "ignoring heartbeat %s: %s", name[:200], exc)
+                self.link.throttle.warning(f"node:{name}", "ignoring heartbeat %s: %s", name[:200], exc)
                 continue
             beats[beat.node_id] = beat
         return [beats[n] for n in sorted(beats)]
@@ -79,23 +81,26 @@ class Membership:
         """Live nodes as JSON-ready dicts (the shape `status` and /api/v1/cluster show)."""
         return [b.to_dict() for b in self.heartbeats()]
 
+    # -- acknowledgements --------------------------------------------------
     def write_ack(self, ack: Ack) -> None:
         """Store the ack (the truth) and publish it (wakes `wait_for_acks` at once), one round trip."""
 
         def _write() -> None:
             raw = ack.to_json()
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.keys.ack(ack.node_id), raw, ex=86400).publish(self.keys.acks_channel, raw)
+            pipe = self.link.client.pipeline(transaction=False)
+            pipe.set(self.link.keys.ack(ack.node_id), raw, ex=86400).publish(self.link.keys.acks_channel, raw)
             pipe.execute()
 
-        self._call("acknowledge", _write)
+        self.link.call("acknowledge", _write)
 
     def acks(self, node_ids: Iterable[str]) -> dict[str, Ack]:
         """The last acknowledgement of each node that has a readable one."""
         ids = list(node_ids)
         if not ids:
             return {}
-        values = self._call("read acknowledgements", self.client.mget, [self.keys.ack(i) for i in ids])
+        values = self.link.call(
+            "read acknowledgements", self.link.client.mget, [self.link.keys.ack(i) for i in ids]
+        )
         out: dict[str, Ack] = {}
         for node_id, value in zip(ids, values, strict=True):
             if value is None:
@@ -103,7 +108,9 @@ class Membership:
             try:
                 out[node_id] = Ack.from_json(value)
             except WireError as exc:
-                self.throttle.warning(f"ack:{node_id}", "ignoring acknowledgement of %s: %s", node_id, exc)
+                self.link.throttle.warning(
+                    f"ack:{node_id}", "ignoring acknowledgement of %s: %s", node_id, exc
+                )
         return out
 
     def wait_for_acks(self, change: Change, timeout_s: float, poll_s: float = 0.25) -> list[AckRow]:
@@ -122,7 +129,7 @@ class Membership:
             if node_id in nodes and node_id not in rows and ack.answers(change):
                 rows[node_id] = _row(node_id, ack, change, nodes[node_id].url)
 
-        pubsub = self._call("subscribe to acknowledgements", self._ack_subscription) if nodes else None
+        pubsub = self.link.call("subscribe to acknowledgements", self._ack_subscription) if nodes else None
         try:
             next_read = 0.0  # read the keys first: acks written before we subscribed
             while True:
@@ -134,10 +141,10 @@ class Membership:
                 if len(rows) == len(nodes) or now >= deadline or pubsub is None:
                     break
                 wait = max(0.0, min(next_read, deadline) - time.monotonic())
-                message = self._call("wait for acknowledgements", pubsub.get_message, True, wait)
+                message = self.link.call("wait for acknowledgements", pubsub.get_message, True, wait)
                 while message is not None:
                     self._take_published(message, take)
-                    message = self._call("wait for acknowledgements", pubsub.get_message, True, 0)
+                    message = self.link.call("wait for acknowledgements", pubsub.get_message, True, 0)
         finally:
             if pubsub is not None:
                 with _suppress_redis():
@@ -152,9 +159,9 @@ class Membership:
         return [rows[n] for n in sorted(rows)]
 
     def _ack_subscription(self) -> Any:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(self.keys.acks_channel)
+            pubsub.subscribe(self.link.keys.acks_channel)
         except BaseException:
             with _suppress_redis():
                 pubsub.close()
@@ -167,7 +174,9 @@ class Membership:
         try:
             ack = Ack.from_json(message.get("data"))
         except WireError as exc:  # anyone can PUBLISH: junk here wakes nobody
-            self.throttle.warning("ack-message", "ignoring a message on %s: %s", self.keys.acks_channel, exc)
+            self.link.throttle.warning(
+                "ack-message", "ignoring a message on %s: %s", self.link.keys.acks_channel, exc
+            )
             return
         take(ack.node_id, ack)
 

@@ -11,35 +11,39 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.cache import LRU, ModelCache
+    from node.cache import ModelCache
     from node.loader import Loader
+    from node.loads import Loads
     from node.metrics import NodeMetrics
+    from node.reloads import Applied, Reloads
     from node.runtime import LoadedModel, deserialize
-    from node.service import ModelService, Outcome, Resolved
+    from node.service import ModelService, Resolved
     from node.settings import NodeSettings
 
 _EXPORTS = {
-    "LRU": "node.cache",
+    "Applied": "node.reloads",
     "LoadedModel": "node.runtime",
     "Loader": "node.loader",
+    "Loads": "node.loads",
     "ModelCache": "node.cache",
     "ModelService": "node.service",
     "NodeMetrics": "node.metrics",
     "NodeSettings": "node.settings",
-    "Outcome": "node.service",
+    "Reloads": "node.reloads",
     "Resolved": "node.service",
     "deserialize": "node.runtime",
 }
 
 __all__ = [
-    "LRU",
+    "Applied",
     "LoadedModel",
     "Loader",
+    "Loads",
     "ModelCache",
     "ModelService",
     "NodeMetrics",
     "NodeSettings",
-    "Outcome",
+    "Reloads",
     "Resolved",
     "deserialize",
 ]

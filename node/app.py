@@ -1,50 +1,89 @@
-"""The composition root: build a node's collaborators from its settings."""
+"""The composition root: build every collaborator of a node from its settings, once, and hand
+each one what it uses (no part receives the settings object or reaches through another)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from coordinator.control import Control
+from coordinator.link import Link
+from coordinator.membership import Membership
 from coordinator.registry import Registry
+from coordinator.state import ClusterState
 from node.http.app import create_app
 from node.loader import Loader
+from node.loads import Loads
 from node.metrics import NodeMetrics
+from node.parts import NodeParts
+from node.reconcile import Reconciler
+from node.reloads import Reloads
+from node.resolver import Resolver
 from node.service import ModelService
 from node.settings import NodeSettings
+from node.sync import ClusterSync, NodeReport, SyncTiming
 
 
-def build_service(settings: NodeSettings, metrics: NodeMetrics) -> ModelService:
+def build_node(settings: NodeSettings, metrics: NodeMetrics | None = None) -> NodeParts:
+    """Every part of one node; with a Redis URL also cluster sync and the operator commands."""
+    metrics = metrics or NodeMetrics()
     registry = Registry(settings.registry)
     loader = Loader(registry, retries=settings.load_retries, backoff_s=settings.load_retry_backoff_s)
-    return ModelService(
-        registry,
+    loads = Loads(
         loader,
         metrics,
         cache_size=settings.cache_size,
         cache_max_bytes=settings.cache_max_bytes,
         cache_policy=settings.cache_policy,
         cache_idle_ttl_s=settings.cache_idle_ttl_s,
-        load_failure_ttl_s=settings.load_failure_ttl_s,
         load_timeout_s=settings.load_timeout_s,
         load_workers=settings.load_workers,
-        ondemand_loads_per_min=settings.ondemand_loads_per_min,
-        pins=settings.pins,
+    )
+    resolver = Resolver(registry, metrics, pins=settings.pins, failure_ttl_s=settings.load_failure_ttl_s)
+    service = ModelService(loads, resolver, metrics, ondemand_loads_per_min=settings.ondemand_loads_per_min)
+    reloads = Reloads(loads, resolver, metrics)
+    if not settings.redis_url:
+
+        def warm_alone() -> list[str]:
+            return service.warm(settings.warmup)
+
+        return NodeParts(metrics, registry, loads, resolver, service, reloads, warmup=warm_alone)
+    node_id = settings.resolved_node_id
+    link = Link.from_url(settings.redis_url, settings.redis_prefix)
+    state = ClusterState(link, origin=node_id, replica_timeout_s=settings.redis_replica_wait_s)
+    members = Membership(link)
+    sync = ClusterSync(
+        link,
+        state,
+        members,
+        Reconciler(node_id, reloads, metrics),
+        metrics,
+        url=settings.resolved_public_url,
+        report=lambda: node_report(loads, resolver, service),
+        timing=SyncTiming(settings.reconcile_interval_s, settings.heartbeat_s),
+    )
+    popular = loads.cache.capacity if settings.warmup_popular else 0
+
+    def warm_from_cluster() -> list[str]:
+        return sync.warm(service.warm, settings.warmup, popular)
+
+    control = Control(state, members, registry)
+    return NodeParts(
+        metrics, registry, loads, resolver, service, reloads, control, sync, warmup=warm_from_cluster
+    )
+
+
+def node_report(loads: Loads, resolver: Resolver, service: ModelService) -> NodeReport:
+    """What this node's heartbeat tells the cluster: what it caches and serves, its cache stats."""
+    stats = loads.stats()
+    return NodeReport(
+        cached=[{"model_type": m["model_type"], "version": m["version"]} for m in stats["models"]],
+        serving=resolver.serving(),
+        stats={k: v for k, v in stats.items() if k != "models"},
+        request_counts=service.request_counts(),
     )
 
 
 def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
-    """A complete node: service, metrics and (with a Redis URL) cluster sync."""
-    metrics = NodeMetrics(registry)
-    service = build_service(settings, metrics)
-    cluster = None
-    if settings.redis_url:
-        from node.sync import ClusterSync
-
-        cluster = ClusterSync(settings, service, metrics)
-        warmup = cluster.warm
-    else:
-
-        def warmup() -> list[str]:
-            return service.warm(settings.warmup)
-
-    return create_app(settings, service, metrics, cluster=cluster, warmup=warmup)
+    """A complete node: its parts behind the HTTP layer."""
+    return create_app(settings, build_node(settings, NodeMetrics(registry)))

@@ -23,12 +23,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from node.policies import Cache, Evicted, LRUCache, Reason, make_policy
+from node.policies import Cache, Evicted, Reason, make_policy
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-LRU = LRUCache  # the name before policies were pluggable
 
 
 @dataclass

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from coordinator.errors import RegistryError
 from coordinator.registry import Registry
 from coordinator.versions import is_prerelease, normalize_version, parse_version, validate_model_type
+from coordinator.wire import Canary
 from node.errors import ModelLoadError
 from node.metrics import NodeMetrics
 
@@ -59,7 +60,7 @@ class Resolver:
     ) -> None:
         self.registry, self.metrics = registry, metrics
         self._draw = draw
-        self._canaries: dict[str, tuple[str, float]] = {}
+        self._canaries: dict[str, Canary] = {}
         self.failure_ttl_s = failure_ttl_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -76,47 +77,53 @@ class Resolver:
     def pin(self, model_type: str) -> str | None:
         return self._pins.get(model_type)
 
-    def set_pins(self, pins: Mapping[str, str]) -> list[str]:
-        """Adopt a new set of pins; return the model types whose pin changed."""
-        new = {k: normalize_version(v) for k, v in pins.items()}
-        changed = sorted(k for k in set(new) | set(self._pins) if new.get(k) != self._pins.get(k))
-        for old in set(self._pins.items()) - set(new.items()):
-            self.metrics.pinned_version.remove(*old)
-        for pin in new.items():
-            self.metrics.pinned_version.labels(*pin).set(1)
-        self._pins = new
-        return changed
+    def set_pin(self, model_type: str, version: str | None) -> bool:
+        """Pin `model_type` to `version` (None: unpin); return whether the pin changed."""
+        new = normalize_version(version) if version is not None else None
+        old = self._pins.get(model_type)
+        if new == old:
+            return False
+        pins = dict(self._pins)  # copy, then swap: readers on other threads see one or the other
+        if new is None:
+            del pins[model_type]
+        else:
+            pins[model_type] = new
+        self._pins = pins
+        if old is not None:
+            self.metrics.pinned_version.remove(model_type, old)
+        if new is not None:
+            self.metrics.pinned_version.labels(model_type, new).set(1)
+        return True
 
     # -- canaries ------------------------------------------------------------
-    def canaries(self) -> dict[str, tuple[str, float]]:
-        """Active canaries on this node: model_type -> (version, percent)."""
+    def canaries(self) -> dict[str, Canary]:
+        """Active canaries on this node, by model type."""
         return dict(self._canaries)
 
-    def set_canary(self, model_type: str, version: str, percent: float) -> None:
-        """Activate (call only once `version` is loaded: no request may wait on its load)."""
+    def set_canary(self, model_type: str, canary: Canary) -> None:
+        """Activate (call only once its version is loaded: no request may wait on its load)."""
         old = self._canaries.get(model_type)
-        self._canaries[model_type] = (version, percent)
-        if old is not None and old[0] != version:
-            self.metrics.canary_percent.remove(model_type, old[0])
-        self.metrics.canary_percent.labels(model_type, version).set(percent)
+        self._canaries[model_type] = canary
+        if old is not None and old.version != canary.version:
+            self.metrics.canary_percent.remove(model_type, old.version)
+        self.metrics.canary_percent.labels(model_type, canary.version).set(canary.percent)
 
     def clear_canary(self, model_type: str) -> str | None:
         """Deactivate; return the version that was the canary, if any."""
         old = self._canaries.pop(model_type, None)
         if old is None:
             return None
-        self.metrics.canary_percent.remove(model_type, old[0])
-        return old[0]
+        self.metrics.canary_percent.remove(model_type, old.version)
+        return old.version
 
     def canary_pick(self, model_type: str, routing_key: str | None) -> str | None:
         """The canary version when this request falls in its share, else None (serve the default)."""
         canary = self._canaries.get(model_type)
-        if canary is None or canary[1] <= 0:
+        if canary is None or canary.percent <= 0:
             return None
-        version, percent = canary
-        if self.recently_failed((model_type, version)):
+        if self.recently_failed((model_type, canary.version)):
             return None
-        return version if in_canary(model_type, percent, routing_key, self._draw) else None
+        return canary.version if in_canary(model_type, canary.percent, routing_key, self._draw) else None
 
     # -- defaults ----------------------------------------------------------
     def target(self, model_type: str) -> str:

@@ -10,6 +10,10 @@ Two background threads, neither on the request path (invariant 4):
 Neither thread ever dies: everything is caught at its top, counted in
 `modelcache_background_errors_total{thread}`, and `health()` says when one is stuck.
 Everything read from Redis is untrusted; one bad model or message fails alone.
+
+What to do with a snapshot of the desired state is the `Reconciler`'s (node.reconcile,
+handed in); operator commands are coordinator.control's. This module is the threads,
+the backoff and the heartbeat.
 """
 
 from __future__ import annotations
@@ -20,51 +24,61 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from coordinator.errors import ClusterUnavailable
-from coordinator.keys import Keys
-from coordinator.state import ClusterState, LogThrottle, connect
-from coordinator.wire import Canary, Change, Heartbeat, ModelAck, WireError
+from coordinator.link import Link, LogThrottle
+from coordinator.membership import Membership
+from coordinator.state import ClusterState
+from coordinator.wire import Change, Heartbeat, WireError
 from node.background import UNHEALTHY_AFTER, Backoff, SyncHealth, ThreadHealth
 from node.metrics import NodeMetrics
 from node.reconcile import Reconciler
-from node.service import ModelService
-from node.settings import NodeSettings
 
 log = logging.getLogger("modelcache.sync")
 
 
-class ClusterSync(Reconciler):
-    """Keeps one node in step with the cluster, and carries the node's cluster-wide admin calls."""
+@dataclass(frozen=True)
+class NodeReport:
+    """What this node's heartbeat says about it besides its id: the cluster view's row."""
+
+    cached: list[dict[str, str]]
+    serving: dict[str, str]
+    stats: dict[str, Any]
+    request_counts: dict[str, int] = field(default_factory=dict)
+    """Requests per model type since start (their growth feeds cluster-wide popularity)."""
+
+
+@dataclass(frozen=True)
+class SyncTiming:
+    reconcile_interval_s: float = 5.0
+    heartbeat_s: float = 2.0
+
+
+class ClusterSync:
+    """Keeps one node in step with the cluster: subscriber and loop threads, heartbeat, backoff."""
 
     def __init__(
         self,
-        settings: NodeSettings,
-        service: ModelService,
+        link: Link,
+        state: ClusterState,
+        members: Membership,
+        reconciler: Reconciler,
         metrics: NodeMetrics,
+        *,
+        url: str,
+        report: Callable[[], NodeReport],
+        timing: SyncTiming = SyncTiming(),
         rand: Callable[[], float] | None = None,
     ) -> None:
-        assert settings.redis_url, "ClusterSync needs MODELCACHE_REDIS_URL"
-        self.settings, self.service, self.metrics = settings, service, metrics
-        self.node_id = settings.resolved_node_id
-        self.keys = Keys(settings.redis_prefix)
-        self.state = ClusterState.from_url(
-            settings.redis_url,
-            settings.redis_prefix,
-            origin=self.node_id,
-            replica_timeout_s=settings.redis_replica_wait_s,
-        )
+        self.link, self.state, self.members, self.reconciler = link, state, members, reconciler
+        self.metrics, self.timing, self.url, self._report = metrics, timing, url, report
+        self.node_id = reconciler.node_id
         self.started_at = time.time()
-        self._applied: dict[str, int] | None = None  # generations applied; None until first sync
-        self._epoch = ""  # the epoch `_applied` belongs to
-        self._outcomes: dict[str, ModelAck] = {}
-        self._bad_pins: dict[str, str] = {}
-        self._canaries: dict[str, Canary] = {}  # the canaries this node last applied (or tried)
-        self._seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -94,8 +108,8 @@ class ClusterSync(Reconciler):
         for thread in self._threads:
             thread.join(5)
         with contextlib.suppress(ClusterUnavailable):
-            self.state.leave(self.node_id)  # drop out of the cluster view at once
-        self.state.close()
+            self.members.leave(self.node_id)  # drop out of the cluster view at once
+        self.link.close()
 
     def problems(self) -> list[str]:
         """What /readyz reports for cluster sync; empty when healthy."""
@@ -114,21 +128,24 @@ class ClusterSync(Reconciler):
         errors = {name: h.errors for name, h in self._health.items()}
         return SyncHealth(problems, self._connected, errors)
 
-    def warm(self) -> list[str]:
-        """Warm start (invariant 7): adopt pins, then preload pinned and popular models."""
+    def warm(
+        self, preload: Callable[[list[str]], list[str]], wanted: Iterable[str], popular: int = 0
+    ) -> list[str]:
+        """Warm start (invariant 7): adopt the cluster state, then `preload` the wanted, pinned and
+        (up to `popular`) the cluster's most requested model types; return what loaded."""
+        static = list(wanted)
         try:
             self._reconcile()
         except ClusterUnavailable as exc:
             log.warning("warm-up without cluster state: %s", exc)
-            return self.service.warm(self.settings.warmup)
+            return preload(static)
         except Exception as exc:  # warm-up must end, or /readyz stays 503 for ever
             self._failed("warmup", exc)
-        wanted = list(self.settings.warmup) + sorted(self.service.pins)
-        if self.settings.warmup_popular:
+        static += sorted(self.reconciler.reloads.pins())
+        if popular:
             with contextlib.suppress(ClusterUnavailable):
-                wanted += self.state.popular(self.service.cache.capacity)
-        unique = list(dict.fromkeys(wanted))
-        return self.service.warm(unique)
+                static += self.state.popular(popular)
+        return preload(list(dict.fromkeys(static)))
 
     # -- threads -------------------------------------------------------------
     def _guard(self, name: str, body: Callable[[Backoff], None]) -> None:
@@ -159,10 +176,10 @@ class ClusterSync(Reconciler):
     def _subscribe_forever(self, backoff: Backoff) -> None:
         # With Sentinel, each (re)connection asks for the current primary: after a failover
         # the broken link raises, the guard backs off, and this finds the new primary.
-        client = connect(self.settings.redis_url or "", timeout=5, decode_responses=False)
+        client = self.link.events_client(timeout=5)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(self.keys.events)
+            pubsub.subscribe(self.link.keys.events)
             backoff.reset()
             self._succeeded("subscriber")
             self._wake.set()  # (re)connected: reconcile, we may have missed events
@@ -180,13 +197,15 @@ class ClusterSync(Reconciler):
         try:
             change = Change.from_json(data if isinstance(data, bytes) else b"")
         except WireError as exc:
-            self._throttle.warning("event", "ignoring a message on %s: %s", self.keys.events, exc, logger=log)
+            self._throttle.warning(
+                "event", "ignoring a message on %s: %s", self.link.keys.events, exc, logger=log
+            )
             return
         log.debug("event: %s", change.summary())
         self._wake.set()
 
     def _loop_forever(self, backoff: Backoff) -> None:
-        interval = self.settings.reconcile_interval_s
+        interval = self.timing.reconcile_interval_s
         next_reconcile = next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -209,7 +228,7 @@ class ClusterSync(Reconciler):
                 # Back from an outage: heartbeat at once, our membership key has likely expired.
                 if now >= next_heartbeat or (rejoining and self._connected):
                     self._heartbeat()
-                    next_heartbeat = time.monotonic() + self.settings.heartbeat_s
+                    next_heartbeat = time.monotonic() + self.timing.heartbeat_s
             except ClusterUnavailable as exc:
                 self._set_connected(False, str(exc))
                 # Retry soon, then less often while Redis stays away; jittered across the fleet.
@@ -227,84 +246,30 @@ class ClusterSync(Reconciler):
         self._connected = connected
         self.metrics.redis_connected.set(1 if connected else 0)
 
+    def _reconcile(self) -> None:
+        """Read the desired state, apply it (the reconciler), acknowledge; heartbeat if it changed."""
+        snap = self.state.read()
+        self._set_connected(True)
+        result = self.reconciler.step(snap)
+        self.members.write_ack(result.ack)
+        if result.applied:
+            self._heartbeat()  # the cluster view shows the new state at once
+
     def _heartbeat(self) -> None:
-        counts = self.service.request_counts()
+        report = self._report()
+        counts = report.request_counts
         delta = {mt: n - self._reported[mt] for mt, n in counts.items() if n > self._reported[mt]}
-        stats = self.service.stats()
         beat = Heartbeat(
             node_id=self.node_id,
-            url=self.settings.resolved_public_url,
+            url=self.url,
             started_at=self.started_at,
             heartbeat_at=time.time(),
-            epoch=self._epoch,
-            applied_seq=self._seq,
-            cached=[{"model_type": m["model_type"], "version": m["version"]} for m in stats["models"]],
-            serving=self.service.serving(),
-            stats={k: v for k, v in stats.items() if k != "models"},
+            epoch=self.reconciler.epoch,
+            applied_seq=self.reconciler.seq,
+            cached=report.cached,
+            serving=report.serving,
+            stats=report.stats,
         )
-        self.state.heartbeat(beat, ttl_s=3 * self.settings.heartbeat_s)
+        self.members.heartbeat(beat, ttl_s=3 * self.timing.heartbeat_s)
         self.state.add_popularity(delta)
         self._reported.update(delta)
-
-    # -- the API's cluster-wide calls ------------------------------------------
-    async def pins(self) -> dict[str, str]:
-        return await asyncio.to_thread(self.state.pins)
-
-    async def set_pin(self, model_type: str, version: str, wait: bool, timeout_s: float) -> dict[str, Any]:
-        change = await asyncio.to_thread(self.state.pin, model_type, version, self.service.registry)
-        return await self._answer(change, wait, timeout_s)
-
-    async def unpin(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]:
-        change = await asyncio.to_thread(self.state.unpin, model_type)
-        return await self._answer(change, wait, timeout_s)
-
-    async def reload(
-        self, model_type: str | None, version: str | None, wait: bool, timeout_s: float
-    ) -> dict[str, Any]:
-        change = await asyncio.to_thread(self.state.reload, model_type, version, self.service.registry)
-        return await self._answer(change, wait, timeout_s)
-
-    async def describe(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self.state.describe)
-
-    async def canaries(self) -> dict[str, Any]:
-        """Canaries in Redis, each with every live node's last outcome for its model type."""
-        return await asyncio.to_thread(self._canaries_view)
-
-    def _canaries_view(self) -> dict[str, Any]:
-        canaries = self.state.canaries()
-        acks = self.state.acks(b.node_id for b in self.state.heartbeats()) if canaries else {}
-        view: dict[str, Any] = {}
-        for model_type, canary in sorted(canaries.items()):
-            nodes = []
-            for node_id, ack in sorted(acks.items()):
-                outcome = ack.outcomes.get(model_type)
-                nodes.append(
-                    {
-                        "node_id": node_id,
-                        "outcome": outcome.outcome.value if outcome else None,
-                        "detail": outcome.detail if outcome else "",
-                        "serving": ack.serving.get(model_type),
-                    }
-                )
-            view[model_type] = {**canary.to_dict(), "nodes": nodes}
-        return {"canaries": view}
-
-    async def set_canary(
-        self, model_type: str, version: str, percent: object, wait: bool, timeout_s: float
-    ) -> dict[str, Any]:
-        change = await asyncio.to_thread(
-            self.state.canary, model_type, version, percent, self.service.registry
-        )
-        return await self._answer(change, wait, timeout_s)
-
-    async def abort_canary(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]:
-        change = await asyncio.to_thread(self.state.abort_canary, model_type)
-        return await self._answer(change, wait, timeout_s)
-
-    async def promote_canary(self, model_type: str, wait: bool, timeout_s: float) -> dict[str, Any]:
-        change = await asyncio.to_thread(self.state.promote, model_type, self.service.registry)
-        return await self._answer(change, wait, timeout_s)
-
-    async def _answer(self, change: Change, wait: bool, timeout_s: float) -> dict[str, Any]:
-        return await asyncio.to_thread(self.state.answer, change, wait, timeout_s)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.control import Control
+from coordinator.link import Link
+from coordinator.membership import Membership
 from coordinator.redis_server import RedisServer
 from coordinator.registry import ModelMetadata, Registry
 from coordinator.state import ClusterState
@@ -76,10 +79,27 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def state(redis_server: RedisServer, prefix: str) -> Iterator[ClusterState]:
-    s = ClusterState.from_url(redis_server.url, prefix, origin="test")
-    yield s
-    s.close()
+def link(redis_server: RedisServer, prefix: str) -> Iterator[Link]:
+    """One connection to the session's Redis under this test's prefix."""
+    made = Link.from_url(redis_server.url, prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def state(link: Link) -> ClusterState:
+    return ClusterState(link, origin="test")
+
+
+@pytest.fixture
+def members(link: Link) -> Membership:
+    return Membership(link)
+
+
+@pytest.fixture
+def control(state: ClusterState, members: Membership, registry: Registry) -> Control:
+    """The operator commands over this test's Redis prefix and registry (as the CLI runs them)."""
+    return Control(state, members, registry)
 
 
 CLUSTER_TOKEN = "cluster-token"

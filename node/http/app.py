@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from node.batching import Batcher
-from node.http.admin import Admin, Cluster
+from node.http.admin import Admin
 from node.http.canary import Canaries
 from node.http.common import FastJSON, add_schemas, install_error_handlers
 from node.http.fast import FastRoutes, NodeApp
@@ -26,24 +25,17 @@ from node.http.observe import ObserveMiddleware, Observer
 from node.http.ops import Ops
 from node.http.v1 import V1
 from node.http.v2 import V2
-from node.metrics import NodeMetrics
+from node.parts import NodeParts
 from node.schemas import BatchBody, BatchRequest, PinRequest, PredictBody, PredictRequest, ReloadRequest
-from node.service import ModelService
 from node.settings import NodeSettings
 
 log = logging.getLogger("modelcache.api")
 
 
-def create_app(
-    settings: NodeSettings,
-    service: ModelService,
-    metrics: NodeMetrics,
-    *,
-    cluster: Cluster | None = None,
-    warmup: Callable[[], Any] | None = None,
-) -> FastAPI:
-    """Build the node's ASGI app from its collaborators."""
+def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
+    """Build the node's ASGI app over its parts (built by node.app); each route table gets what it uses."""
     node_id = settings.resolved_node_id
+    metrics, cluster, warmup = parts.metrics, parts.sync, parts.warmup
     state = {"ready": False}
     batcher = Batcher(
         settings.batch_max_rows,
@@ -64,7 +56,7 @@ def create_app(
             if cluster is not None:
                 await cluster.stop()
             batcher.close()
-            service.close()  # the idle-TTL sweep thread
+            parts.close()  # the idle-TTL sweep thread
 
     async def _warm() -> None:
         started = time.perf_counter()
@@ -80,10 +72,9 @@ def create_app(
     def problems() -> list[str]:
         """Why this node should not take traffic now; empty when it should."""
         found = [] if state["ready"] else [f"node {node_id} is still warming up"]
-        found += service.load_health()
-        cluster_problems = getattr(cluster, "problems", None)
-        if cluster_problems is not None:
-            found += cluster_problems()
+        found += parts.loads.health()
+        if cluster is not None:
+            found += cluster.problems()
         return found
 
     app = NodeApp(
@@ -108,14 +99,16 @@ def create_app(
     add_schemas(app, [PredictRequest, PredictBody, BatchRequest, BatchBody, ReloadRequest, PinRequest])
 
     fast = FastRoutes(node_id, settings.max_body_bytes, settings.registry, observer)
-    admin = Admin(settings, service, cluster)
-    V1(settings, service, metrics, batcher).register(app, fast)
+    admin = Admin(node_id, settings.admin_token, parts.reloads, parts.control)
+    models = dict(registry=parts.registry, resolver=parts.resolver, loads=parts.loads)
+    V1(node_id, settings.max_batch, parts.service, metrics, batcher, **models).register(app, fast)
     admin.register(app)
-    Canaries(cluster, service).register(app, admin.require_admin)
-    Ops(settings, service, metrics, problems).register(app)
-    V2(settings, service, metrics, batcher, lambda: not problems()).register(app, fast, admin.require_admin)
+    Canaries(parts.control, parts.reloads).register(app, admin.require_admin)
+    Ops(node_id, parts.loads, metrics, problems).register(app)
+    v2 = V2(node_id, settings.max_batch, parts.service, metrics, batcher, lambda: not problems(), **models)
+    v2.register(app, fast, admin.require_admin)
     app.fast = fast
-    app.state.service = service
+    app.state.service = parts.service
     app.state.batcher = batcher
     app.state.readiness = state
     return app

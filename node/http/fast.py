@@ -4,7 +4,8 @@ FastAPI's per-request machinery (its middleware stack, dependency solving,
 request and response objects) costs ~300 µs, more than a single-row predict.
 The prediction routes therefore run here: `NodeApp.__call__` matches a POST
 against `FastRoutes` and serves it in one pure ASGI call that does, in order,
-what the FastAPI part's middleware does for the other routes:
+what the FastAPI part's middleware does for the other routes, with the same
+guards (node.http.guards):
 
 - 415 for a compressed body, 413 on `Content-Length` or on the streamed body;
 - the handler (`Call` in, `Reply` out), its known errors mapped by
@@ -37,7 +38,8 @@ from starlette.types import Receive, Scope, Send
 
 from coordinator.errors import ModelCacheError
 from node.errors import InvalidInput
-from node.http.common import INTERNAL_ERROR, map_error
+from node.http.common import map_error
+from node.http.guards import INTERNAL, Refusal, node_header, read_bounded, refusal
 from node.http.observe import PREDICTION, REQUEST_ID, Observer, Prediction, request_id
 from node.logs import bind_request_id, reset_request_id
 from node.resolver import MAX_ROUTING_KEY
@@ -93,7 +95,7 @@ class FastRoutes:
     """POST routes matched by exact path or a `{param}` template, served as pure ASGI."""
 
     def __init__(self, node_id: str, max_body_bytes: int, registry_root: Path, observer: Observer) -> None:
-        self.node_header = (b"x-modelcache-node", node_id.encode())
+        self.node_header = node_header(node_id)
         self.max_body_bytes, self.registry_root = max_body_bytes, registry_root
         self.observer = observer
         self.in_flight = 0
@@ -152,12 +154,14 @@ class FastRoutes:
 
     async def _answer(self, handler: Handler, call: Call, scope: Scope, receive: Receive) -> Reply | None:
         try:
-            refusal = self._refuse(call.headers)
-            if refusal is not None:
-                return refusal
-            body = await self._read(receive)
-            if body is None or isinstance(body, Reply):
-                return body
+            refused = refusal(call.headers, self.max_body_bytes)
+            if refused is not None:
+                return error_reply(*refused)
+            body = await read_bounded(receive, self.max_body_bytes)
+            if body is None:
+                return None
+            if isinstance(body, Refusal):
+                return error_reply(*body)
             call.body = body
             return await handler(call)
         except ModelCacheError as exc:
@@ -166,50 +170,7 @@ class FastRoutes:
             return json_reply(doc, extra_headers, status)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            return error_reply(500, "internal_error", INTERNAL_ERROR)
-
-    def _refuse(self, headers: dict[bytes, bytes]) -> Reply | None:
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return self._too_large()
-        encoding = headers.get(b"content-encoding")
-        # A compressed body would be parsed as garbage, and inflating it is a bomb waiting to happen.
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
-            return error_reply(
-                415,
-                "unsupported_media_type",
-                f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not accepted: "
-                "send the body uncompressed",
-            )
-        return None
-
-    async def _read(self, receive: Receive) -> bytes | Reply | None:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):  # the common case: one message
-            return body if len(body) <= self.max_body_bytes else self._too_large()
-        chunks, size = [body], len(body)
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return self._too_large()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    def _too_large(self) -> Reply:
-        return error_reply(
-            413,
-            "body_too_large",
-            f"request body exceeds {self.max_body_bytes} bytes (MODELCACHE_MAX_BODY_BYTES); "
-            "send fewer rows per request",
-        )
+            return error_reply(*INTERNAL)
 
     async def _send(self, send: Send, reply: Reply, rid: str) -> None:
         headers = [

@@ -1,4 +1,7 @@
-"""Pure ASGI middleware: request size limit, the last-resort 500, the node id on every response."""
+"""Pure ASGI middleware: request size limit, the last-resort 500, the node id on every response.
+
+The refusals themselves are node.http.guards', shared with the prediction fast path.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,14 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from node.http.common import INTERNAL_ERROR, error_body
+from node.http.common import error_body
+from node.http.guards import INTERNAL, Refusal, node_header, read_bounded, refusal
 
 log = logging.getLogger("modelcache.api")
+
+
+async def send_refusal(send: Send, refused: Refusal) -> None:
+    await send_error(send, *refused)
 
 
 async def send_error(send: Send, status: int, code: str, message: str) -> None:
@@ -32,35 +40,16 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
-                return
-            # A compressed body would be parsed as garbage, and inflating it is a bomb waiting to happen.
-            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-                encoding = value.decode("latin-1")[:40]
-                await send_error(
-                    send,
-                    415,
-                    "unsupported_media_type",
-                    f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed",
-                )
-                return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        refused = refusal(dict(scope.get("headers", ())), self.max_bytes)
+        if refused is not None:
+            await send_refusal(send, refused)
+            return
+        body = await read_bounded(receive, self.max_bytes)
+        if body is None:  # client went away
+            return
+        if isinstance(body, Refusal):
+            await send_refusal(send, body)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -71,13 +60,6 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-    async def _reject(self, send: Send) -> None:
-        message = (
-            f"request body exceeds {self.max_bytes} bytes (MODELCACHE_MAX_BODY_BYTES); "
-            "send fewer rows per request"
-        )
-        await send_error(send, 413, "body_too_large", message)
 
 
 class InternalErrorMiddleware:
@@ -108,7 +90,7 @@ class InternalErrorMiddleware:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for a response: let the server drop the connection
                 raise
-            await send_error(send, 500, "internal_error", INTERNAL_ERROR)
+            await send_refusal(send, INTERNAL)
 
 
 class NodeHeaderMiddleware:
@@ -116,7 +98,7 @@ class NodeHeaderMiddleware:
     routing can be observed from outside."""
 
     def __init__(self, app: ASGIApp, node_id: str) -> None:
-        self.app, self.header = app, (b"x-modelcache-node", node_id.encode())
+        self.app, self.header = app, node_header(node_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -10,24 +10,18 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.http.common import FastJSON, error_response
+from node.loads import Loads
 from node.metrics import NodeMetrics
 from node.schemas import ERRORS
-from node.service import ModelService
-from node.settings import NodeSettings
 
 
 class Ops:
     """`problems` says why the node should not take traffic now (empty: ready)."""
 
     def __init__(
-        self,
-        settings: NodeSettings,
-        service: ModelService,
-        metrics: NodeMetrics,
-        problems: Callable[[], list[str]],
+        self, node_id: str, loads: Loads, metrics: NodeMetrics, problems: Callable[[], list[str]]
     ) -> None:
-        self.service, self.metrics, self.problems = service, metrics, problems
-        self.node_id = settings.resolved_node_id
+        self.node_id, self.loads, self.metrics, self.problems = node_id, loads, metrics, problems
 
     def register(self, app: FastAPI) -> None:
         tags = ["operations"]
@@ -38,7 +32,7 @@ class Ops:
 
     async def cache_stats(self) -> dict[str, Any]:
         """Hits, misses, rates, evictions, loads, bytes and per-model entries of this node."""
-        return {"node_id": self.node_id, **self.service.stats()}
+        return {"node_id": self.node_id, **self.loads.stats()}
 
     async def healthz(self) -> dict[str, Any]:
         """Liveness: the process answers."""

@@ -11,12 +11,15 @@ import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from coordinator.registry import Registry
 from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import body_doc, parse_body, refused_input, require_json
 from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
 from node.http.observe import Prediction
+from node.loads import Loads
 from node.metrics import NodeMetrics
+from node.resolver import Resolver
 from node.runtime import Predictions, Row
 from node.schemas import (
     ERRORS,
@@ -28,7 +31,7 @@ from node.schemas import (
     PredictResponse,
 )
 from node.service import ModelService, Resolved
-from node.settings import NodeSettings
+from node.views import models_view
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,11 +40,20 @@ class V1:
     """The v1 endpoints: each a short method that parses, delegates and renders."""
 
     def __init__(
-        self, settings: NodeSettings, service: ModelService, metrics: NodeMetrics, batcher: Batcher
+        self,
+        node_id: str,
+        max_batch: int,
+        service: ModelService,
+        metrics: NodeMetrics,
+        batcher: Batcher,
+        *,
+        registry: Registry,
+        resolver: Resolver,
+        loads: Loads,
     ) -> None:
+        self.node_id, self.max_batch = node_id, max_batch
         self.service, self.metrics, self.batcher = service, metrics, batcher
-        self.node_id = settings.resolved_node_id
-        self.max_batch = settings.max_batch
+        self.registry, self.resolver, self.loads = registry, resolver, loads
 
     def register(self, app: FastAPI, fast: FastRoutes) -> None:
         predict = {"responses": ERRORS, "tags": ["predict"]}
@@ -135,12 +147,19 @@ class V1:
     # -- models ---------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:
         """Every model type: versions, latest stable, pin, served version, what this node caches."""
-        return {"node_id": self.node_id, "models": await asyncio.to_thread(self.service.list_models)}
+        return {"node_id": self.node_id, "models": await asyncio.to_thread(self._models)}
+
+    def _models(self) -> list[dict[str, Any]]:
+        """Every model type; one whose files cannot be read is listed with an `error`."""
+        resolver = self.resolver
+        return models_view(
+            self.registry.scan(), resolver.pins, resolver.serving(), self.loads.cached_versions()
+        )
 
     async def model_metadata(self, model_type: str, version: str) -> dict[str, Any]:
         """A version's metadata (features, metrics, checksum) without loading the model."""
-        meta = await asyncio.to_thread(self.service.registry.metadata, model_type, version)
-        cached = meta.version in self.service.cached_versions().get(model_type, [])
+        meta = await asyncio.to_thread(self.registry.metadata, model_type, version)
+        cached = meta.version in self.loads.cached_versions().get(model_type, [])
         return {**meta.to_dict(), "cached_on_node": cached}
 
 

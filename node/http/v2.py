@@ -19,15 +19,17 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from coordinator.errors import InvalidName
+from coordinator.registry import Registry
 from coordinator.versions import normalize_version
 from node.batching import Batcher
 from node.errors import InvalidInput
 from node.http.common import FastJSON, off_loop_if_big, refused_input
 from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
 from node.http.observe import Prediction
+from node.loads import Loads
 from node.metrics import NodeMetrics
+from node.resolver import Resolver
 from node.service import ModelService
-from node.settings import NodeSettings
 from node.tensors import (
     TensorError,
     binary_outputs,
@@ -63,15 +65,20 @@ class V2:
 
     def __init__(
         self,
-        settings: NodeSettings,
+        node_id: str,
+        max_batch: int,
         service: ModelService,
         metrics: NodeMetrics,
         batcher: Batcher,
         is_ready: Callable[[], bool],
+        *,
+        registry: Registry,
+        resolver: Resolver,
+        loads: Loads,
     ) -> None:
+        self.node_id, self.max_batch = node_id, max_batch
         self.service, self.metrics, self.batcher, self.is_ready = service, metrics, batcher, is_ready
-        self.node_id = settings.resolved_node_id
-        self.max_batch = settings.max_batch
+        self.registry, self.resolver, self.loads = registry, resolver, loads
 
     def register(self, app: FastAPI, fast: FastRoutes, admin: Callable[..., None]) -> None:
         tags: list[str | Enum] = ["open inference protocol (v2)"]
@@ -121,11 +128,10 @@ class V2:
         return await self._metadata(name, version)
 
     async def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        service = self.service
         try:
-            versions = await asyncio.to_thread(service.registry.versions, name)
-            version = version or service.default_version(name)
-            meta = await asyncio.to_thread(service.registry.metadata, name, version)
+            versions = await asyncio.to_thread(self.registry.versions, name)
+            version = version or self.resolver.default_version(name)
+            meta = await asyncio.to_thread(self.registry.metadata, name, version)
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         features = list(meta.features)
@@ -158,14 +164,13 @@ class V2:
         return await self._ready(name, version)
 
     async def _ready(self, name: str, version: str | None) -> Response:
-        service = self.service
         try:
-            service.registry.versions(name)
-            version = normalize_version(version) if version else service.default_version(name)
+            self.registry.versions(name)
+            version = normalize_version(version) if version else self.resolver.default_version(name)
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
-        service.registry.metadata(name, version)  # 404 for an unknown version
-        loaded = version in service.cached_versions().get(name, [])
+        self.registry.metadata(name, version)  # 404 for an unknown version
+        loaded = version in self.loads.cached_versions().get(name, [])
         return FastJSON(
             {"name": name, "version": version, "ready": loaded}, status_code=200 if loaded else 503
         )
@@ -235,8 +240,8 @@ class V2:
         """Every model version in the registry: READY when loaded on this node, else UNAVAILABLE."""
         body = await request.body()
         only_ready = bool(_json_object(body).get("ready", False)) if body.strip() else False
-        cached = self.service.cached_versions()
-        registry = self.service.registry
+        cached = self.loads.cached_versions()
+        registry = self.registry
         rows = []
         for name in await asyncio.to_thread(registry.model_types):
             for version in await asyncio.to_thread(registry.versions, name):
@@ -265,10 +270,10 @@ class V2:
     async def repository_unload(self, name: str) -> dict[str, Any]:
         """Evict every cached version of a model from this node (admin)."""
         try:
-            self.service.registry.versions(name)
+            self.registry.versions(name)
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
-        return {"name": name, "unloaded": self.service.unload(name), "state": "UNAVAILABLE"}
+        return {"name": name, "unloaded": self.loads.unload(name), "state": "UNAVAILABLE"}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from coordinator.lb import find_haproxy
 from coordinator.registry import Registry
 from tests.helpers import free_port, free_port_range, stop_process, train_booster
 
-CLI = [sys.executable, "-m", "coordinator.cli"]
+CLI = [sys.executable, "-m", "modelcache"]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -350,7 +350,7 @@ def test_node_command_runs_the_installed_package_not_a_node_folder_in_cwd(tmp_pa
     (impostor / "__main__.py").write_text("print('IMPOSTOR')\n")
     script = tmp_path / "bin" / "modelcache"
     script.parent.mkdir()
-    script.write_text("import sys\nfrom coordinator.cli import main\nsys.exit(main())\n")
+    script.write_text("import sys\nfrom modelcache.__main__ import main\nsys.exit(main())\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, str(script), "node", "--help"],

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis
 
+from coordinator.control import Control
 from coordinator.errors import ClusterUnavailable
 from coordinator.redis_server import RedisServer, SentinelServer, sentinel_url
 from coordinator.redis_url import RedisTarget, SentinelRedis, parse_redis_url
 from coordinator.registry import Registry
-from coordinator.state import ClusterState
 from coordinator.wire import Outcome
 from tests.helpers import NodeProcess, PublishFn
 
@@ -57,13 +57,13 @@ def test_bad_sentinel_urls_say_what_is_expected(url: str, why: str) -> None:
 
 def test_no_sentinel_answering_is_cluster_unavailable(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0")
-    state = ClusterState.from_url(f"redis+sentinel://127.0.0.1:{_closed_port()}/{MASTER}/0")
+    control = Control.connect(f"redis+sentinel://127.0.0.1:{_closed_port()}/{MASTER}/0", registry)
     try:
-        assert isinstance(state.client, SentinelRedis)
+        assert isinstance(control.state.link.client, SentinelRedis)
         with pytest.raises(ClusterUnavailable, match=r"via Sentinel 127\.0\.0\.1:\d+ is unreachable"):
-            state.pin("m", "1.0", registry)
+            control.pin("m", "1.0")
     finally:
-        state.close()
+        control.close()
 
 
 def _closed_port() -> int:
@@ -172,28 +172,30 @@ def test_failover_loses_no_acknowledged_pin_and_nodes_follow_the_new_primary(
     url = sentinel_url(sentinels, MASTER)
     nodes = cluster(2, redis_url=url)
     urls = [n.url for n in nodes]
-    state = ClusterState.from_url(url, prefix, origin="test")
+    control = Control.connect(url, registry, prefix, origin="test")
     try:
-        first = state.pin("m", "1.0", registry)
+        first = control.pin("m", "1.0")
         assert first.replicated is True  # WAIT 1: a replica has it before the call returns
-        assert [r.outcome for r in state.wait_for_acks(first, timeout_s=15)] == [Outcome.OK] * 2
+        assert [r.outcome for r in control.members.wait_for_acks(first, timeout_s=15)] == [Outcome.OK] * 2
 
         with Load(urls) as load:
             _until(lambda: load.ok >= 20, "predictions flowing", 20)
-            acknowledged = state.pin("m", "2.0", registry)
+            acknowledged = control.pin("m", "2.0")
             assert acknowledged.replicated is True
             # Kill the primary the moment the pin is acknowledged: no time to replicate "later".
             assert primary.proc is not None
             primary.proc.kill()
             killed = time.monotonic()
             with pytest.raises(ClusterUnavailable):  # admin calls fail fast until a primary is known
-                state.pin("m", "3.0", registry)
+                control.pin("m", "3.0")
 
             accepted: list[float] = []
 
             def pin_after_failover() -> bool:
-                assert state.read().pins.get("m") == "2.0", "an acknowledged pin was lost in the failover"
-                after = state.pin("m", "3.0", registry)
+                assert control.state.read().pins.get("m") == "2.0", (
+                    "an acknowledged pin was lost in the failover"
+                )
+                after = control.pin("m", "3.0")
                 accepted.append(time.monotonic() - killed)
                 assert after.replicated is None  # the old primary is gone: no replica left to wait for
                 return True
@@ -203,11 +205,13 @@ def test_failover_loses_no_acknowledged_pin_and_nodes_follow_the_new_primary(
             # Without restarting anything, both nodes follow the new primary and apply the new pin.
             for node_url in urls:
                 _until(lambda u=node_url: _serving(u) == "3.0", f"{node_url} serving 3.0", 60)
-            _until(lambda: len(state.nodes()) == 2, "both nodes heartbeating on the new primary", 30)
+            _until(
+                lambda: len(control.members.nodes()) == 2, "both nodes heartbeating on the new primary", 30
+            )
         assert load.failures == [], load.failures[:5]
         assert load.ok > 20
     finally:
-        state.close()
+        control.close()
     result = {
         "kill_to_first_accepted_pin_s": round(accepted[0], 3),
         "down_after_ms": 500,

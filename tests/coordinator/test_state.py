@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from coordinator import cli
+from coordinator.control import Control
 from coordinator.errors import (
     CanaryNotFound,
     ClusterStateCorrupt,
@@ -20,6 +21,8 @@ from coordinator.errors import (
     VersionNotFound,
 )
 from coordinator.keys import ALL
+from coordinator.link import Link
+from coordinator.membership import Membership
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
@@ -27,9 +30,9 @@ from coordinator.wire import Ack, Canary, Change, ChangeKind, Heartbeat, ModelAc
 from tests.helpers import PublishFn
 
 
-def listen(state: ClusterState) -> redis.client.PubSub:
-    pubsub = state.client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(state.keys.events)
+def listen(link: Link) -> redis.client.PubSub:
+    pubsub = link.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(link.keys.events)
     pubsub.get_message(timeout=1)  # the subscribe confirmation
     return pubsub
 
@@ -40,12 +43,12 @@ def next_event(pubsub: redis.client.PubSub) -> dict | None:
 
 
 def test_pin_changes_keys_and_announces_atomically(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState, registry: Registry, publish: PublishFn, control: Control, link: Link
 ) -> None:
     publish("churn", "1.0.0")
-    pubsub = listen(state)
+    pubsub = listen(link)
     before = time.time()
-    change = state.pin("churn", "1.0.0", registry)
+    change = control.pin("churn", "1.0.0")
     event = next_event(pubsub)
     pubsub.close()
     assert (change.seq, change.generation) == (1, 1)
@@ -59,66 +62,66 @@ def test_pin_changes_keys_and_announces_atomically(
 
 
 def test_unpin_reload_and_reload_all_bump_generations(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState, registry: Registry, publish: PublishFn, control: Control
 ) -> None:
     publish("churn", "1.0.0")
-    state.pin("churn", "1.0.0", registry)
-    assert state.unpin("churn").generation == 2
-    assert state.unpin("churn").seq == 0  # not pinned any more: nothing published
-    reload = state.reload("churn", None, registry)
+    control.pin("churn", "1.0.0")
+    assert control.unpin("churn").generation == 2
+    assert control.unpin("churn").seq == 0  # not pinned any more: nothing published
+    reload = control.reload("churn", None)
     assert (reload.kind, reload.generation, reload.seq) == ("reload", 3, 3)
-    everything = state.reload(None, None, registry)
+    everything = control.reload(None)
     assert everything.model_type == ALL and everything.generation == 1
     snap = state.read()
     assert snap.pins == {} and snap.generations == {"churn": 3, ALL: 1} and snap.seq == 4
 
 
 def test_pinning_a_missing_version_publishes_nothing(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState, registry: Registry, publish: PublishFn, control: Control, link: Link
 ) -> None:
     publish("churn", "1.0.0")
-    pubsub = listen(state)
+    pubsub = listen(link)
     with pytest.raises(VersionNotFound, match="available versions: 1"):
-        state.pin("churn", "9.9.9", registry)
+        control.pin("churn", "9.9.9")
     with pytest.raises(VersionNotFound):
-        state.reload("churn", "9.9.9", registry)
+        control.reload("churn", "9.9.9")
     assert next_event(pubsub) is None
     pubsub.close()
     assert state.read().seq == 0
 
 
 def test_prefixes_isolate_clusters(
-    redis_server: RedisServer, state: ClusterState, registry: Registry, publish: PublishFn
+    redis_server: RedisServer, registry: Registry, publish: PublishFn, control: Control
 ) -> None:
     publish("churn", "1.0.0")
-    other = ClusterState.from_url(redis_server.url, "other-cluster:")
+    other = Link.from_url(redis_server.url, "other-cluster:")
     try:
-        state.pin("churn", "1.0.0", registry)
-        assert other.read().pins == {}
+        control.pin("churn", "1.0.0")
+        assert ClusterState(other).read().pins == {}
     finally:
         other.close()
 
 
-def test_heartbeats_expire(state: ClusterState) -> None:
-    state.heartbeat(Heartbeat("n1", "http://x"), ttl_s=0.2)
-    state.heartbeat(Heartbeat("n2", "http://y"), ttl_s=30)
-    assert [n["node_id"] for n in state.nodes()] == ["n1", "n2"]
+def test_heartbeats_expire(members: Membership) -> None:
+    members.heartbeat(Heartbeat("n1", "http://x"), ttl_s=0.2)
+    members.heartbeat(Heartbeat("n2", "http://y"), ttl_s=30)
+    assert [n["node_id"] for n in members.nodes()] == ["n1", "n2"]
     time.sleep(0.3)
-    assert [n["node_id"] for n in state.nodes()] == ["n2"]
-    state.leave("n2")
-    assert state.nodes() == []
+    assert [n["node_id"] for n in members.nodes()] == ["n2"]
+    members.leave("n2")
+    assert members.nodes() == []
 
 
 def test_wait_for_acks_reports_each_node_and_times_out(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    registry: Registry, publish: PublishFn, control: Control, members: Membership
 ) -> None:
     publish("churn", "1.0.0")
     for n in ("a", "b"):
-        state.heartbeat(Heartbeat(n, f"http://{n}"), ttl_s=30)
-    change = state.pin("churn", "1.0.0", registry)
+        members.heartbeat(Heartbeat(n, f"http://{n}"), ttl_s=30)
+    change = control.pin("churn", "1.0.0")
     outcome = ModelAck("churn", Outcome.OK, "1.0.0", None, "loaded", change.epoch, change.seq, 1, 3.0)
-    state.write_ack(Ack("a", change.epoch, change.seq, time.time(), {"churn": outcome}))
-    rows = state.wait_for_acks(change, timeout_s=0.2)
+    members.write_ack(Ack("a", change.epoch, change.seq, time.time(), {"churn": outcome}))
+    rows = members.wait_for_acks(change, timeout_s=0.2)
     assert [(r.node_id, r.outcome, r.version) for r in rows] == [("a", "ok", "1.0.0"), ("b", "timeout", None)]
     assert rows[0].propagation_ms == 3.0
 
@@ -132,52 +135,55 @@ def test_popularity(state: ClusterState) -> None:
 def test_unreachable_redis_fails_fast_with_a_clear_error(registry: Registry, publish: PublishFn) -> None:
     publish("churn", "1.0.0")
     with RedisServer() as server:
-        state = ClusterState.from_url(server.url)
+        control = Control.connect(server.url, registry)
         server.stop()
-        try:
+        with control:
             with pytest.raises(ClusterUnavailable, match=r"unreachable.*MODELCACHE_REDIS_URL"):
-                state.pin("churn", "1.0.0", registry)
+                control.pin("churn", "1.0.0")
             with pytest.raises(ClusterUnavailable):
-                state.read()
-        finally:
-            state.close()
+                control.state.read()
 
 
 def test_a_reset_redis_starts_a_new_epoch_and_old_acks_answer_nothing(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState,
+    registry: Registry,
+    publish: PublishFn,
+    control: Control,
+    members: Membership,
+    link: Link,
 ) -> None:
     publish("churn", "1.0.0")
-    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
-    before = state.reload("churn", None, registry)
+    members.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    before = control.reload("churn", None)
     done = ModelAck("churn", Outcome.OK, "1.0.0", None, "loaded", before.epoch, before.seq, 1)
     old_ack = Ack("a", before.epoch, before.seq, time.time(), {"churn": done})
-    state.client.flushall()  # Redis restarted empty: seq and generations start again at 1
-    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
-    state.write_ack(old_ack)  # the node has not seen the new change yet
-    after = state.reload("churn", None, registry)
+    link.client.flushall()  # Redis restarted empty: seq and generations start again at 1
+    members.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    members.write_ack(old_ack)  # the node has not seen the new change yet
+    after = control.reload("churn", None)
     assert (after.seq, after.generation) == (before.seq, before.generation) == (1, 1)
     assert after.epoch and after.epoch != before.epoch and state.read().epoch == after.epoch
-    [row] = state.wait_for_acks(after, timeout_s=0.2)
+    [row] = members.wait_for_acks(after, timeout_s=0.2)
     assert row.outcome is Outcome.TIMEOUT  # the old ack (same seq, old epoch) is not this change's
-    assert state.reload("churn", None, registry).epoch == after.epoch  # the epoch is kept, not renewed
+    assert control.reload("churn", None).epoch == after.epoch  # the epoch is kept, not renewed
 
 
 def test_two_operators_at_once_each_learn_what_won(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    registry: Registry, publish: PublishFn, control: Control, members: Membership
 ) -> None:
     publish("churn", "1.0.0")
     publish("churn", "2.0.0")
-    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
-    first = state.pin("churn", "1.0.0", registry)
-    second = state.pin("churn", "2.0.0", registry)
+    members.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    first = control.pin("churn", "1.0.0")
+    second = control.pin("churn", "2.0.0")
     assert second.seq == first.seq + 1
     # The node saw both at once and applied the later one.
     applied = ModelAck("churn", Outcome.OK, "2.0.0", None, "loaded", second.epoch, second.seq, 2)
-    state.write_ack(Ack("a", second.epoch, second.seq, time.time(), {"churn": applied}))
-    [row] = state.wait_for_acks(first, timeout_s=1)
+    members.write_ack(Ack("a", second.epoch, second.seq, time.time(), {"churn": applied}))
+    [row] = members.wait_for_acks(first, timeout_s=1)
     assert (row.outcome, row.version) == (Outcome.OK, "2.0.0")
     assert row.detail.startswith(f"superseded by change #{second.seq}")
-    [row] = state.wait_for_acks(second, timeout_s=1)
+    [row] = members.wait_for_acks(second, timeout_s=1)
     assert row.detail == "loaded"
 
 
@@ -188,27 +194,30 @@ def test_garbage_in_redis_is_skipped_not_raised(
     redis_server: RedisServer,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    control: Control,
+    members: Membership,
+    link: Link,
 ) -> None:
     publish("churn", "1.0.0")
-    k, c = state.keys, state.client
-    state.heartbeat(Heartbeat("good", "http://good"), ttl_s=30)
+    k, c = link.keys, link.client
+    members.heartbeat(Heartbeat("good", "http://good"), ttl_s=30)
     c.zadd(k.members, {"junk": 2**50, "shape": 2**50, "list": 2**50, "no-heartbeat": 2**50})
     c.hset(k.heartbeats, mapping={"junk": b"\xff\xfe not json", "shape": '{"node_id": 5}', "list": "[1]"})
-    change = state.pin("churn", "1.0.0", registry)
+    change = control.pin("churn", "1.0.0")
     c.set(k.ack("good"), "garbage")
     c.hset(k.pins, mapping={"bad": "not a version!!", "../etc": "1.0"})
     c.hset(k.generations, "weird", "NaN")
     c.hset(k.changes, "weird", "{not json")
     c.zincrby(k.popularity, 5, "../etc")
 
-    assert [n["node_id"] for n in state.nodes()] == ["good"]
-    view = state.describe()
+    assert [n["node_id"] for n in members.nodes()] == ["good"]
+    view = control.describe()
     assert view["pins"] == {"churn": "1.0.0"} and view["generations"] == {"churn": 1}
     snap = state.read()
     assert set(snap.bad_pins) == {"bad", "../etc"} and "not a PEP 440 version" in snap.bad_pins["bad"]
     assert set(snap.changes) == {"churn"} and "weird" in snap.bad_changes
     assert state.popular(3) == []
-    [row] = state.wait_for_acks(change, timeout_s=0.2)  # an unreadable ack is no ack, not a crash
+    [row] = members.wait_for_acks(change, timeout_s=0.2)  # an unreadable ack is no ack, not a crash
     assert row.outcome is Outcome.TIMEOUT
     assert "ignoring heartbeat" in caplog.text and "ignoring acknowledgement" in caplog.text
 
@@ -224,52 +233,47 @@ def test_a_change_waits_for_a_replica_and_says_when_none_confirmed_it(
         RedisServer() as primary,
         RedisServer(args=["--replicaof", "127.0.0.1", str(primary.port)]) as replica,
     ):
-        state = ClusterState.from_url(primary.url, replica_timeout_s=0.3)
-        try:
+        control = Control.connect(primary.url, registry, replica_timeout_s=0.3)
+        with control:
             deadline = time.monotonic() + 15
-            while state.client.info("replication")["connected_slaves"] < 1:
+            while control.state.link.client.info("replication")["connected_slaves"] < 1:
                 assert time.monotonic() < deadline, "replica never connected"
                 time.sleep(0.05)
-            change = state.pin("churn", "1.0.0", registry)
+            change = control.pin("churn", "1.0.0")
             assert change.replicated is True
             assert "replicated" not in change.to_json()  # a fact about the write, not the change
             assert replica.proc is not None
             os.kill(replica.proc.pid, signal.SIGSTOP)  # connected, but confirms nothing
             try:
-                stalled = state.reload("churn", None, registry)
+                stalled = control.reload("churn", None)
             finally:
                 os.kill(replica.proc.pid, signal.SIGCONT)
             assert stalled.replicated is False and stalled.seq == change.seq + 1
-        finally:
-            state.close()
-    with RedisServer() as alone:
-        state = ClusterState.from_url(alone.url, replica_timeout_s=30)
-        try:
-            assert state.pin("churn", "1.0.0", registry).replicated is None  # no replica: no WAIT
-        finally:
-            state.close()
+    with RedisServer() as alone, Control.connect(alone.url, registry, replica_timeout_s=30) as control:
+        assert control.pin("churn", "1.0.0").replicated is None  # no replica: no WAIT
 
 
 def test_waiters_are_woken_by_the_published_ack_not_by_polling(
-    state: ClusterState,
     registry: Registry,
     publish: PublishFn,
     monkeypatch: pytest.MonkeyPatch,
     redis_server: RedisServer,
     prefix: str,
+    control: Control,
+    members: Membership,
 ) -> None:
     publish("churn", "1.0.0")
-    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
-    change = state.pin("churn", "1.0.0", registry)
+    members.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    change = control.pin("churn", "1.0.0")
     reads = []
-    real_acks = state.acks
-    monkeypatch.setattr(state, "acks", lambda ids: reads.append(set(ids)) or real_acks(ids))
-    writer = ClusterState.from_url(redis_server.url, prefix)
+    real_acks = members.acks
+    monkeypatch.setattr(members, "acks", lambda ids: reads.append(set(ids)) or real_acks(ids))
+    writer = Link.from_url(redis_server.url, prefix)
     ack = Ack("a", change.epoch, change.seq, time.time(), {})
-    timer = threading.Timer(0.2, writer.write_ack, [ack])
+    timer = threading.Timer(0.2, Membership(writer).write_ack, [ack])
     timer.start()
     try:
-        [row] = state.wait_for_acks(change, timeout_s=30, poll_s=30)
+        [row] = members.wait_for_acks(change, timeout_s=30, poll_s=30)
     finally:
         timer.join()
         writer.close()
@@ -277,32 +281,32 @@ def test_waiters_are_woken_by_the_published_ack_not_by_polling(
     assert reads == [{"a"}]  # one read before waiting; the ack itself arrived by pub/sub
 
 
-def test_membership_is_not_a_scan_and_expires_on_the_redis_clock(state: ClusterState) -> None:
-    state.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
-    state.heartbeat(Heartbeat("b", "http://b"), ttl_s=0.05)
+def test_membership_is_not_a_scan_and_expires_on_the_redis_clock(members: Membership, link: Link) -> None:
+    members.heartbeat(Heartbeat("a", "http://a"), ttl_s=30)
+    members.heartbeat(Heartbeat("b", "http://b"), ttl_s=0.05)
     time.sleep(0.1)
-    assert [n["node_id"] for n in state.nodes()] == ["a"]
-    state.heartbeat(Heartbeat("c", "http://c"), ttl_s=30)  # sweeps b's expired record
-    assert set(state.client.hkeys(state.keys.heartbeats)) == {"a", "c"}
-    state.leave("a")
-    assert [n["node_id"] for n in state.nodes()] == ["c"]
+    assert [n["node_id"] for n in members.nodes()] == ["a"]
+    members.heartbeat(Heartbeat("c", "http://c"), ttl_s=30)  # sweeps b's expired record
+    assert set(link.client.hkeys(link.keys.heartbeats)) == {"a", "c"}
+    members.leave("a")
+    assert [n["node_id"] for n in members.nodes()] == ["c"]
 
 
 # -- canaries ---------------------------------------------------------------------
 def test_canary_promote_and_abort_change_keys_and_announce_atomically(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState, registry: Registry, publish: PublishFn, control: Control, link: Link
 ) -> None:
     publish("churn", "1.0.0")
     publish("churn", "1.1.0")
-    pubsub = listen(state)
-    change = state.canary("churn", "1.1.0", 20, registry)
+    pubsub = listen(link)
+    change = control.canary("churn", "1.1.0", 20)
     event = next_event(pubsub)
     assert event["kind"] == "canary" and event["version"] == "1.1.0" and event["seq"] == change.seq == 1
     snap = state.read()
     assert snap.canaries == {"churn": Canary("1.1.0", 20.0)} and snap.pins == {}
-    assert state.describe()["canaries"] == {"churn": {"version": "1.1.0", "percent": 20.0}}
+    assert control.describe()["canaries"] == {"churn": {"version": "1.1.0", "percent": 20.0}}
 
-    promoted = state.promote("churn", registry)
+    promoted = control.promote("churn")
     event = next_event(pubsub)
     # One change: the pin and the canary's end are never seen apart.
     assert event["kind"] == "promote" and event["version"] == "1.1.0" and promoted.seq == 2
@@ -310,12 +314,12 @@ def test_canary_promote_and_abort_change_keys_and_announce_atomically(
     assert snap.pins == {"churn": "1.1.0"} and snap.canaries == {} and snap.generations["churn"] == 2
 
     with pytest.raises(CanaryNotFound, match="no canary runs for 'churn'"):
-        state.promote("churn", registry)
-    assert state.abort_canary("churn").seq == 0  # nothing to abort: nothing published
+        control.promote("churn")
+    assert control.abort_canary("churn").seq == 0  # nothing to abort: nothing published
     assert next_event(pubsub) is None
 
-    state.canary("churn", "1.0.0", 5.5, registry)
-    aborted = state.abort_canary("churn")
+    control.canary("churn", "1.0.0", 5.5)
+    aborted = control.abort_canary("churn")
     assert aborted.kind is ChangeKind.CANARY_ABORT and aborted.seq == 4
     assert state.read().canaries == {} and state.read().pins == {"churn": "1.1.0"}
     pubsub.close()
@@ -323,19 +327,19 @@ def test_canary_promote_and_abort_change_keys_and_announce_atomically(
 
 @pytest.mark.parametrize("percent", [-1, 100.5, float("nan"), "20", True, None])
 def test_canary_refuses_a_percent_outside_0_to_100_before_publishing(
-    state: ClusterState, registry: Registry, publish: PublishFn, percent: object
+    state: ClusterState, registry: Registry, publish: PublishFn, percent: object, control: Control
 ) -> None:
     publish("churn", "1.0.0")
     with pytest.raises(InvalidName, match="must be a number from 0 to 100"):
-        state.canary("churn", "1.0.0", percent, registry)
+        control.canary("churn", "1.0.0", percent)
     with pytest.raises(VersionNotFound):
-        state.canary("churn", "9.0.0", 10, registry)
+        control.canary("churn", "9.0.0", 10)
     assert state.read().seq == 0 and state.read().canaries == {}
 
 
-def test_an_unreadable_canary_is_set_aside_not_raised(state: ClusterState) -> None:
-    state.client.hset(
-        state.keys.canaries, mapping={"churn": "{junk", "fraud": '{"version":"1.0","percent":900}'}
+def test_an_unreadable_canary_is_set_aside_not_raised(state: ClusterState, link: Link) -> None:
+    link.client.hset(
+        link.keys.canaries, mapping={"churn": "{junk", "fraud": '{"version":"1.0","percent":900}'}
     )
     snap = state.read()
     assert snap.canaries == {} and set(snap.bad_canaries) == {"churn", "fraud"}
@@ -343,15 +347,15 @@ def test_an_unreadable_canary_is_set_aside_not_raised(state: ClusterState) -> No
 
 
 def test_a_state_key_of_the_wrong_type_is_corrupt_state_not_an_outage(
-    state: ClusterState, registry: Registry, publish: PublishFn
+    state: ClusterState, registry: Registry, publish: PublishFn, control: Control, link: Link
 ) -> None:
     publish("m", "1.0")
-    state.client.set(state.keys.pins, "x")  # WRONGTYPE for every hash command on it
+    link.client.set(link.keys.pins, "x")  # WRONGTYPE for every hash command on it
     with pytest.raises(ClusterStateCorrupt) as caught:
         state.pins()
     message = str(caught.value)
     assert "corrupt" in message and "WRONGTYPE" not in message and "127.0.0.1" not in message
-    state.client.delete(state.keys.pins)
-    state.client.set(state.keys.seq, "notanumber")  # the change script's INCR fails
+    link.client.delete(link.keys.pins)
+    link.client.set(link.keys.seq, "notanumber")  # the change script's INCR fails
     with pytest.raises(ClusterStateCorrupt):
-        state.pin("m", "1.0", registry)
+        control.pin("m", "1.0")

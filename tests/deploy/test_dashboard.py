@@ -21,8 +21,9 @@ import httpx
 import pytest
 import yaml
 
+from coordinator.control import Control
+from coordinator.membership import Membership
 from coordinator.registry import Registry
-from coordinator.state import ClusterState
 from tests.helpers import NodeProcess, PublishFn, corrupt, eventually, free_port, require_binary, stop_process
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -133,7 +134,8 @@ def test_every_panel_query_returns_data(
     prometheus: Callable[[list[str]], str],
     registry: Registry,
     publish: PublishFn,
-    state: ClusterState,
+    control: Control,
+    members: Membership,
 ) -> None:
     for model in ("a", "b", "c", "d"):
         publish(model, "1.0")
@@ -159,9 +161,9 @@ def test_every_panel_query_returns_data(
         assert eventually(lambda: len(query(prom, 'up{job="modelcache"} == 1')) == 3, timeout=30)
         time.sleep(2)
         # Real events for the cluster panels: a reload and a corrupt version that falls back.
-        state.wait_for_acks(state.reload(None, None, registry), timeout_s=10)
+        members.wait_for_acks(control.reload(None), timeout_s=10)
         corrupt(registry, publish("b", "2.0"))
-        state.wait_for_acks(state.reload("b", None, registry), timeout_s=10)
+        members.wait_for_acks(control.reload("b", None), timeout_s=10)
         for n in nodes:
             httpx.post(f"{n.url}/api/v1/models/b/predict", json={"features": ROW}, timeout=10)
         httpx.post(
@@ -171,7 +173,7 @@ def test_every_panel_query_returns_data(
         )
         httpx.post(f"{nodes[0].url}/api/v1/models/b/predict", json={"features": ROW}, timeout=10)
         # A canary for the canary panels: half of a's default traffic to 0.9, and input it refuses.
-        state.wait_for_acks(state.canary("a", "0.9", 50, registry), timeout_s=10)
+        members.wait_for_acks(control.canary("a", "0.9", 50), timeout_s=10)
         for n in nodes:
             for _ in range(4):
                 httpx.post(f"{n.url}/api/v1/models/a/predict", json={"features": ROW[:2]}, timeout=10)

@@ -99,31 +99,27 @@ def test_metrics_after_a_known_sequence(registry: Registry, publish: PublishFn) 
 
 def test_evictions_carry_their_reason(registry: Registry, publish: PublishFn) -> None:
     """bytes, idle and unload each land under their own `reason` label (capacity: the test above)."""
-    from node.loader import Loader
-    from node.metrics import NodeMetrics
-    from node.service import ModelService
+    from tests.node.parts import make_node
 
     for mt in ("a", "b", "c"):
         publish(mt, "1.0")
     now = [0.0]
-    metrics = NodeMetrics()
     size = memory.estimate_cost(registry.metadata("a", "1.0"))
-    service = ModelService(
+    parts = make_node(
         registry,
-        Loader(registry, retries=1),
-        metrics,
         cache_size=3,
         cache_max_bytes=2 * size + 1,
         cache_idle_ttl_s=10,
         clock=lambda: now[0],
         sweep=False,
     )
-    service.load("a")
-    service.load("b")
-    service.load("c")  # three slots but bytes for two: a goes for bytes
-    assert service.unload("c") == ["1.0"]
+    metrics = parts.metrics
+    parts.service.load("a")
+    parts.service.load("b")
+    parts.service.load("c")  # three slots but bytes for two: a goes for bytes
+    assert parts.loads.unload("c") == ["1.0"]
     now[0] = 20.0
-    service._sweep()  # b idle for 20 s > 10 s
+    parts.loads.sweep()  # b idle for 20 s > 10 s
 
     def reason(mt: str, why: str) -> float | None:
         return metrics.registry.get_sample_value(
@@ -133,4 +129,4 @@ def test_evictions_carry_their_reason(registry: Registry, publish: PublishFn) ->
     assert reason("a", "bytes") == 1
     assert reason("c", "unload") == 1
     assert reason("b", "idle") == 1
-    assert service.cached_versions() == {}
+    assert parts.loads.cached_versions() == {}

@@ -20,9 +20,10 @@ def test_default_is_pin_else_latest_stable_memoised(registry: Registry, publish:
     publish("m", "1.2")
     assert r.default_version("m") == "1.1"  # memoised until the service switches it
     assert r.target("m") == "1.2"
-    assert r.set_pins({"m": "2.0-beta1"}) == ["m"] and r.target("m") == "2.0b1"
-    assert r.set_pins({"m": "2.0b1"}) == []  # unchanged
+    assert r.set_pin("m", "2.0-beta1") is True and r.target("m") == "2.0b1"
+    assert r.set_pin("m", "2.0b1") is False  # unchanged
     assert r.is_default_or_pinned(("m", "2.0b1")) and not r.is_default_or_pinned(("m", "1.0"))
+    assert r.set_pin("m", None) is True and r.pins == {}
 
 
 def test_failure_ttl_on_an_injected_clock(registry: Registry, publish: PublishFn) -> None:

@@ -14,60 +14,56 @@ from coordinator.errors import InvalidName, ModelNotFound, VersionNotFound
 from coordinator.registry import Registry
 from node.errors import ChecksumMismatch, LoadRateLimited, ModelLoadError
 from node.loader import Loader
-from node.metrics import NodeMetrics
+from node.parts import NodeParts
 from node.runtime import LoadedModel
-from node.service import ModelService
+from node.views import models_view
 from tests.helpers import HungReads, PublishFn, corrupt, eventually
+from tests.node.parts import make_node
 
 ROW = [[0.1, 0.2, 0.3, 0.4]]
 
 
-def make_service(registry: Registry, **kw) -> ModelService:
-    loader = kw.pop("loader", None) or Loader(registry, retries=1, sleep=lambda s: None)
-    return ModelService(registry, loader, NodeMetrics(), **kw)
-
-
-def sample(service: ModelService, name: str, **labels: str) -> float:
-    value = service.metrics.registry.get_sample_value(name, labels)
+def sample(parts: NodeParts, name: str, **labels: str) -> float:
+    value = parts.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 
-def get(service: ModelService, model_type: str, version: str | None = None):
-    return asyncio.run(service.get(model_type, version))
+def get(parts: NodeParts, model_type: str, version: str | None = None):
+    return asyncio.run(parts.service.get(model_type, version))
 
 
 def test_resolution_explicit_then_pin_then_latest(registry: Registry, publish: PublishFn) -> None:
     for v in ("1.0.0", "1.10.0", "1.9.0", "2.0.0b1"):
         publish("m", v)
-    assert get(make_service(registry), "m").version == "1.10.0"
-    assert get(make_service(registry), "m", "2.0.0b1").version == "2.0.0b1"
-    assert get(make_service(registry, pins={"m": "1.0.0"}), "m").version == "1.0.0"
-    assert get(make_service(registry, pins={"m": "2.0.0-b1"}), "m").version == "2.0.0b1"
+    assert get(make_node(registry), "m").version == "1.10.0"
+    assert get(make_node(registry), "m", "2.0.0b1").version == "2.0.0b1"
+    assert get(make_node(registry, pins={"m": "1.0.0"}), "m").version == "1.0.0"
+    assert get(make_node(registry, pins={"m": "2.0.0-b1"}), "m").version == "2.0.0b1"
 
 
 def test_second_request_is_a_hit(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0")
-    service = make_service(registry)
-    assert get(service, "m").cached is False
-    assert get(service, "m").cached is True
-    assert sample(service, "modelcache_cache_hits_total", model_type="m") == 1
-    assert sample(service, "modelcache_cache_misses_total", model_type="m") == 1
-    assert sample(service, "modelcache_model_load_seconds_count", model_type="m") == 1
+    parts = make_node(registry)
+    assert get(parts, "m").cached is False
+    assert get(parts, "m").cached is True
+    assert sample(parts, "modelcache_cache_hits_total", model_type="m") == 1
+    assert sample(parts, "modelcache_cache_misses_total", model_type="m") == 1
+    assert sample(parts, "modelcache_model_load_seconds_count", model_type="m") == 1
 
 
 def test_unknown_model_and_version(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0")
-    service = make_service(registry)
+    parts = make_node(registry)
     with pytest.raises(ModelNotFound):
-        get(service, "nope")
+        get(parts, "nope")
     with pytest.raises(ModelNotFound):
-        get(service, "nope", "1.0")
+        get(parts, "nope", "1.0")
     with pytest.raises(VersionNotFound):
-        get(service, "m", "3.0")
+        get(parts, "m", "3.0")
     with pytest.raises(InvalidName):
-        get(service, "../m")
+        get(parts, "../m")
     # Unknown names never become metric labels.
-    assert sample(service, "modelcache_cache_misses_total", model_type="nope") == 0
+    assert sample(parts, "modelcache_cache_misses_total", model_type="nope") == 0
 
 
 def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publish: PublishFn) -> None:
@@ -86,85 +82,85 @@ def test_corrupt_default_falls_back_to_previous_version(registry: Registry, publ
 
             return deserialize(meta, raw)
 
-    service = make_service(registry, loader=Spy(registry, retries=1))
-    first = get(service, "m")
+    parts = make_node(registry, loader=Spy(registry, retries=1))
+    first = get(parts, "m")
     assert (first.version, first.fallback_from) == ("1.0.0", "1.1.0")
     assert deserialized == ["1.0.0"]  # 1.1.0 never reached the deserializer
-    assert sample(service, "modelcache_fallbacks_total", model_type="m") == 1
-    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
+    assert sample(parts, "modelcache_fallbacks_total", model_type="m") == 1
+    assert sample(parts, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
     # Within the failure TTL the broken version is not retried on every request.
-    second = get(service, "m")
+    second = get(parts, "m")
     assert (second.version, second.cached, second.fallback_from) == ("1.0.0", True, "1.1.0")
-    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
+    assert sample(parts, "modelcache_model_load_failures_total", model_type="m", reason="checksum") == 1
 
 
 def test_explicit_unloadable_version_is_an_error(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0.0")
     corrupt(registry, publish("m", "1.1.0"))
     with pytest.raises(ChecksumMismatch):
-        get(make_service(registry), "m", "1.1.0")
+        get(make_node(registry), "m", "1.1.0")
 
 
 def test_no_loadable_version_at_all(registry: Registry, publish: PublishFn) -> None:
     corrupt(registry, publish("m", "1.0.0"))
     with pytest.raises(ModelLoadError, match="no lower version could be loaded"):
-        get(make_service(registry), "m")
+        get(make_node(registry), "m")
 
 
 def test_reload_picks_up_a_new_version_and_drops_the_old(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0.0")
-    service = make_service(registry)
-    get(service, "m")
+    parts = make_node(registry)
+    get(parts, "m")
     publish("m", "1.1.0")
-    assert get(service, "m").version == "1.0.0"  # new versions wait for a reload
-    [outcome] = service.reload("m")
+    assert get(parts, "m").version == "1.0.0"  # new versions wait for a reload
+    [outcome] = parts.reloads.reload("m")
     assert (outcome.outcome, outcome.version, outcome.previous) == ("ok", "1.1.0", "1.0.0")
-    resolved = get(service, "m")
+    resolved = get(parts, "m")
     assert (resolved.version, resolved.cached) == ("1.1.0", True)
-    assert service.cached_versions() == {"m": ["1.1.0"]}
-    assert sample(service, "modelcache_reloads_total", source="api", outcome="ok") == 1
+    assert parts.loads.cached_versions() == {"m": ["1.1.0"]}
+    assert sample(parts, "modelcache_reloads_total", source="api", outcome="ok") == 1
 
 
 def test_failed_reload_keeps_the_old_model_serving(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0.0")
-    service = make_service(registry)
-    get(service, "m")
+    parts = make_node(registry)
+    get(parts, "m")
     corrupt(registry, publish("m", "1.1.0"))
-    [outcome] = service.reload("m")
+    [outcome] = parts.reloads.reload("m")
     assert outcome.outcome == "failed" and "still serving 1.0.0" in outcome.detail
-    resolved = get(service, "m")
+    resolved = get(parts, "m")
     assert (resolved.version, resolved.cached, resolved.fallback_from) == ("1.0.0", True, None)
-    assert sample(service, "modelcache_reloads_total", source="api", outcome="failed") == 1
+    assert sample(parts, "modelcache_reloads_total", source="api", outcome="failed") == 1
 
 
 def test_reload_all_cached_models(registry: Registry, publish: PublishFn) -> None:
     for mt in ("a", "b"):
         publish(mt, "1.0")
-    service = make_service(registry)
-    get(service, "a")
-    get(service, "b")
+    parts = make_node(registry)
+    get(parts, "a")
+    get(parts, "b")
     for mt in ("a", "b"):
         publish(mt, "2.0")
-    outcomes = service.reload()
+    outcomes = parts.reloads.reload()
     assert [(o.model_type, o.version) for o in outcomes] == [("a", "2.0"), ("b", "2.0")]
-    assert get(service, "a").cached and get(service, "b").version == "2.0"
+    assert get(parts, "a").cached and get(parts, "b").version == "2.0"
 
 
 def test_reload_exact_version_refreshes_it(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0")
-    service = make_service(registry)
-    before = get(service, "m").model
-    [outcome] = service.reload("m", "1.0")
+    parts = make_node(registry)
+    before = get(parts, "m").model
+    [outcome] = parts.reloads.reload("m", "1.0")
     assert outcome.outcome == "ok"
-    after = get(service, "m")
+    after = get(parts, "m")
     assert after.cached and after.model is not before
 
 
 def test_reload_under_concurrent_requests_drops_nothing(registry: Registry, publish: PublishFn) -> None:
     """Invariant 2: requests during reloads all succeed, with the old or the new version."""
     publish("m", "1.0.0")
-    service = make_service(registry)
-    get(service, "m")
+    parts = make_node(registry)
+    get(parts, "m")
     publish("m", "1.1.0")
     publish("m", "1.2.0", rounds=50)
     errors: list[BaseException] = []
@@ -174,7 +170,7 @@ def test_reload_under_concurrent_requests_drops_nothing(registry: Registry, publ
     async def hammer() -> None:
         while not done.is_set():
             try:
-                r = await service.get("m")
+                r = await parts.service.get("m")
                 r.model.predict(ROW)
                 versions.append(r.version)
             except BaseException as exc:
@@ -184,9 +180,9 @@ def test_reload_under_concurrent_requests_drops_nothing(registry: Registry, publ
     async def main() -> None:
         tasks = [asyncio.create_task(hammer()) for _ in range(4)]
         for target in ("1.1.0", "1.2.0"):
-            await asyncio.to_thread(service.set_pins, {"m": target})
+            await asyncio.to_thread(parts.reloads.set_pin, "m", target)
             await asyncio.sleep(0.05)
-        await asyncio.to_thread(service.reload, "m")
+        await asyncio.to_thread(parts.reloads.reload, "m")
         await asyncio.sleep(0.05)
         done.set()
         await asyncio.gather(*tasks)
@@ -196,40 +192,40 @@ def test_reload_under_concurrent_requests_drops_nothing(registry: Registry, publ
     assert len(versions) > 50
     assert set(versions) <= {"1.0.0", "1.1.0", "1.2.0"}
     assert versions[-1] == "1.2.0"
-    assert get(service, "m").version == "1.2.0"
+    assert get(parts, "m").version == "1.2.0"
 
 
 def test_pins_switch_versions_and_unpin_returns_to_latest(registry: Registry, publish: PublishFn) -> None:
     for v in ("1.0", "2.0"):
         publish("m", v)
-    service = make_service(registry)
-    assert get(service, "m").version == "2.0"
-    [outcome] = service.set_pins({"m": "1.0"})
+    parts = make_node(registry)
+    assert get(parts, "m").version == "2.0"
+    outcome = parts.reloads.set_pin("m", "1.0")
     assert (outcome.outcome, outcome.version) == ("ok", "1.0")
-    assert get(service, "m").version == "1.0"
-    assert sample(service, "modelcache_pinned_version_info", model_type="m", version="1.0") == 1
-    service.set_pins({})
-    assert get(service, "m").version == "2.0"
-    assert sample(service, "modelcache_pinned_version_info", model_type="m", version="1.0") == 0
+    assert get(parts, "m").version == "1.0"
+    assert sample(parts, "modelcache_pinned_version_info", model_type="m", version="1.0") == 1
+    parts.reloads.set_pin("m", None)
+    assert get(parts, "m").version == "2.0"
+    assert sample(parts, "modelcache_pinned_version_info", model_type="m", version="1.0") == 0
 
 
 def test_unload_and_warm(registry: Registry, publish: PublishFn) -> None:
     for mt in ("a", "b", "c", "d"):
         publish(mt, "1.0")
-    service = make_service(registry, cache_size=3)
-    assert service.warm(["a", "b", "c", "d"]) == ["a:1.0", "b:1.0", "c:1.0"]
-    assert service.unload("b") == ["1.0"]
-    assert sorted(service.cached_versions()) == ["a", "c"]
+    parts = make_node(registry, cache_size=3)
+    assert parts.service.warm(["a", "b", "c", "d"]) == ["a:1.0", "b:1.0", "c:1.0"]
+    assert parts.loads.unload("b") == ["1.0"]
+    assert sorted(parts.loads.cached_versions()) == ["a", "c"]
 
 
 def test_stats_use_the_documented_names(registry: Registry, publish: PublishFn) -> None:
     for mt in ("a", "b"):
         publish(mt, "1.0")
-    service = make_service(registry, cache_size=1)
-    get(service, "a")
-    get(service, "a")
-    get(service, "b")
-    stats = service.stats()
+    parts = make_node(registry, cache_size=1)
+    get(parts, "a")
+    get(parts, "a")
+    get(parts, "b")
+    stats = parts.loads.stats()
     assert {
         k: stats[k]
         for k in ("cache_size", "cached_models", "cache_hits", "cache_misses", "evictions", "total_loads")
@@ -272,20 +268,20 @@ def test_unusable_metadata_on_the_default_falls_back(
     else:
         path.rename(path.with_name("real.json"))
         path.symlink_to("real.json")
-    service = make_service(registry)
-    resolved = get(service, "m")
+    parts = make_node(registry)
+    resolved = get(parts, "m")
     assert (resolved.version, resolved.fallback_from) == ("1.0.0", "1.1.0")
-    assert sample(service, "modelcache_fallbacks_total", model_type="m") == 1
+    assert sample(parts, "modelcache_fallbacks_total", model_type="m") == 1
 
 
 def test_default_version_removed_while_serving_falls_back(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0.0")
     publish("m", "1.1.0")
-    service = make_service(registry)
-    assert get(service, "m").version == "1.1.0"
-    service.unload("m")
+    parts = make_node(registry)
+    assert get(parts, "m").version == "1.1.0"
+    parts.loads.unload("m")
     shutil.rmtree(registry.root / "m" / "1.1.0")
-    resolved = get(service, "m")
+    resolved = get(parts, "m")
     assert (resolved.version, resolved.fallback_from) == ("1.0.0", "1.1.0")
 
 
@@ -295,12 +291,12 @@ def test_a_fifo_in_place_of_the_artifact_is_refused_at_once(registry: Registry, 
     path = registry.artifact_path(publish("m", "1.1"))
     path.unlink()
     os.mkfifo(path)
-    service = make_service(registry, load_timeout_s=30)
-    resolved = get(service, "m")
+    parts = make_node(registry, load_timeout_s=30)
+    resolved = get(parts, "m")
     assert (resolved.version, resolved.fallback_from) == ("1.0", "1.1")
-    assert sample(service, "modelcache_model_load_failures_total", model_type="m", reason="io") == 1
-    assert sample(service, "modelcache_loads_in_progress") == 0
-    assert service.load_health() == []
+    assert sample(parts, "modelcache_model_load_failures_total", model_type="m", reason="io") == 1
+    assert sample(parts, "modelcache_loads_in_progress") == 0
+    assert parts.loads.health() == []
 
 
 def test_a_hung_read_times_out_and_does_not_starve_other_loads(
@@ -309,59 +305,59 @@ def test_a_hung_read_times_out_and_does_not_starve_other_loads(
     publish("hung", "1.0")
     hung_reads.hang("hung", "1.0")
     publish("ok", "1.0")
-    service = make_service(registry, load_timeout_s=0.5, load_workers=2)
+    parts = make_node(registry, load_timeout_s=0.5, load_workers=2)
     started = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"longer than 0\.5s"):
-        get(service, "hung")
+        get(parts, "hung")
     assert time.monotonic() - started < 2.0
-    assert sample(service, "modelcache_loads_in_progress") == 1  # still stuck in its read
-    assert sample(service, "modelcache_model_load_failures_total", model_type="hung", reason="timeout") == 1
+    assert sample(parts, "modelcache_loads_in_progress") == 1  # still stuck in its read
+    assert sample(parts, "modelcache_model_load_failures_total", model_type="hung", reason="timeout") == 1
     # Other models load on the remaining worker; metadata does not use the pool at all.
-    assert get(service, "ok").version == "1.0"
+    assert get(parts, "ok").version == "1.0"
     assert asyncio.run(asyncio.to_thread(registry.metadata, "hung", "1.0")).version == "1.0"
     # Reloads are bounded too: the outcome says so instead of hanging the reconcile loop.
-    [outcome] = service.reload("hung", "1.0")
+    [outcome] = parts.reloads.reload("hung", "1.0")
     assert outcome.outcome == "failed" and "longer than 0.5s" in outcome.detail
-    [problem] = service.load_health()
+    [problem] = parts.loads.health()
     assert problem.startswith("2 load(s) stuck longer than 0.5s: hung 1.0 (")
     # The pool is the bound: with every worker stuck, a further load waits and times out
     # (the node still serves cache hits), and the health check says why.
     publish("late", "1.0")
     with pytest.raises(ModelLoadError, match="longer than"):
-        get(service, "late")
-    assert get(service, "ok").cached
-    assert service.load_health()[1] == "all 2 load workers busy (MODELCACHE_LOAD_WORKERS), 1 load(s) waiting"
+        get(parts, "late")
+    assert get(parts, "ok").cached
+    assert parts.loads.health()[1] == "all 2 load workers busy (MODELCACHE_LOAD_WORKERS), 1 load(s) waiting"
 
 
 def test_load_health_is_empty_when_loads_finish(registry: Registry, publish: PublishFn) -> None:
     publish("m", "1.0")
-    service = make_service(registry, load_timeout_s=5)
-    get(service, "m")
-    assert service.load_health() == []
+    parts = make_node(registry, load_timeout_s=5)
+    get(parts, "m")
+    assert parts.loads.health() == []
     # The request wakes as the model lands; the pool thread finishes its bookkeeping just after.
-    assert eventually(lambda: sample(service, "modelcache_loads_in_progress") == 0, timeout=2)
+    assert eventually(lambda: sample(parts, "modelcache_loads_in_progress") == 0, timeout=2)
 
 
 def test_ondemand_loads_of_non_default_versions_are_bounded(registry: Registry, publish: PublishFn) -> None:
     for v in ("1.0", "2.0", "3.0", "4.0"):
         publish("m", v)
     now = [1000.0]
-    service = make_service(registry, cache_size=1, ondemand_loads_per_min=2, clock=lambda: now[0])
-    assert get(service, "m", "1.0").version == "1.0"
-    assert get(service, "m", "2.0").version == "2.0"
+    parts = make_node(registry, cache_size=1, ondemand_loads_per_min=2, clock=lambda: now[0])
+    assert get(parts, "m", "1.0").version == "1.0"
+    assert get(parts, "m", "2.0").version == "2.0"
     with pytest.raises(LoadRateLimited) as info:
-        get(service, "m", "3.0")
+        get(parts, "m", "3.0")
     assert info.value.code == "too_many_loads" and info.value.retry_after_s == 30
     assert "MODELCACHE_ONDEMAND_LOADS_PER_MIN" in str(info.value)
-    assert get(service, "m", "2.0").cached  # a hit of any version is never limited
-    assert get(service, "m").version == "4.0"  # nor a load of the default...
-    assert get(service, "m", "4.0").cached is True  # ...named explicitly (evicting 2.0 on the way)
-    assert get(make_service(registry, pins={"m": "1.0"}, ondemand_loads_per_min=1), "m", "1.0").version
-    assert asyncio.run(service.get("m", "3.0", limit_loads=False)).version == "3.0"  # internal routing
+    assert get(parts, "m", "2.0").cached  # a hit of any version is never limited
+    assert get(parts, "m").version == "4.0"  # nor a load of the default...
+    assert get(parts, "m", "4.0").cached is True  # ...named explicitly (evicting 2.0 on the way)
+    assert get(make_node(registry, pins={"m": "1.0"}, ondemand_loads_per_min=1), "m", "1.0").version
+    assert asyncio.run(parts.service.get("m", "3.0", limit_loads=False)).version == "3.0"  # internal routing
     now[0] += 30  # one token back at 2 per minute
-    assert get(service, "m", "1.0").version == "1.0"
+    assert get(parts, "m", "1.0").version == "1.0"
     with pytest.raises(LoadRateLimited):
-        get(service, "m", "2.0")
+        get(parts, "m", "2.0")
 
 
 def test_list_models_goes_on_past_an_unreadable_model_type(
@@ -379,7 +375,7 @@ def test_list_models_goes_on_past_an_unreadable_model_type(
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    listing = {m["model_type"]: m for m in make_service(registry).list_models()}
+    listing = {m["model_type"]: m for m in models_view(registry.scan(), {}, {}, {})}
     assert listing["a"]["versions"] == ["1.0"] and "error" not in listing["a"]
     assert listing["b"]["versions"] == [] and "Permission denied" in listing["b"]["error"]
     assert str(registry.root) not in listing["b"]["error"]
@@ -389,13 +385,13 @@ def test_lfu_keeps_two_hot_models_through_a_scan(registry: Registry, publish: Pu
     for mt in ("h1", "h2", "x1", "x2", "x3", "x4"):
         publish(mt, "1.0")
     for policy, survives in (("lfu", True), ("lru", False)):
-        service = make_service(registry, cache_size=3, cache_policy=policy)
+        parts = make_node(registry, cache_size=3, cache_policy=policy)
         for _ in range(30):
-            get(service, "h1")
-            get(service, "h2")
+            get(parts, "h1")
+            get(parts, "h2")
         for one_off in ("x1", "x2", "x3", "x4"):
-            get(service, one_off)
-        cached = set(service.cached_versions())
+            get(parts, one_off)
+        cached = set(parts.loads.cached_versions())
         assert ({"h1", "h2"} <= cached) is survives, (policy, cached)
 
 
@@ -403,46 +399,46 @@ def test_idle_model_is_gone_from_stats_after_the_ttl(registry: Registry, publish
     publish("a", "1.0")
     publish("b", "1.0")
     now = [0.0]
-    service = make_service(registry, cache_idle_ttl_s=2.0, clock=lambda: now[0], sweep=False)
-    get(service, "a")
-    get(service, "b")
+    parts = make_node(registry, cache_idle_ttl_s=2.0, clock=lambda: now[0], sweep=False)
+    get(parts, "a")
+    get(parts, "b")
     now[0] = 1.0
-    get(service, "b")  # b used again; a is not
+    get(parts, "b")  # b used again; a is not
     now[0] = 2.5
-    get(service, "b")  # the access path drops a (unused 2.5 s > 2 s)
-    assert [m["model_type"] for m in service.stats()["models"]] == ["b"]
+    get(parts, "b")  # the access path drops a (unused 2.5 s > 2 s)
+    assert [m["model_type"] for m in parts.loads.stats()["models"]] == ["b"]
     now[0] = 5.0
-    service._sweep()  # what the periodic sweep runs: b unused 2.5 s
-    stats = service.stats()
+    parts.loads.sweep()  # what the periodic sweep runs: b unused 2.5 s
+    stats = parts.loads.stats()
     assert stats["models"] == [] and stats["evictions_by_reason"] == {"idle": 2}
 
 
 def test_the_sweep_thread_expires_without_any_request(registry: Registry, publish: PublishFn) -> None:
     publish("a", "1.0")
-    service = make_service(registry, cache_idle_ttl_s=0.2)
+    parts = make_node(registry, cache_idle_ttl_s=0.2)
     try:
-        get(service, "a")
-        assert service.sweeper is not None
-        assert eventually(lambda: service.stats()["models"] == [], timeout=10)
-        assert service.load_health() == []
+        get(parts, "a")
+        assert parts.loads.sweeper is not None
+        assert eventually(lambda: parts.loads.stats()["models"] == [], timeout=10)
+        assert parts.loads.health() == []
     finally:
-        service.close()
+        parts.close()
 
 
 def test_a_failing_sweep_is_logged_counted_and_reported_not_fatal(registry: Registry) -> None:
     now = [0.0]
-    service = make_service(registry, cache_idle_ttl_s=1.0, clock=lambda: now[0], sweep=False)
+    parts = make_node(registry, cache_idle_ttl_s=1.0, clock=lambda: now[0], sweep=False)
     from node.periodic import Periodic
 
     def broken() -> None:
         raise OSError("boom")
 
-    sweeper = Periodic("cache-sweep", broken, 1.0, service.metrics.background_errors, clock=lambda: now[0])
-    service.sweeper = sweeper
+    sweeper = Periodic("cache-sweep", broken, 1.0, parts.metrics.background_errors, clock=lambda: now[0])
+    parts.loads.sweeper = sweeper
     assert sweeper.run_once() is False  # caught, not raised
     now[0] = 5.0
-    assert any("cache-sweep failing" in p for p in service.load_health())
-    assert sample(service, "modelcache_background_errors_total", thread="cache-sweep") == 1
+    assert any("cache-sweep failing" in p for p in parts.loads.health())
+    assert sample(parts, "modelcache_background_errors_total", thread="cache-sweep") == 1
 
 
 def test_a_reload_ends_a_canary_whose_version_left_the_registry(
@@ -450,11 +446,11 @@ def test_a_reload_ends_a_canary_whose_version_left_the_registry(
 ) -> None:
     publish("m", "1.0")
     publish("m", "1.1")
-    service = make_service(registry)
-    assert get(service, "m").version == "1.1"
-    assert service.set_canary("m", "1.0", 50).outcome == "ok"
+    parts = make_node(registry)
+    assert get(parts, "m").version == "1.1"
+    assert parts.reloads.set_canary("m", "1.0", 50).outcome == "ok"
     shutil.rmtree(registry.root / "m" / "1.0")
-    [outcome] = service.reload("m")
+    [outcome] = parts.reloads.reload("m")
     assert outcome.outcome == "failed" and "canary 1.0 ended" in outcome.detail, outcome
-    assert service.canaries() == {}
-    assert {get(service, "m").version for _ in range(20)} == {"1.1"}
+    assert parts.reloads.canaries() == {}
+    assert {get(parts, "m").version for _ in range(20)} == {"1.1"}

@@ -15,13 +15,15 @@ import httpx
 import pytest
 import redis
 
+from coordinator.control import Control
+from coordinator.link import Link
+from coordinator.membership import Membership
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
 from coordinator.wire import Outcome
-from node.app import build_service
+from node.app import build_node
 from node.background import Backoff
-from node.metrics import NodeMetrics
 from node.settings import NodeSettings
 from node.sync import ClusterSync
 from tests.conftest import CLUSTER_TOKEN
@@ -55,8 +57,8 @@ def local_sync(registry: Registry, redis_server: RedisServer, prefix: str) -> It
             node_id=node_id,
             **{**defaults, **overrides},  # type: ignore[arg-type]
         )
-        metrics = NodeMetrics()
-        sync = ClusterSync(settings, build_service(settings, metrics), metrics)
+        sync = build_node(settings).sync
+        assert isinstance(sync, ClusterSync)
         made.append((sync, start))
         if start:
             asyncio.run(sync.start())
@@ -67,7 +69,7 @@ def local_sync(registry: Registry, redis_server: RedisServer, prefix: str) -> It
         if started:
             asyncio.run(sync.stop())
         else:
-            sync.state.close()
+            sync.link.close()
 
 
 def served(node: NodeProcess, model_type: str = "m") -> dict:
@@ -166,17 +168,22 @@ def test_reload_after_publishing_reaches_every_node(
 
 
 def test_lost_events_converge_by_reconcile(
-    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, state: ClusterState
+    cluster: Cluster,
+    registry: Registry,
+    publish: PublishFn,
+    redis_server: RedisServer,
+    control: Control,
+    link: Link,
 ) -> None:
     """Invariant 3: with the pub/sub connections killed, and with no event at all, nodes converge."""
     nodes = warm_cluster(cluster, publish, "1.0", "2.0")
     admin = redis.Redis.from_url(redis_server.url)
     assert admin.client_kill_filter(_type="pubsub") >= 3
-    state.pin("m", "1.0", registry)
+    control.pin("m", "1.0")
     assert eventually(lambda: all(served(n)["version"] == "1.0" for n in nodes), timeout=5)
 
     # A change written to the keys with no event at all: only the periodic reconcile can see it.
-    k = state.keys
+    k = link.keys
     pipe = admin.pipeline(transaction=True)
     pipe.hset(k.pins, "m", "2.0").hincrby(k.generations, "m", 1).incr(k.seq)
     pipe.hset(
@@ -209,7 +216,11 @@ def test_corrupt_version_pinned_everywhere_keeps_the_previous(
 
 
 def test_alternating_pins_under_load_fail_no_request(
-    cluster: Cluster, registry: Registry, publish: PublishFn, state: ClusterState
+    cluster: Cluster,
+    registry: Registry,
+    publish: PublishFn,
+    members: Membership,
+    control: Control,
 ) -> None:
     publish("m", "1.0")
     publish("m", "2.0", rounds=30)
@@ -229,8 +240,8 @@ def test_alternating_pins_under_load_fail_no_request(
         futures = [pool.submit(load, nodes[i % 3]) for i in range(6)]
         for i in range(10):
             before = len(results)
-            change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
-            rows = state.wait_for_acks(change, timeout_s=10)
+            change = control.pin("m", ("1.0", "2.0")[i % 2])
+            rows = members.wait_for_acks(change, timeout_s=10)
             assert [r.outcome for r in rows] == ["ok"] * 3
             assert eventually(lambda n=before: len(results) >= n + 20)  # requests keep flowing across pins
         stop.set()
@@ -242,13 +253,18 @@ def test_alternating_pins_under_load_fail_no_request(
 
 
 def test_redis_outage_loses_no_prediction_and_resynchronises(
-    cluster: Cluster, registry: Registry, publish: PublishFn, tmp_path, prefix: str
+    cluster: Cluster,
+    registry: Registry,
+    publish: PublishFn,
+    tmp_path,
+    prefix: str,
 ) -> None:
     """Invariant 4: Redis down, predictions go on; back up, state converges without a restart."""
     publish("m", "1.0")
     publish("m", "2.0")
     server = RedisServer(data_dir=tmp_path / "redis", persist=True).start()
-    state = ClusterState.from_url(server.url, prefix)
+    control = Control.connect(server.url, registry, prefix)
+    members = control.members
     stop = threading.Event()
     results: list[int] = []
     nodes: list[NodeProcess] = []
@@ -264,7 +280,7 @@ def test_redis_outage_loses_no_prediction_and_resynchronises(
     thread = threading.Thread(target=load)
     try:
         nodes.extend(cluster(3, redis_url=server.url))
-        state.wait_for_acks(state.pin("m", "1.0", registry), timeout_s=10)
+        members.wait_for_acks(control.pin("m", "1.0"), timeout_s=10)
         thread.start()
         server.stop()
         assert eventually(lambda: all(metric(n.url, "modelcache_redis_connected") == 0 for n in nodes))
@@ -277,15 +293,15 @@ def test_redis_outage_loses_no_prediction_and_resynchronises(
 
         server.start()
         assert eventually(lambda: all(metric(n.url, "modelcache_redis_connected") == 1 for n in nodes), 15)
-        assert eventually(lambda: len(state.nodes()) == 3)  # heartbeats resumed
-        rows = state.wait_for_acks(state.pin("m", "2.0", registry), timeout_s=10)
+        assert eventually(lambda: len(members.nodes()) == 3)  # heartbeats resumed
+        rows = members.wait_for_acks(control.pin("m", "2.0"), timeout_s=10)
         assert [r.outcome for r in rows] == ["ok"] * 3
         assert {served(n)["version"] for n in nodes} == {"2.0"}
     finally:
         stop.set()
         if thread.is_alive():
             thread.join(30)
-        state.close()
+        control.close()
         server.stop()
     assert len(results) > 50 and set(results) == {200}
 
@@ -297,13 +313,15 @@ def test_killed_node_leaves_and_a_restarted_one_warms_up(
     redis_server: RedisServer,
     prefix: str,
     state: ClusterState,
+    control: Control,
+    members: Membership,
 ) -> None:
     """Invariant 7: kill a node; it drops out; restarted, it warms pinned and popular models before ready."""
     publish("m", "1.0")
     publish("m", "2.0")
     publish("hot", "1.0")
     nodes = cluster(3)
-    state.wait_for_acks(state.pin("m", "1.0", registry), timeout_s=10)
+    members.wait_for_acks(control.pin("m", "1.0"), timeout_s=10)
     for _ in range(5):
         served(nodes[0], "hot")  # the cluster's most requested model, recorded by heartbeats
     assert eventually(lambda: state.popular(1) == ["hot"])
@@ -329,22 +347,28 @@ def test_killed_node_leaves_and_a_restarted_one_warms_up(
 
 
 def test_redis_losing_its_data_does_not_hide_the_next_reload(
-    cluster: Cluster, registry: Registry, publish: PublishFn, redis_server: RedisServer, state: ClusterState
+    cluster: Cluster,
+    registry: Registry,
+    publish: PublishFn,
+    redis_server: RedisServer,
+    control: Control,
+    members: Membership,
+    link: Link,
 ) -> None:
     """FLUSHALL restarts seq and generations; the next reload must still reach every node, and
     wait must report acks of this change, not a node's old ack that happens to carry the same seq."""
     nodes = warm_cluster(cluster, publish, "1.0")
     publish("m", "1.1")
-    before = state.reload("m", None, registry)
-    assert [r.outcome for r in state.wait_for_acks(before, timeout_s=10)] == [Outcome.OK] * 3
+    before = control.reload("m", None)
+    assert [r.outcome for r in members.wait_for_acks(before, timeout_s=10)] == [Outcome.OK] * 3
     assert {served(n)["version"] for n in nodes} == {"1.1"}
 
-    state.client.flushall()
-    assert eventually(lambda: len(state.nodes()) == 3)  # heartbeats come back on their own
+    link.client.flushall()
+    assert eventually(lambda: len(members.nodes()) == 3)  # heartbeats come back on their own
     publish("m", "1.2")
-    after = state.reload("m", None, registry)
+    after = control.reload("m", None)
     assert (after.seq, after.generation) == (before.seq, before.generation)  # the counters restarted
-    rows = state.wait_for_acks(after, timeout_s=10)
+    rows = members.wait_for_acks(after, timeout_s=10)
     assert [(r.outcome, r.version) for r in rows] == [(Outcome.OK, "1.2")] * 3
     assert [(served(n)["version"], served(n)["cached"]) for n in nodes] == [("1.2", True)] * 3
 
@@ -355,13 +379,15 @@ def test_a_node_started_with_garbage_pins_becomes_ready(
     publish: PublishFn,
     redis_server: RedisServer,
     prefix: str,
-    state: ClusterState,
+    control: Control,
+    members: Membership,
+    link: Link,
 ) -> None:
     publish("churn", "1.0")
     publish("m", "1.0")
     publish("m", "2.0")
-    state.pin("m", "1.0", registry)
-    state.client.hset(state.keys.pins, mapping={"churn": "not a version!!", "../etc": "1.0"})
+    control.pin("m", "1.0")
+    link.client.hset(link.keys.pins, mapping={"churn": "not a version!!", "../etc": "1.0"})
     node = node_process(
         registry.root,
         wait=False,
@@ -371,38 +397,48 @@ def test_a_node_started_with_garbage_pins_becomes_ready(
     )
     wait_http(f"{node.url}/readyz", node.proc, timeout=20)  # warm-up did not die on the junk
     assert served(node)["version"] == "1.0"  # the good pin still applies
-    [ack] = state.acks([f"node-{node.port}"]).values()
+    [ack] = members.acks([f"node-{node.port}"]).values()
     assert ack.outcomes["churn"].outcome is Outcome.FAILED
     assert "not a PEP 440 version" in ack.outcomes["churn"].detail
     assert ack.outcomes["../etc"].outcome is Outcome.FAILED
 
 
 def test_one_bad_model_fails_alone_and_the_ack_is_still_written(
-    local_sync: LocalSync, registry: Registry, publish: PublishFn, state: ClusterState
+    local_sync: LocalSync,
+    registry: Registry,
+    publish: PublishFn,
+    state: ClusterState,
+    control: Control,
+    members: Membership,
 ) -> None:
     publish("a", "1.0")
     publish("b", "1.0")
     sync = local_sync()
-    sync.warm()
+    sync.warm(lambda wanted: wanted, [])  # first contact: adopt the state, load nothing
     broken = publish("a", "1.1")
     (registry.root / "a" / broken.version / "metadata.json").write_text("{not json")
     publish("b", "1.1")
-    bad = state.reload("a", None, registry)
-    good = state.reload("b", None, registry)
+    bad = control.reload("a", None)
+    good = control.reload("b", None)
     sync._reconcile()  # both changes in one pass; "a" comes first
-    [row] = state.wait_for_acks(bad, timeout_s=0.5)
+    [row] = members.wait_for_acks(bad, timeout_s=0.5)
     assert row.outcome is Outcome.FAILED and "not valid JSON" in row.detail
-    [row] = state.wait_for_acks(good, timeout_s=0.5)
+    [row] = members.wait_for_acks(good, timeout_s=0.5)
     assert (row.outcome, row.version) == (Outcome.OK, "1.1")
-    assert sync.service.served_version("b") == "1.1"
+    assert sync.reconciler.reloads.served("b") == "1.1"
     # Later changes are acknowledged too: the bad model does not wedge the loop.
-    later = state.reload("b", None, registry)
+    later = control.reload("b", None)
     sync._reconcile()
-    assert [r.outcome for r in state.wait_for_acks(later, timeout_s=0.5)] == [Outcome.OK]
+    assert [r.outcome for r in members.wait_for_acks(later, timeout_s=0.5)] == [Outcome.OK]
 
 
 def test_junk_on_the_events_channel_is_ignored_and_the_subscriber_lives(
-    local_sync: LocalSync, registry: Registry, publish: PublishFn, state: ClusterState
+    local_sync: LocalSync,
+    registry: Registry,
+    publish: PublishFn,
+    control: Control,
+    members: Membership,
+    link: Link,
 ) -> None:
     publish("m", "1.0")
     publish("m", "2.0")
@@ -416,17 +452,22 @@ def test_junk_on_the_events_channel_is_ignored_and_the_subscriber_lives(
         b"[1, 2]",
         b'{"kind": "pin", "model_type": "m", "version": "2.0", "seq": 1, "ts": 1, "epoch": 5}',
     ):
-        state.client.publish(state.keys.events, junk)
-    change = state.pin("m", "2.0", registry)
+        link.client.publish(link.keys.events, junk)
+    change = control.pin("m", "2.0")
     # With a 60 s reconcile interval only a live subscriber can bring this in time.
-    rows = state.wait_for_acks(change, timeout_s=5)
+    rows = members.wait_for_acks(change, timeout_s=5)
     assert [(r.outcome, r.version) for r in rows] == [(Outcome.OK, "2.0")]
     assert all(t.is_alive() for t in sync._threads)
     assert sync.health().healthy and metric_value(sync, "modelcache_background_errors_total") is None
 
 
 def test_background_threads_survive_unexpected_errors_and_report_them(
-    local_sync: LocalSync, registry: Registry, publish: PublishFn, state: ClusterState
+    local_sync: LocalSync,
+    registry: Registry,
+    publish: PublishFn,
+    state: ClusterState,
+    control: Control,
+    members: Membership,
 ) -> None:
     """A bug-class error (not a Redis error) at the top of the loop: counted, visible, survived.
 
@@ -452,8 +493,8 @@ def test_background_threads_survive_unexpected_errors_and_report_them(
         assert metric_value(sync, "modelcache_background_errors_total", thread="loop") >= 3
         assert all(t.is_alive() for t in sync._threads)
         broken.clear()
-        change = state.pin("m", "2.0", registry)  # the loop goes on once reads work again
-        assert [r.outcome for r in state.wait_for_acks(change, timeout_s=10)] == [Outcome.OK]
+        change = control.pin("m", "2.0")  # the loop goes on once reads work again
+        assert [r.outcome for r in members.wait_for_acks(change, timeout_s=10)] == [Outcome.OK]
         assert eventually(lambda: sync.health().healthy)
         assert all(t.is_alive() for t in sync._threads)
     finally:
@@ -487,7 +528,11 @@ def metric_value(sync: ClusterSync, name: str, **labels: str) -> float | None:
 
 
 def test_an_event_landing_as_a_heartbeat_falls_due_is_not_dropped(
-    local_sync: LocalSync, registry: Registry, publish: PublishFn, state: ClusterState
+    local_sync: LocalSync,
+    registry: Registry,
+    publish: PublishFn,
+    members: Membership,
+    control: Control,
 ) -> None:
     """Heartbeats every 2 ms and no periodic reconcile: every change must travel by its event.
 
@@ -497,8 +542,8 @@ def test_an_event_landing_as_a_heartbeat_falls_due_is_not_dropped(
     publish("m", "1.0")
     publish("m", "2.0")
     local_sync(start=True, heartbeat_s=0.002)
-    assert eventually(lambda: len(state.nodes()) == 1)  # a member, so wait_for_acks waits for it
+    assert eventually(lambda: len(members.nodes()) == 1)  # a member, so wait_for_acks waits for it
     for i in range(400):
-        change = state.pin("m", ("1.0", "2.0")[i % 2], registry)
-        [row] = state.wait_for_acks(change, timeout_s=5)
+        change = control.pin("m", ("1.0", "2.0")[i % 2])
+        [row] = members.wait_for_acks(change, timeout_s=5)
         assert row.outcome == Outcome.OK, (i, row)

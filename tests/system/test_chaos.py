@@ -22,10 +22,10 @@ import httpx
 import pytest
 import redis
 
+from coordinator.control import Control
 from coordinator.keys import Keys
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
-from coordinator.state import ClusterState
 from tests.conftest import CLUSTER_TOKEN
 from tests.helpers import NodeProcess, PublishFn, corrupt, eventually, metric
 
@@ -147,10 +147,10 @@ def test_cluster_converges_and_no_prediction_fails_under_chaos(
         publish("m", "3.0")
         server.stop()
         server.start()
-        operator = ClusterState.from_url(server.url, prefix)
+        operator = Control.connect(server.url, registry, prefix)
         try:
-            operator.reload("m", None, registry)
-            operator.reload("m", None, registry)
+            operator.reload("m", None)
+            operator.reload("m", None)
         finally:
             operator.close()
         assert eventually(lambda: all_connected(nodes), timeout=20)

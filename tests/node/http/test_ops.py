@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from coordinator.registry import Registry
-from node.app import build_app, build_service
+from node.app import build_app, build_node
 from node.http.app import create_app
 from node.metrics import NodeMetrics
 from node.settings import NodeSettings
@@ -22,23 +23,19 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_readyz_waits_for_warmup(registry: Registry, publish: PublishFn) -> None:
+    import dataclasses
     import threading
-
-    from node.app import build_service
-    from node.http.app import create_app
-    from node.metrics import NodeMetrics
 
     publish("churn", "1.0.0")
     settings = NodeSettings(registry=registry.root)
-    metrics = NodeMetrics()
-    service = build_service(settings, metrics)
+    parts = build_node(settings)
     release = threading.Event()
 
     def warmup() -> list[str]:
         release.wait(10)
-        return service.warm(["churn"])
+        return parts.service.warm(["churn"])
 
-    with TestClient(create_app(settings, service, metrics, warmup=warmup)) as c:
+    with TestClient(create_app(settings, dataclasses.replace(parts, warmup=warmup))) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["code"] == "not_ready"
         release.set()
@@ -75,7 +72,7 @@ def test_a_failing_warm_up_still_ends_ready(registry: Registry, publish: Publish
     def warmup() -> list[str]:
         raise RuntimeError("cluster state unreadable")
 
-    app = create_app(settings, build_service(settings, metrics), metrics, warmup=warmup)
+    app = create_app(settings, replace(build_node(settings, metrics), warmup=warmup))
     with TestClient(app) as c:
         assert eventually(lambda: c.get("/readyz").status_code == 200, timeout=5)
         assert c.post("/api/v1/predict", json={"model_type": "m", "features": ROW}).is_success
@@ -93,7 +90,7 @@ def test_readyz_reports_cluster_sync_problems(registry: Registry, publish: Publi
         def problems(self) -> list[str]:
             return ["loop: 3 errors in a row, last: boom"]
 
-    app = create_app(settings, build_service(settings, metrics), metrics, cluster=FailingSync())  # type: ignore[arg-type]
+    app = create_app(settings, replace(build_node(settings, metrics), sync=FailingSync()))
     with TestClient(app) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and "loop: 3 errors in a row" in r.json()["error"]
