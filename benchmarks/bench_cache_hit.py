@@ -27,9 +27,9 @@ from common import ROOT, report
 
 from coordinator.demo import publish_demo_models
 from coordinator.registry import Registry
-from node.loader import Loader
-from node.metrics import NodeMetrics
-from node.service import ModelService, Resolved
+from node.app import build_node
+from node.service import Resolved
+from node.settings import NodeSettings
 
 
 def median_us(fn: Callable[[], object], calls: int, reps: int = 5) -> float:
@@ -61,13 +61,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "registry")
         publish_demo_models(registry)
-        metrics = NodeMetrics()
-        service = ModelService(registry, Loader(registry), metrics)
+        node = build_node(NodeSettings(registry=registry.root))
+        metrics, service, resolver = node.metrics, node.service, node.resolver
         loop = asyncio.new_event_loop()
         loop.run_until_complete(service.get("churn"))
-        version = service.default_version("churn")
+        version = resolver.default_version("churn")
         key = ("churn", version)
-        cache = service.cache
+        cache = node.loads.cache
         model = cache.peek(key)
         lock = threading.Lock()
         counter = Counter[str]()
@@ -80,7 +80,7 @@ def main() -> None:
             raise AssertionError("miss")
 
         parts = {
-            "dict_get_us": median_us(lambda: cache._lru._data.get(key), n),
+            "dict_get_us": median_us(lambda: cache._cache._data.get(key), n),
             "lock_acquire_release_us": median_us(locked, n),
             "time_time_us": median_us(time.time, n),
             "cache_lookup_us": median_us(lambda: cache._lookup(key), n),
@@ -88,8 +88,8 @@ def main() -> None:
             "counter_labels_inc_us": median_us(lambda: metrics.cache_hits.labels("churn").inc(), n),
             "resolved_record_us": median_us(lambda: Resolved(model, version, True), n),  # type: ignore[arg-type]
             "request_counter_us": median_us(lambda: counter.update(("churn",)), n),
-            "default_version_us": median_us(lambda: service.default_version("churn"), n),
-            "recently_failed_us": median_us(lambda: service._recently_failed(key), n),
+            "default_version_us": median_us(lambda: resolver.default_version("churn"), n),
+            "recently_failed_us": median_us(lambda: resolver.recently_failed(key), n),
         }
         whole = {
             "cache_aget_or_load_us": async_median_us(loop, lambda: cache.aget_or_load(key, no_load), n),
@@ -97,6 +97,7 @@ def main() -> None:
             "service_get_version_us": async_median_us(loop, lambda: service.get("churn", version), n),
         }
         loop.close()
+        node.close()
     report(args.out, {"calls": n, "hit_path": whole, "parts": parts})
 
 

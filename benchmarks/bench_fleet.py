@@ -4,7 +4,7 @@
                                      [--out benchmarks/results/fleet.json]
 
 Each agent is a real `ClusterSync` (subscriber thread, reconcile loop, heartbeat, acks)
-whose `ModelService` is a stub: applying a pin costs nothing, so what is measured is the
+whose `Reloads` (node.reloads) is a stub: applying a pin costs nothing, so what is measured is the
 cluster machinery. All agents share this process (2 threads each), so at large N the
 agents' own Python (one GIL) is part of every figure; Redis' share is reported apart.
 
@@ -31,14 +31,17 @@ from typing import Any
 
 from common import ROOT, report
 
+from coordinator.control import Control
+from coordinator.link import Link
+from coordinator.membership import Membership
 from coordinator.redis_server import RedisServer
 from coordinator.state import ClusterState
 from coordinator.versions import normalize_version
-from coordinator.wire import Change
+from coordinator.wire import Change, Outcome
 from node.metrics import NodeMetrics
-from node.service import Outcome as Applied
-from node.settings import NodeSettings
-from node.sync import ClusterSync
+from node.reconcile import Reconciled, Reconciler
+from node.reloads import Applied
+from node.sync import ClusterSync, NodeReport, SyncTiming
 
 STAGES = ("event", "woken", "read", "applied", "acked")
 
@@ -48,42 +51,47 @@ class StubRegistry:
         return SimpleNamespace(version=normalize_version(version))
 
 
-class StubService:
-    """The parts of ModelService that ClusterSync calls; applying a pin is instant."""
+class StubReloads:
+    """The parts of node.reloads.Reloads that the reconciler calls; applying a pin is instant."""
 
     def __init__(self) -> None:
-        self.registry = StubRegistry()
         self._pins: dict[str, str] = {}
 
-    @property
     def pins(self) -> dict[str, str]:
         return dict(self._pins)
 
-    def set_pins(self, pins: dict[str, str], *, source: str = "cluster") -> list[Applied]:
-        changed = [mt for mt in set(pins) | set(self._pins) if pins.get(mt) != self._pins.get(mt)]
-        self._pins = dict(pins)
-        return [Applied(mt, "ok", pins.get(mt), None, "pinned") for mt in changed]
+    def set_pin(self, model_type: str, version: str | None, *, source: str = "cluster") -> Applied:
+        if version is None:
+            self._pins.pop(model_type, None)
+        else:
+            self._pins[model_type] = version
+        return Applied(model_type, Outcome.OK, version, None, "pinned")
 
     def reload(self, model_type: str, version: str | None, source: str = "cluster") -> list[Applied]:
-        return [Applied(model_type, "ok", version, version, "reloaded")]
+        return [Applied(model_type, Outcome.OK, version, version, "reloaded")]
 
-    def served_version(self, model_type: str) -> str | None:
+    def served(self, model_type: str) -> str | None:
         return self._pins.get(model_type)
 
     def serving(self) -> dict[str, str]:
         return dict(self._pins)
 
-    def cached_versions(self) -> dict[str, list[str]]:
-        return {}
+    def model_types(self) -> list[str]:
+        return sorted(self._pins)
 
-    def request_counts(self) -> dict[str, int]:
-        return {}
 
-    def stats(self) -> dict[str, Any]:
-        return {"models": [], "cache_hits": 0, "cache_misses": 0}
+class TimedReconciler(Reconciler):
+    """A reconciler that stamps when it read and applied each snapshot (wall clock, like change.ts)."""
 
-    def warm(self, model_types: list[str]) -> list[str]:
-        return []
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, float] = {}
+
+    def step(self, snap: Any) -> Reconciled:
+        self.pending["read"] = time.time()
+        result = super().step(snap)
+        self.pending["applied"] = time.time()
+        return result
 
 
 class Agent(ClusterSync):
@@ -92,28 +100,43 @@ class Agent(ClusterSync):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.marks: dict[int, dict[str, float]] = defaultdict(dict)
-        self._pending: dict[str, float] = {}
+        self.timed: TimedReconciler = self.reconciler  # type: ignore[assignment]
         read = self.state.read
 
         def timed_read() -> Any:
-            self._pending["woken"] = time.time()
-            snap = read()
-            self._pending["read"] = time.time()
-            return snap
+            self.timed.pending["woken"] = time.time()
+            return read()
 
         self.state.read = timed_read  # type: ignore[method-assign]
+        write_ack = self.members.write_ack
+
+        def timed_write_ack(ack: Any) -> None:
+            write_ack(ack)
+            marks = self.marks[ack.seq]
+            if not marks:
+                marks.update(self.timed.pending, acked=time.time())
+            self.timed.pending = {}
+
+        self.members.write_ack = timed_write_ack  # type: ignore[method-assign]
 
     def _on_event(self, data: Any) -> None:
-        self._pending["event"] = time.time()
+        self.timed.pending["event"] = time.time()
         super()._on_event(data)
 
-    def _write_ack(self, snap: Any) -> None:
-        self._pending["applied"] = time.time()
-        super()._write_ack(snap)
-        marks = self.marks[snap.seq]
-        if not marks:
-            marks.update(self._pending, acked=time.time())
-        self._pending = {}
+
+def make_agent(url: str, prefix: str, node_id: str, heartbeat_s: float, metrics: NodeMetrics) -> Agent:
+    link = Link.from_url(url, prefix)
+    reconciler = TimedReconciler(node_id, StubReloads(), metrics)  # type: ignore[arg-type]
+    return Agent(
+        link,
+        ClusterState(link, origin=node_id),
+        Membership(link),
+        reconciler,
+        metrics,
+        url="",
+        report=lambda: NodeReport(cached=[], serving={}, stats={"cache_hits": 0, "cache_misses": 0}),
+        timing=SyncTiming(heartbeat_s=heartbeat_s),
+    )
 
 
 async def _stop_all(agents: list[Agent]) -> None:
@@ -125,23 +148,20 @@ def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) 
     metrics = NodeMetrics()
     agents = []
     for i in range(n):
-        settings = NodeSettings(
-            redis_url=url, redis_prefix=prefix, node_id=f"agent-{i:04d}", heartbeat_s=heartbeat_s
-        )
-        agents.append(Agent(settings, StubService(), metrics))  # type: ignore[arg-type]
+        agents.append(make_agent(url, prefix, f"agent-{i:04d}", heartbeat_s, metrics))
     loop = asyncio.new_event_loop()
     for a in agents:
         loop.run_until_complete(a.start())
-    state = ClusterState.from_url(url, prefix, origin="bench")
-    admin = state.client
+    control = Control.connect(url, StubRegistry(), prefix, origin="bench")  # type: ignore[arg-type]
+    members, admin = control.members, control.state.link.client
     try:
         deadline = time.monotonic() + 60
-        while len(state.heartbeats()) < n:
+        while len(members.heartbeats()) < n:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(state.heartbeats())} of {n} agents joined")
+                raise RuntimeError(f"only {len(members.heartbeats())} of {n} agents joined")
             time.sleep(0.1)
         # Every subscriber listening (else the first change waits for a periodic reconcile).
-        while admin.pubsub_numsub(state.keys.events)[0][1] < n:
+        while admin.pubsub_numsub(control.state.link.keys.events)[0][1] < n:
             if time.monotonic() > deadline:
                 raise RuntimeError("not every agent subscribed to the events channel")
             time.sleep(0.1)
@@ -156,15 +176,14 @@ def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) 
         idle_cmds = (admin.info("stats")["total_commands_processed"] - before) / idle_wall
 
         # Changes: pin alternating versions, wait for every ack.
-        registry = StubRegistry()
         all_applied, waited = [], []
         stages: dict[str, list[float]] = defaultdict(list)
         before = admin.info("stats")["total_commands_processed"]
         t0 = time.monotonic()
         for i in range(changes):
             start = time.perf_counter()
-            change: Change = state.pin("m", ("1.0", "2.0")[i % 2], registry)  # type: ignore[arg-type]
-            rows = state.wait_for_acks(change, timeout_s=30)
+            change: Change = control.pin("m", ("1.0", "2.0")[i % 2])
+            rows = members.wait_for_acks(change, timeout_s=30)
             waited.append(time.perf_counter() - start)
             assert len(rows) == n and all(r.outcome == "ok" for r in rows), rows[:3]
             acked = [a.marks.get(change.seq, {}) for a in agents]
@@ -186,7 +205,7 @@ def run_size(url: str, n: int, changes: int, idle_s: float, heartbeat_s: float) 
         loop.close()
         for key in admin.scan_iter(match=f"{prefix}*"):
             admin.delete(key)
-        state.close()
+        control.close()
     return {
         "agents": n,
         "changes": changes,

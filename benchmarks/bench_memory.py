@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import xgboost as xgb
-from common import ROOT, free_port, stop_process  # type: ignore[import-not-found]
+from common import ROOT, free_port, stop_process, write_slow_model  # type: ignore[import-not-found]
 
 MB = 1 << 20
 
@@ -40,7 +40,6 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from coordinator.registry import Registry
-    from tests.helpers import write_slow_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -56,18 +56,18 @@ def measure(client: httpx.Client, url: str, body: dict, n: int) -> dict[str, flo
 
 
 def in_process_hit_cost(registry: Registry, n: int = 50_000) -> dict[str, float]:
-    from node.loader import Loader
-    from node.metrics import NodeMetrics
-    from node.service import ModelService
+    from node.app import build_node
+    from node.settings import NodeSettings
 
-    service = ModelService(registry, Loader(registry), NodeMetrics())
+    node = build_node(NodeSettings(registry=registry.root))
+    service = node.service
 
     async def run() -> tuple[float, float]:
         await service.get("churn")
-        key = ("churn", service.default_version("churn"))
+        key = ("churn", node.resolver.default_version("churn"))
         t0 = time.perf_counter()
         for _ in range(n):
-            service.cache.get_or_load(key, lambda: (None, 0))  # type: ignore[arg-type,return-value]
+            node.loads.cache.get_or_load(key, lambda: (None, 0))  # type: ignore[arg-type,return-value]
         raw = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
         for _ in range(n):

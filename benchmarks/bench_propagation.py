@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 from common import ROOT, report, start_nodes, stop_nodes
 
+from coordinator.control import Control
 from coordinator.demo import publish_demo_models
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
-from coordinator.state import ClusterState
 
 ROW = [12, 70.5, 2, 1, None]
 TOKEN = "bench-token"
@@ -38,8 +38,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_changes(
-    state: ClusterState,
-    registry: Registry,
+    control: Control,
     urls: list[str],
     model_type: str,
     versions: tuple[str, str],
@@ -52,8 +51,8 @@ def run_changes(
     for i in range(changes):
         version = versions[i % 2]
         t0 = time.perf_counter()
-        change = state.pin(model_type, version, registry)
-        rows = state.wait_for_acks(change, timeout_s=10, poll_s=0.001)
+        change = control.pin(model_type, version)
+        rows = control.members.wait_for_acks(change, timeout_s=10, poll_s=0.001)
         acked.append(time.perf_counter() - t0)
         assert all(r.outcome == "ok" for r in rows), rows
         if predict:
@@ -116,19 +115,17 @@ def main() -> None:
         os.environ["MODELCACHE_ADMIN_TOKEN"] = TOKEN  # the nodes inherit it
         nodes = start_nodes(registry.root, args.nodes, redis_server.url)
         urls = [url for _, url in nodes]
-        state = ClusterState.from_url(redis_server.url, origin="bench")
+        control = Control.connect(redis_server.url, registry, origin="bench")
         try:
             # Excluding load time: fraud is cached nowhere (no request touches it).
-            cold = run_changes(
-                state, registry, urls, "fraud", ("1.0.0", "1.2.0"), args.changes, predict=False
-            )
+            cold = run_changes(control, urls, "fraud", ("1.0.0", "1.2.0"), args.changes, predict=False)
             # Including load time: churn is cached everywhere, every pin loads and swaps.
             for url in urls:
                 httpx.post(f"{url}/api/v1/predict", json={"model_type": "churn", "features": ROW})
-            hot = run_changes(state, registry, urls, "churn", ("1.0.0", "1.1.0"), args.changes, predict=True)
+            hot = run_changes(control, urls, "churn", ("1.0.0", "1.1.0"), args.changes, predict=True)
             http = run_http_pins(urls, "churn", ("1.0.0", "1.1.0"), args.changes)
         finally:
-            state.close()
+            control.close()
             stop_nodes(nodes)
     report(
         args.out,
