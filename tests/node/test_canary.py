@@ -229,6 +229,9 @@ def test_canary_cli_over_http_and_redis_with_json(
     assert doc["ok"] is True and len(doc["acks"]) == 2
     listed = json.loads(cli("canary", "--list", "--json", *redis_args).stdout)
     assert listed["canaries"]["m"]["percent"] == 25
+    # One document both ways (coordinator.control answers both), per-node outcomes included.
+    assert [n["outcome"] for n in listed["canaries"]["m"]["nodes"]] == ["ok", "ok"]
+    assert listed == json.loads(cli(*http, "canary", "--list", "--json").stdout)
     doc = json.loads(cli("canary", "m", "--abort", "--json", *redis_args).stdout)
     assert doc["change"]["kind"] == "canary_abort"
     assert cli("canary", "m", "1.0", "--percent", "-3", *redis_args, check=False).returncode == 2
