@@ -1,7 +1,7 @@
-"""JSON views of the node's cache and models, built from the service's plain data.
+"""JSON views of the node's cache and models, built from plain data.
 
-Kept apart from the service so the HTTP layer can render them where it
-serves them; `ModelService.stats()` / `list_models()` delegate here.
+Kept apart so the HTTP layer can render them where it serves them;
+`Loads.stats()` and the v1 model listing build on these.
 """
 
 from __future__ import annotations
