@@ -94,7 +94,7 @@ def test_kubernetes_manifests_validate(name: str, doc: dict) -> None:
 
 
 def test_kubernetes_validation_catches_mistakes() -> None:
-    deployment = by_name("Deployment", "modelcache-node")
+    deployment = by_name("StatefulSet", "modelcache-node")
     deployment = json.loads(json.dumps(deployment))
     deployment["spec"]["replicaz"] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -113,20 +113,23 @@ def test_kubernetes_node_deployment_is_production_shaped() -> None:
         "Service",
         "StatefulSet",
         "ConfigMap",
-        "Secret",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "Ingress",
+        "NetworkPolicy",
     } <= set(kinds)
-    pod = by_name("Deployment", "modelcache-node")["spec"]["template"]
+    # The operator creates the Secrets (README): none ships with a placeholder value.
+    assert "Secret" not in kinds
+    pod = by_name("StatefulSet", "modelcache-node")["spec"]["template"]
     [container] = pod["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]["cpu"] and pod["spec"]["terminationGracePeriodSeconds"] >= 15
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    redis = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    assert "--appendonly" in redis["args"] and kinds["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    redis_set = by_name("StatefulSet", "modelcache-redis")
+    redis = redis_set["spec"]["template"]["spec"]["containers"][0]
+    assert "--appendonly" in redis["args"] and redis_set["spec"]["volumeClaimTemplates"]
 
 
 def test_dockerfile_is_slim_nonroot_cpu_only_with_healthcheck() -> None:
@@ -140,10 +143,10 @@ def test_dockerfile_is_slim_nonroot_cpu_only_with_healthcheck() -> None:
 
 
 def test_kubernetes_traffic_goes_through_haproxy_to_each_node_pod() -> None:
-    """Ingress -> HAProxy Service -> HAProxy, which resolves the pods from the headless Service."""
+    """Ingress -> HAProxy Service -> HAProxy, which resolves the pods by name under the headless Service."""
     ingress = by_name("Ingress", "modelcache")
-    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert path["backend"]["service"]["name"] == "modelcache-lb"
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert paths and {p["backend"]["service"]["name"] for p in paths} == {"modelcache-lb"}
     assert not any("hash" in key for key in ingress["metadata"].get("annotations", {}))
     lb = by_name("Deployment", "modelcache-lb")
     [container] = lb["spec"]["template"]["spec"]["containers"]
@@ -192,7 +195,7 @@ def test_kustomization_lists_every_manifest_and_creates_the_namespace() -> None:
 def test_kustomization_sets_the_node_image() -> None:
     [image] = yaml.safe_load(KUSTOMIZATION.read_text())["images"]
     containers = node_image_containers()
-    assert {name for name, _ in containers} == {"modelcache-node", "modelcache-demo-models"}
+    assert {name for name, _ in containers} == {"modelcache-node"}
     for name, container in containers:
         assert image_repository(container["image"]) == image["name"], name
     assert image["newName"] and image["newTag"]
@@ -206,8 +209,11 @@ def kustomize() -> list[str] | None:
     return None
 
 
+DEMO_COMPONENT = DEPLOY / "k8s" / "demo-models"
+
+
 def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Path) -> None:
-    """An overlay that sets the image, rendered by the real kustomize (kubectl's, offline)."""
+    """An overlay that sets the image, with the demo-models component, rendered by the real kustomize."""
     command = kustomize()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed (the other kustomization tests still ran)")
@@ -215,6 +221,7 @@ def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Pa
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [os.path.relpath(DEPLOY / "k8s", tmp_path)],
+        "components": [os.path.relpath(DEMO_COMPONENT, tmp_path)],
         "images": [{"name": "modelcache", "newName": "registry.example.com/modelcache", "newTag": "1.2.3"}],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
@@ -222,7 +229,7 @@ def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Pa
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert docs[0]["kind"] == "Namespace"
-    assert len(docs) == len(k8s_documents())
+    assert len(docs) == len(k8s_documents()) + 1  # the demo Job
     images = {
         d["metadata"]["name"]: c["image"]
         for d in docs
@@ -518,10 +525,17 @@ def test_kustomize_renders_the_sentinel_component(tmp_path: Path) -> None:
     service = objects[("Service", sentinels["spec"]["serviceName"])]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == sentinels["spec"]["selector"]["matchLabels"]
-    url = objects[("ConfigMap", "modelcache-config")]["data"]["MODELCACHE_REDIS_URL"]
+    [node] = objects[("StatefulSet", "modelcache-node")]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in node["env"]}
+    url = env["MODELCACHE_REDIS_URL"]["value"]
+    assert "MODELCACHE_REDIS_URL" not in objects[("ConfigMap", "modelcache-config")]["data"]
     pods = [f"modelcache-sentinel-{i}" for i in range(sentinels["spec"]["replicas"])]
+    # The password comes from the Secret, through a variable defined before the URL.
+    assert list(env).index("REDIS_PASSWORD") < list(env).index("MODELCACHE_REDIS_URL")
+    password = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password == {"name": "modelcache-redis", "key": "password"}
     assert url == (
-        "redis+sentinel://"
+        "redis+sentinel://:$(REDIS_PASSWORD)@"
         + ",".join(f"{fqdn(pod + '.' + service['metadata']['name'])}:{SENTINEL_PORT}" for pod in pods)
         + "/modelcache/0"
     )
@@ -558,9 +572,15 @@ def test_kustomize_renders_the_sentinel_component(tmp_path: Path) -> None:
     # Each Sentinel announces the name the URL lists for it.
     [init] = sentinels["spec"]["template"]["spec"]["initContainers"]
     assert f"sentinel announce-ip {fqdn('$POD_NAME.' + service['metadata']['name'])}" in init["command"][-1]
-    # The nodes read the patched ConfigMap.
-    [node] = objects[("Deployment", "modelcache-node")]["spec"]["template"]["spec"]["containers"]
     assert {"configMapRef": {"name": "modelcache-config"}} in node["envFrom"]
+    # Every Redis server requires the password and replicates with it; the Sentinels use it.
+    for name in ("modelcache-redis", "modelcache-redis-replica"):
+        server_args = args("StatefulSet", name)
+        for flag in ("--requirepass", "--masterauth"):
+            assert server_args[server_args.index(flag) + 1] == "$(REDIS_PASSWORD)", (name, flag)
+    assert "sentinel auth-pass modelcache $REDIS_PASSWORD" in init["command"][-1]
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "modelcache-redis"
 
 
 # -- the compose Sentinel config, run for real on loopback ----------------------------------------
