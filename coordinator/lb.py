@@ -80,6 +80,17 @@ resolvers dns
     parse-resolv-conf
     hold valid 10s
 """
+K8S_RESOLVERS = """
+resolvers dns
+    parse-resolv-conf
+    hold valid 10s
+    # One query per pod name every 5 s (not every 1 s): a new pod is in use within seconds
+    # either way, and 64 names stay a light load on the cluster DNS.
+    timeout resolve 5s
+"""
+K8S_DNS_OPTIONS = "init-addr none resolve-prefer ipv4"
+"""Names of pods not (yet) running resolve later without delaying start; A records first
+(an IPv4 cluster has no AAAA record, and asking for one first doubles the queries)."""
 
 
 def render(
@@ -91,13 +102,15 @@ def render(
     hot_only: bool = True,
     threads: int | None = None,
     resolve: bool = False,
-    init_addr: str = "last,libc,none",
+    dns_options: str = "init-addr last,libc,none",
+    resolvers: str = "",
     admin_listen: str | None = None,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
 
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
-    where a restarted node comes back with a new address), starting from `init_addr`.
+    where a restarted node comes back with a new address), with `dns_options` on each server
+    line and `resolvers` (default: _RESOLVERS) as the resolvers section.
     `admin_listen`: a second door that serves every route; the one on `listen` then
     serves inference and read-only calls only (Kubernetes: the Ingress reaches `listen`).
     `balance_factor` bounds the loads of hot models (0: plain consistent hashing for
@@ -105,14 +118,14 @@ def render(
     """
     if balance_factor != 0 and balance_factor <= 100:
         raise ValueError(f"balance factor {balance_factor} must be 0 (off) or above 100 (a percentage)")
-    dns = f" resolvers dns init-addr {init_addr}" if resolve else ""
+    dns = f" resolvers dns {dns_options}" if resolve else ""
     lines = [f"    server node{i} {s}{dns}" for i, s in enumerate(servers, 1)]
     hot_lines = [f"{line} track nodes/node{i}" for i, line in enumerate(lines, 1)]
     if not lines:
         raise ValueError("no servers: give at least one host:port")
     values = {
         "global": f"    nbthread {threads}\n" if threads else "",
-        "resolvers": _RESOLVERS if resolve else "",
+        "resolvers": (resolvers or _RESOLVERS) if resolve else "",
         "admin_door": _admin_door(admin_listen) if admin_listen else "",
         "public_routes": _public_routes(admin_listen) if admin_listen else "",
         "servers": "\n".join(lines),
@@ -169,16 +182,14 @@ def render_compose(max_body_bytes: int = 1_048_576) -> str:
 
 
 def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) -> str:
-    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods by name, two doors.
-
-    `init-addr none`: names of pods not (yet) running resolve later, without delaying start.
-    """
+    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods by name, two doors."""
     return render(
         k8s_servers(max_nodes),
         f":{K8S_PUBLIC_PORT}",
         max_body_bytes,
         resolve=True,
-        init_addr="none",
+        dns_options=K8S_DNS_OPTIONS,
+        resolvers=K8S_RESOLVERS,
         admin_listen=f":{K8S_ADMIN_PORT}",
     )
 

@@ -548,3 +548,25 @@ def test_the_object_store_is_the_default_registry_and_the_demo_job_is_an_option(
         assert mount.get("readOnly", False) is read_only
         [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
         assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+
+
+def test_the_readme_overlay_renders_with_its_image_bucket_and_identity(tmp_path: Path) -> None:
+    """The overlay README.md tells operators to write, rendered from a copy beside the repository."""
+    command = kustomize()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    readme = (ROOT / "README.md").read_text()
+    [block] = re.findall(r"```yaml\n# my-cluster/kustomization.yaml\n(.*?)```", readme, re.S)
+    overlay = yaml.safe_load(block)
+    assert overlay["resources"] == ["../deploy/k8s"]
+    overlay["resources"] = [os.path.relpath(K8S, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    out = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    config = objects[("ConfigMap", "modelcache-config")]["data"]
+    assert config["MODELCACHE_REGISTRY"].startswith("s3://") and config["MODELCACHE_CACHE_SIZE"]
+    account = objects[("ServiceAccount", "modelcache-node")]["metadata"]["annotations"]
+    assert "eks.amazonaws.com/role-arn" in account
+    node = container(objects, "StatefulSet", "modelcache-node", "node")
+    assert node["image"] == "registry.example.com/modelcache:0.1.0"
