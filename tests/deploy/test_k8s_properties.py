@@ -23,7 +23,7 @@ from tests.deploy.test_manifests import K8S_VERSION, kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-COMPONENTS = ("redis-sentinel", "shared-volume", "demo-models")
+COMPONENTS = ("redis-sentinel", "demo-models", "shared-volume", "admin-ingress")
 NAMESPACE = "modelcache"
 POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
@@ -58,7 +58,9 @@ def base(tmp_path: Path) -> Objects:
 @pytest.fixture
 def everything(tmp_path: Path) -> Objects:
     """The base with every optional component (demo-models before shared-volume, as documented)."""
-    return render(tmp_path, "redis-sentinel", "demo-models", "shared-volume")
+    assert COMPONENTS.index("demo-models") < COMPONENTS.index("shared-volume")
+    assert {p.parent.name for p in K8S.glob("*/kustomization.yaml")} <= set(COMPONENTS) | {"monitoring"}
+    return render(tmp_path, *COMPONENTS)
 
 
 def pods(objects: Objects) -> Iterator[tuple[str, dict]]:
@@ -570,3 +572,20 @@ def test_the_readme_overlay_renders_with_its_image_bucket_and_identity(tmp_path:
     assert "eks.amazonaws.com/role-arn" in account
     node = container(objects, "StatefulSet", "modelcache-node", "node")
     assert node["image"] == "registry.example.com/modelcache:0.1.0"
+
+
+def test_the_optional_admin_entry_point_is_allowlisted_tls_and_reaches_the_admin_door(tmp_path: Path) -> None:
+    objects = render(tmp_path, "admin-ingress")
+    admin = objects[("Ingress", "modelcache-admin")]
+    assert admin["metadata"]["annotations"]["nginx.ingress.kubernetes.io/whitelist-source-range"]
+    [rule] = admin["spec"]["rules"]
+    assert admin["spec"]["tls"][0]["hosts"] == [rule["host"]]
+    for p in rule["http"]["paths"]:
+        assert p["backend"]["service"] == {"name": "modelcache-lb-admin", "port": {"name": "admin"}}
+    [port] = objects[("Service", "modelcache-lb-admin")]["spec"]["ports"]
+    haproxy = container(objects, "Deployment", "modelcache-lb", "haproxy")
+    assert {p["name"]: p["containerPort"] for p in haproxy["ports"]}[port["targetPort"]] == 8081
+    lb = labels_of(objects, "Deployment", "modelcache-lb")
+    controller = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    assert allowed(objects, controller, lb, 8081)
+    assert not allowed(objects, ("monitoring", {}), lb, 8081)
