@@ -3,8 +3,9 @@
 One template (`templates/haproxy.cfg.template`), three renderings: `modelcache up`
 (static loopback servers, one thread), docker compose (`deploy/haproxy/haproxy.cfg`,
 servers by service name, re-resolved through Docker's DNS) and Kubernetes
-(`deploy/k8s/lb-config.yaml`, a ConfigMap whose servers come from the node pods' headless
-Service by DNS). Routing is explained in the template.
+(`deploy/k8s/lb-config.yaml`, a ConfigMap whose servers are the node StatefulSet's pods by
+their stable DNS names, with a public door that serves inference and read-only calls only
+and an in-cluster admin door). Routing is explained in the template.
 """
 
 from __future__ import annotations
@@ -36,16 +37,60 @@ INSTALL = "install haproxy >= 2.6 (Debian: apt-get install haproxy)"
 
 COMPOSE_SERVERS = tuple(f"node{i}:8000" for i in (1, 2, 3))
 K8S_NAMESPACE = "modelcache"
-K8S_NODES = f"modelcache-node-pods.{K8S_NAMESPACE}.svc.cluster.local:8000"
-"""The node pods' headless Service: its DNS answer is one A record per ready pod."""
-K8S_SLOTS = 12
-"""Server slots filled from DNS: the node HorizontalPodAutoscaler's maxReplicas."""
+K8S_NODE_SET = "modelcache-node"
+"""The node StatefulSet: its pods are modelcache-node-0, -1, ... (scale-down removes the highest)."""
+K8S_NODE_SERVICE = "modelcache-node-pods"
+"""The StatefulSet's headless Service, which gives pod K the name <set>-K.<service>.<namespace>.svc."""
+K8S_MAX_NODES = 64
+"""Pod names HAProxy resolves: names of pods that do not exist stay in maintenance at no cost
+but a DNS query now and then. Decoupled from the autoscaler's maximum (a test keeps it at 4x
+or more); beyond it, re-render with `--max-nodes`."""
+K8S_PUBLIC_PORT = 8080
+K8S_ADMIN_PORT = 8081
+
+# Why per-pod names rather than `server-template` slots filled from one DNS name: a slot's
+# place on the hash ring comes from its number, and slots are filled in the order DNS answers
+# (CoreDNS shuffles it), so two HAProxy replicas would build different rings and give each
+# model two homes. Pod K's name is server K on every replica: one ring, however many
+# replicas, and a restarted pod comes back to the same place (and the same models).
+
+_MODEL = "[A-Za-z0-9][A-Za-z0-9._-]*"
+_VERSION = "[A-Za-z0-9][A-Za-z0-9.+!_-]*"
+_PUBLIC_READS = (
+    "^/(healthz|readyz)$",
+    "^/api/v1/(models|pins|canaries)$",
+    f"^/api/v1/models/{_MODEL}/versions/{_VERSION}$",
+    "^/v2(/health/(live|ready))?$",
+    f"^/v2/models/{_MODEL}(/versions/{_VERSION})?(/ready)?$",
+    f"^/v1/models/{_MODEL}$",
+)
+_PUBLIC_INFERENCE = (
+    "^/api/v1/(predict|batch_predict)$",
+    f"^/api/v1/models/{_MODEL}/(predict|batch_predict)$",
+    f"^/v2/models/{_MODEL}(/versions/{_VERSION})?/infer$",
+    f"^/v1/models/{_MODEL}:predict$",
+)
+_NOT_PUBLIC = (
+    '{"error": "not served on the public entry point: admin calls, /metrics, /api/v1/cluster and'
+    ' /docs answer inside the cluster only, on the load balancer admin port", "code": "not_public"}'
+)
 
 _RESOLVERS = """
 resolvers dns
     parse-resolv-conf
     hold valid 10s
 """
+K8S_RESOLVERS = """
+resolvers dns
+    parse-resolv-conf
+    hold valid 10s
+    # One query per pod name every 5 s (not every 1 s): a new pod is in use within seconds
+    # either way, and 64 names stay a light load on the cluster DNS.
+    timeout resolve 5s
+"""
+K8S_DNS_OPTIONS = "init-addr none resolve-prefer ipv4"
+"""Names of pods not (yet) running resolve later without delaying start; A records first
+(an IPv4 cluster has no AAAA record, and asking for one first doubles the queries)."""
 
 
 def render(
@@ -57,36 +102,34 @@ def render(
     hot_only: bool = True,
     threads: int | None = None,
     resolve: bool = False,
-    dns_slots: tuple[str, int] | None = None,
+    dns_options: str = "init-addr last,libc,none",
+    resolvers: str = "",
+    admin_listen: str | None = None,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
 
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
-    where a restarted node comes back with a new address). `dns_slots=(fqdn:port, n)`:
-    n server slots filled from one DNS name (Kubernetes) instead of `servers`.
+    where a restarted node comes back with a new address), with `dns_options` on each server
+    line and `resolvers` (default: _RESOLVERS) as the resolvers section.
+    `admin_listen`: a second door that serves every route; the one on `listen` then
+    serves inference and read-only calls only (Kubernetes: the Ingress reaches `listen`).
     `balance_factor` bounds the loads of hot models (0: plain consistent hashing for
     all); `hot_only=False` bounds every model's requests (for comparison).
     """
     if balance_factor != 0 and balance_factor <= 100:
         raise ValueError(f"balance factor {balance_factor} must be 0 (off) or above 100 (a percentage)")
-    dns = " resolvers dns init-addr last,libc,none" if resolve else ""
-    if dns_slots is not None:
-        fqdn, slots = dns_slots
-        lines = [f"    server-template node 1-{slots} {fqdn} resolvers dns init-addr none"]
-        hot_lines = lines
-        hot_default = "check inter 1s fall 2 rise 1 "
-    else:
-        lines = [f"    server node{i} {s}{dns}" for i, s in enumerate(servers, 1)]
-        hot_lines = [f"{line} track nodes/node{i}" for i, line in enumerate(lines, 1)]
-        hot_default = ""
+    dns = f" resolvers dns {dns_options}" if resolve else ""
+    lines = [f"    server node{i} {s}{dns}" for i, s in enumerate(servers, 1)]
+    hot_lines = [f"{line} track nodes/node{i}" for i, line in enumerate(lines, 1)]
     if not lines:
         raise ValueError("no servers: give at least one host:port")
     values = {
         "global": f"    nbthread {threads}\n" if threads else "",
-        "resolvers": _RESOLVERS if resolve or dns_slots else "",
+        "resolvers": (resolvers or _RESOLVERS) if resolve else "",
+        "admin_door": _admin_door(admin_listen) if admin_listen else "",
+        "public_routes": _public_routes(admin_listen) if admin_listen else "",
         "servers": "\n".join(lines),
         "hot_servers": "\n".join(hot_lines),
-        "hot_default_server": hot_default,
         "hot_acl": _HOT_ONLY if hot_only else _ALL_BOUNDED,
         "cold_balance_factor": "0",
         "listen": listen,
@@ -99,19 +142,61 @@ def render(
     return text
 
 
+def _admin_door(admin_listen: str) -> str:
+    comment = "    # In-cluster door: every route (admin calls carry the admin token)."
+    return f"\n{comment}\n    bind {admin_listen}"
+
+
+def _public_routes(admin_listen: str) -> str:
+    """The public door's allow list: a refusal here never reaches a node."""
+    port = admin_listen.rsplit(":", 1)[1]
+    return "\n".join(
+        [
+            "",
+            "    # Public door: inference and read-only calls only. Admin calls, /metrics, /docs and",
+            "    # /api/v1/cluster (pod addresses) answer on the admin door alone. An allow list, so a",
+            "    # route added to the nodes later stays inside until it is listed here.",
+            f"    acl admin_door dst_port {port}",
+            "    acl read_call method GET HEAD",
+            "    acl post_call method POST",
+            f"    acl public_read path_reg {' '.join(_PUBLIC_READS)}",
+            f"    acl public_inference path_reg {' '.join(_PUBLIC_INFERENCE)}",
+            "    acl public_call var(txn.public) -m bool",
+            "    http-request set-var(txn.public) bool(1)"
+            " if read_call public_read || post_call public_inference",
+            f"    http-request return status 404 content-type application/json string '{_NOT_PUBLIC}'"
+            " if !admin_door !public_call",
+        ]
+    )
+
+
+def k8s_servers(max_nodes: int = K8S_MAX_NODES) -> list[str]:
+    """host:port of node pods 0..max_nodes-1 by their stable StatefulSet names."""
+    domain = f"{K8S_NODE_SERVICE}.{K8S_NAMESPACE}.svc.cluster.local"
+    return [f"{K8S_NODE_SET}-{k}.{domain}:8000" for k in range(max_nodes)]
+
+
 def render_compose(max_body_bytes: int = 1_048_576) -> str:
     """deploy/haproxy/haproxy.cfg: the three compose nodes by service name."""
     return render(COMPOSE_SERVERS, ":8080", max_body_bytes, resolve=True)
 
 
-def render_k8s(max_body_bytes: int = 1_048_576) -> str:
-    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods from the headless Service."""
-    return render((), ":8080", max_body_bytes, dns_slots=(K8S_NODES, K8S_SLOTS))
+def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) -> str:
+    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods by name, two doors."""
+    return render(
+        k8s_servers(max_nodes),
+        f":{K8S_PUBLIC_PORT}",
+        max_body_bytes,
+        resolve=True,
+        dns_options=K8S_DNS_OPTIONS,
+        resolvers=K8S_RESOLVERS,
+        admin_listen=f":{K8S_ADMIN_PORT}",
+    )
 
 
-def render_k8s_configmap(max_body_bytes: int = 1_048_576) -> str:
+def render_k8s_configmap(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) -> str:
     """deploy/k8s/lb-config.yaml: the ConfigMap that deploy/k8s/lb.yaml's HAProxy mounts."""
-    lines = render_k8s(max_body_bytes).splitlines(True)
+    lines = render_k8s(max_body_bytes, max_nodes).splitlines(True)
     cfg = "".join(f"    {line}" if line.strip() else "\n" for line in lines)
     return (
         "# Generated by `python -m coordinator.lb --k8s > deploy/k8s/lb-config.yaml`: edit\n"
@@ -220,11 +305,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", default=":8080")
     parser.add_argument("--max-body-bytes", type=int, default=1_048_576)
     parser.add_argument("--balance-factor", type=int, default=BALANCE_FACTOR)
+    parser.add_argument("--max-nodes", type=int, default=K8S_MAX_NODES, help="--k8s: pod names to resolve")
     args = parser.parse_args(argv)
     if args.compose:
         sys.stdout.write(render_compose(args.max_body_bytes))
     elif args.k8s:
-        sys.stdout.write(render_k8s_configmap(args.max_body_bytes))
+        sys.stdout.write(render_k8s_configmap(args.max_body_bytes, args.max_nodes))
     else:
         sys.stdout.write(
             render(args.server, args.listen, args.max_body_bytes, balance_factor=args.balance_factor)

@@ -32,6 +32,10 @@ COMPOSE_SCHEMA = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "v
 K8S_VERSION = "1.30.0"
 
 
+COMPOSE_PASSWORD = "${MODELCACHE_REDIS_PASSWORD:?set MODELCACHE_REDIS_PASSWORD}"
+"""The Redis password in compose: from the environment, no default (compose refuses to start without)."""
+
+
 def compose() -> dict:
     return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
 
@@ -54,9 +58,12 @@ def test_compose_has_the_whole_stack() -> None:
     )
     for name in ("node1", "node2", "node3"):
         node = services[name]
-        assert node["environment"]["MODELCACHE_REDIS_URL"] == "redis://redis:6379/0"
+        assert node["environment"]["MODELCACHE_REDIS_URL"] == f"redis://:{COMPOSE_PASSWORD}@redis:6379/0"
         assert "registry:/registry:ro" in node["volumes"]
         assert node["depends_on"]["demo-models"]["condition"] == "service_completed_successfully"
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--requirepass") + 1] == COMPOSE_PASSWORD
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == COMPOSE_PASSWORD  # the healthcheck
     assert services["demo-models"]["command"][0] == "demo-models"
     assert services["lb"]["image"].startswith("haproxy:")
     assert "./haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in services["lb"]["volumes"]
@@ -94,7 +101,7 @@ def test_kubernetes_manifests_validate(name: str, doc: dict) -> None:
 
 
 def test_kubernetes_validation_catches_mistakes() -> None:
-    deployment = by_name("Deployment", "modelcache-node")
+    deployment = by_name("StatefulSet", "modelcache-node")
     deployment = json.loads(json.dumps(deployment))
     deployment["spec"]["replicaz"] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -113,20 +120,23 @@ def test_kubernetes_node_deployment_is_production_shaped() -> None:
         "Service",
         "StatefulSet",
         "ConfigMap",
-        "Secret",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "Ingress",
+        "NetworkPolicy",
     } <= set(kinds)
-    pod = by_name("Deployment", "modelcache-node")["spec"]["template"]
+    # The operator creates the Secrets (README): none ships with a placeholder value.
+    assert "Secret" not in kinds
+    pod = by_name("StatefulSet", "modelcache-node")["spec"]["template"]
     [container] = pod["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]["cpu"] and pod["spec"]["terminationGracePeriodSeconds"] >= 15
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    redis = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    assert "--appendonly" in redis["args"] and kinds["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    redis_set = by_name("StatefulSet", "modelcache-redis")
+    redis = redis_set["spec"]["template"]["spec"]["containers"][0]
+    assert "--appendonly" in redis["args"] and redis_set["spec"]["volumeClaimTemplates"]
 
 
 def test_dockerfile_is_slim_nonroot_cpu_only_with_healthcheck() -> None:
@@ -140,10 +150,10 @@ def test_dockerfile_is_slim_nonroot_cpu_only_with_healthcheck() -> None:
 
 
 def test_kubernetes_traffic_goes_through_haproxy_to_each_node_pod() -> None:
-    """Ingress -> HAProxy Service -> HAProxy, which resolves the pods from the headless Service."""
+    """Ingress -> HAProxy Service -> HAProxy, which resolves the pods by name under the headless Service."""
     ingress = by_name("Ingress", "modelcache")
-    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert path["backend"]["service"]["name"] == "modelcache-lb"
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert paths and {p["backend"]["service"]["name"] for p in paths} == {"modelcache-lb"}
     assert not any("hash" in key for key in ingress["metadata"].get("annotations", {}))
     lb = by_name("Deployment", "modelcache-lb")
     [container] = lb["spec"]["template"]["spec"]["containers"]
@@ -192,7 +202,7 @@ def test_kustomization_lists_every_manifest_and_creates_the_namespace() -> None:
 def test_kustomization_sets_the_node_image() -> None:
     [image] = yaml.safe_load(KUSTOMIZATION.read_text())["images"]
     containers = node_image_containers()
-    assert {name for name, _ in containers} == {"modelcache-node", "modelcache-demo-models"}
+    assert {name for name, _ in containers} == {"modelcache-node"}
     for name, container in containers:
         assert image_repository(container["image"]) == image["name"], name
     assert image["newName"] and image["newTag"]
@@ -206,8 +216,11 @@ def kustomize() -> list[str] | None:
     return None
 
 
+DEMO_COMPONENT = DEPLOY / "k8s" / "demo-models"
+
+
 def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Path) -> None:
-    """An overlay that sets the image, rendered by the real kustomize (kubectl's, offline)."""
+    """An overlay that sets the image, with the demo-models component, rendered by the real kustomize."""
     command = kustomize()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed (the other kustomization tests still ran)")
@@ -215,6 +228,7 @@ def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Pa
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [os.path.relpath(DEPLOY / "k8s", tmp_path)],
+        "components": [os.path.relpath(DEMO_COMPONENT, tmp_path)],
         "images": [{"name": "modelcache", "newName": "registry.example.com/modelcache", "newTag": "1.2.3"}],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
@@ -222,7 +236,7 @@ def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Pa
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert docs[0]["kind"] == "Namespace"
-    assert len(docs) == len(k8s_documents())
+    assert len(docs) == len(k8s_documents()) + 1  # the demo Job
     images = {
         d["metadata"]["name"]: c["image"]
         for d in docs
@@ -339,6 +353,8 @@ def test_haproxy_lets_idle_connections_go_before_the_node_closes_them(where: str
 SENTINEL_OVERRIDE = DEPLOY / "docker-compose.sentinel.yml"
 SENTINEL_COMPONENT = DEPLOY / "k8s" / "redis-sentinel"
 SENTINEL_PORT = 26379
+SENTINEL_AUTH_PASS = "sentinel auth-pass modelcache"
+"""What each compose Sentinel appends to its config, followed by the password."""
 
 
 def merge_compose(base: object, override: object, key: str = "") -> object:
@@ -407,8 +423,10 @@ def test_sentinel_override_adds_a_replica_and_three_sentinels_the_nodes_use() ->
     services = doc["services"]
     sentinels = sorted(name for name in services if name.startswith("sentinel-"))
     assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
-    url = f"redis+sentinel://{','.join(f'{s}:{SENTINEL_PORT}' for s in sentinels)}/modelcache/0"
-    host, port = check_sentinel_config(compose_sentinel_conf(), url)
+    hosts = ",".join(f"{s}:{SENTINEL_PORT}" for s in sentinels)
+    url = f"redis+sentinel://:{COMPOSE_PASSWORD}@{hosts}/modelcache/0"
+    # As compose runs it: with the password interpolated (its `:?` message is no URL).
+    host, port = check_sentinel_config(compose_sentinel_conf(), url.replace(COMPOSE_PASSWORD, "0123abcd"))
     # The monitored host is the primary: a service that replicates from no one, announcing its name.
     primary, replica = services[host]["command"], services["redis-replica"]["command"]
     assert "--replicaof" not in primary and "--appendonly" in primary
@@ -416,6 +434,8 @@ def test_sentinel_override_adds_a_replica_and_three_sentinels_the_nodes_use() ->
     for name in (host, "redis-replica"):
         command = services[name]["command"]
         assert command[command.index("--replica-announce-ip") + 1] == name
+        for flag in ("--requirepass", "--masterauth"):
+            assert command[command.index(flag) + 1] == COMPOSE_PASSWORD, (name, flag)
         assert services[name]["healthcheck"]["test"][-1] == "ping"
     assert "redis-replica-data:/data" in services["redis-replica"]["volumes"]
     assert {"redis-data", "redis-replica-data"} <= set(doc["volumes"])
@@ -427,6 +447,8 @@ def test_sentinel_override_adds_a_replica_and_three_sentinels_the_nodes_use() ->
         script = sentinel["command"][-1]
         assert config["target"] in script and "--sentinel" in script
         assert "sentinel announce-ip $$SENTINEL_HOSTNAME" in script
+        assert f'echo "{SENTINEL_AUTH_PASS} $$MODELCACHE_REDIS_PASSWORD"' in script
+        assert sentinel["environment"]["MODELCACHE_REDIS_PASSWORD"] == COMPOSE_PASSWORD
     for name in ("node1", "node2", "node3"):
         node = services[name]
         assert node["environment"]["MODELCACHE_REDIS_URL"] == url
@@ -435,7 +457,8 @@ def test_sentinel_override_adds_a_replica_and_three_sentinels_the_nodes_use() ->
         assert "MODELCACHE_ADMIN_TOKEN" in node["environment"]
         assert set(node["depends_on"]) == {"redis", "demo-models", *sentinels}
     # The base file is unchanged: plain Redis without the override.
-    assert compose()["services"]["node1"]["environment"]["MODELCACHE_REDIS_URL"] == "redis://redis:6379/0"
+    base_url = compose()["services"]["node1"]["environment"]["MODELCACHE_REDIS_URL"]
+    assert base_url == f"redis://:{COMPOSE_PASSWORD}@redis:6379/0"
 
 
 @pytest.mark.parametrize(
@@ -518,10 +541,17 @@ def test_kustomize_renders_the_sentinel_component(tmp_path: Path) -> None:
     service = objects[("Service", sentinels["spec"]["serviceName"])]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == sentinels["spec"]["selector"]["matchLabels"]
-    url = objects[("ConfigMap", "modelcache-config")]["data"]["MODELCACHE_REDIS_URL"]
+    [node] = objects[("StatefulSet", "modelcache-node")]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in node["env"]}
+    url = env["MODELCACHE_REDIS_URL"]["value"]
+    assert "MODELCACHE_REDIS_URL" not in objects[("ConfigMap", "modelcache-config")]["data"]
     pods = [f"modelcache-sentinel-{i}" for i in range(sentinels["spec"]["replicas"])]
+    # The password comes from the Secret, through a variable defined before the URL.
+    assert list(env).index("REDIS_PASSWORD") < list(env).index("MODELCACHE_REDIS_URL")
+    password = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password == {"name": "modelcache-redis", "key": "password"}
     assert url == (
-        "redis+sentinel://"
+        "redis+sentinel://:$(REDIS_PASSWORD)@"
         + ",".join(f"{fqdn(pod + '.' + service['metadata']['name'])}:{SENTINEL_PORT}" for pod in pods)
         + "/modelcache/0"
     )
@@ -558,19 +588,25 @@ def test_kustomize_renders_the_sentinel_component(tmp_path: Path) -> None:
     # Each Sentinel announces the name the URL lists for it.
     [init] = sentinels["spec"]["template"]["spec"]["initContainers"]
     assert f"sentinel announce-ip {fqdn('$POD_NAME.' + service['metadata']['name'])}" in init["command"][-1]
-    # The nodes read the patched ConfigMap.
-    [node] = objects[("Deployment", "modelcache-node")]["spec"]["template"]["spec"]["containers"]
     assert {"configMapRef": {"name": "modelcache-config"}} in node["envFrom"]
+    # Every Redis server requires the password and replicates with it; the Sentinels use it.
+    for name in ("modelcache-redis", "modelcache-redis-replica"):
+        server_args = args("StatefulSet", name)
+        for flag in ("--requirepass", "--masterauth"):
+            assert server_args[server_args.index(flag) + 1] == "$(REDIS_PASSWORD)", (name, flag)
+    assert "sentinel auth-pass modelcache $REDIS_PASSWORD" in init["command"][-1]
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "modelcache-redis"
 
 
 # -- the compose Sentinel config, run for real on loopback ----------------------------------------
 
 
-def localhost_sentinel_conf(conf: str, port: int, primary_port: int, work: Path) -> str:
+def localhost_sentinel_conf(conf: str, port: int, primary_port: int, work: Path, password: str) -> str:
     """The compose config with `localhost` for the service names, free ports, and quick timeouts.
 
     Everything else (hostname resolution and announcement, the master name, the quorum,
-    parallel-syncs) is the file's own text.
+    parallel-syncs) is the file's own text; the lines the compose command appends follow.
     """
     out = []
     for d in sentinel_directives(conf):
@@ -583,7 +619,8 @@ def localhost_sentinel_conf(conf: str, port: int, primary_port: int, work: Path)
         elif d[1:2] == ["failover-timeout"]:
             d = [*d[:3], "2000"]
         out.append(" ".join(d))
-    return "\n".join([*out, "bind 127.0.0.1", f"dir {work}", "sentinel announce-ip localhost", ""])
+    appended = ["sentinel announce-ip localhost", f"{SENTINEL_AUTH_PASS} {password}"]
+    return "\n".join([*out, "bind 127.0.0.1", f"dir {work}", *appended, ""])
 
 
 def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
@@ -599,12 +636,12 @@ def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None
 
 
 @contextlib.contextmanager
-def sentinel_process(template: str, primary_port: int, work: Path) -> Iterator[int]:
+def sentinel_process(template: str, primary_port: int, work: Path, password: str) -> Iterator[int]:
     """A Sentinel from the compose template, stopped by PID; yields its port."""
     port = free_port()
     work.mkdir()
     path = work / "sentinel.conf"
-    path.write_text(localhost_sentinel_conf(template, port, primary_port, work))
+    path.write_text(localhost_sentinel_conf(template, port, primary_port, work, password))
     log = work / "sentinel.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -626,24 +663,37 @@ def sentinel_process(template: str, primary_port: int, work: Path) -> Iterator[i
 
 
 def test_compose_sentinel_config_runs_and_fails_over(tmp_path: Path) -> None:
-    """A real primary, replica and three Sentinels from the compose config text; a real failover."""
+    """A real primary, replica and three Sentinels from the compose config text; a real failover.
+
+    With a password, as compose runs them: both servers require it and replicate with it,
+    the Sentinels authenticate with it, and the nodes' URL carries it.
+    """
     try:
         find_redis_server()
     except FileNotFoundError as e:
         pytest.skip(str(e))
     template = compose_sentinel_conf()
     with contextlib.ExitStack() as stack:
-        primary = stack.enter_context(RedisServer(args=["--replica-announce-ip", "localhost"]))
-        replica = stack.enter_context(
-            RedisServer(
-                args=["--replicaof", "localhost", str(primary.port), "--replica-announce-ip", "localhost"]
+        password = "0123abcd" * 4
+
+        def server(*args: str) -> RedisServer:
+            # requirepass after start: RedisServer's readiness PING carries no password.
+            started = stack.enter_context(
+                RedisServer(args=[*args, "--replica-announce-ip", "localhost", "--masterauth", password])
             )
-        )
+            with redis.Redis(port=started.port) as c:
+                c.config_set("requirepass", password)
+            return started
+
+        primary = server()
+        replica = server("--replicaof", "localhost", str(primary.port))
         ports = [
-            stack.enter_context(sentinel_process(template, primary.port, tmp_path / f"sentinel-{i}"))
+            stack.enter_context(
+                sentinel_process(template, primary.port, tmp_path / f"sentinel-{i}", password)
+            )
             for i in range(3)
         ]
-        url = f"redis+sentinel://{','.join(f'localhost:{p}' for p in ports)}/modelcache/0"
+        url = f"redis+sentinel://:{password}@{','.join(f'localhost:{p}' for p in ports)}/modelcache/0"
         master = parse_redis_url(url).master
 
         def sentinels_see_the_group() -> bool:
@@ -669,7 +719,7 @@ def test_compose_sentinel_config_runs_and_fails_over(tmp_path: Path) -> None:
         until(promoted, "the Sentinels to promote the replica")
         until(lambda: client.set("modelcache:test", "after"), "a write through the URL after the failover")
         assert client.get("modelcache:test") == "after"
-        with redis.Redis(port=replica.port, decode_responses=True) as direct:
+        with redis.Redis(port=replica.port, password=password, decode_responses=True) as direct:
             assert direct.info("replication")["role"] == "master"
 
 
