@@ -29,7 +29,7 @@ HOSTS = {"redis": 2, "lb": 3, "client": 4, "node1": 11, "node2": 12, "node3": 13
 NODES = ("node1", "node2", "node3")
 NODE_PORT, LB_PORT, REDIS_PORT = 8000, 8080, 6379
 MAX_BODY_BYTES = 1_048_576
-LIFETIME_S = 300.0
+LIFETIME_S = 600.0
 """The relay exits after this long whatever happens (a bound on a leak if the test is killed)."""
 
 

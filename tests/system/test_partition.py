@@ -8,7 +8,9 @@ While clients predict through the load balancer without pause:
    API: node2 and node3 apply it, node1 cannot know. Healed, node1 converges to the pin
    within seconds.
 2. The load balancer is cut from node2: its health checks take node2 out and requests
-   go to the other nodes. Healed, node2 gets traffic again.
+   go to the other nodes. Healed, node2 gets traffic again. Requests HAProxy had already
+   sent to node2 hang until `timeout server`: an expected failure until the HAProxy
+   template retries them (see the end of that test).
 
 A prediction fails when it gets no 200 or takes longer than CLIENT_TIMEOUT_S. A cut
 drops packets silently both ways in the switch (see tests/system/netns.py): each side
@@ -33,7 +35,8 @@ from tests.system.netns import Topology, remove_stale_namespaces, require_netns
 from tests.system.netns_cluster import HOSTS, NODES, NetCluster
 
 ROW = [0.1, 0.2, 0.3, 0.4]
-BATCH = [ROW] * 1000
+BATCH = [ROW] * 300
+"""~7 KB: HAProxy repeats only requests that fit in one buffer (tune.bufsize, 16 KB by default)."""
 MODELS = tuple(f"m{i}" for i in range(8))
 """Enough model names that each node is the home of some on the load balancer's ring."""
 PINNED = "m0"
