@@ -42,14 +42,21 @@ MODELS = tuple(f"m{i}" for i in range(8))
 """Enough model names that each node is the home of some on the load balancer's ring."""
 PINNED = "m0"
 OLD, NEW = "1.0.0", "2.0.0"
-LB_SERVER_TIMEOUT_S = float(re.search(r"timeout server (\d+)s", render(["n:1"], ":1", 1024))[1])  # type: ignore[index]
+
+
+def _lb_server_timeout_s() -> float:
+    """The load balancer's `timeout server`: how long it waits on a silent node before repeating."""
+    found = re.search(r"^\s*timeout server (\d+)(ms|s)\s*$", render(["n:1"], ":1", 1024), re.MULTILINE)
+    assert found, "the HAProxy template has no `timeout server <n>s|ms` line: update this test"
+    return float(found[1]) / (1000 if found[2] == "ms" else 1)
+
+
+LB_SERVER_TIMEOUT_S = _lb_server_timeout_s()
 CLIENT_TIMEOUT_S = LB_SERVER_TIMEOUT_S + 5
 """A prediction slower than this failed: the load balancer gives up on a silent node after its
 `timeout server` and repeats the request elsewhere, which takes milliseconds."""
 HOLD_CUT_S = CLIENT_TIMEOUT_S + 2
 """Long enough that a request stuck behind the cut fails, instead of being rescued by the heal."""
-DETECT_S = 5.0
-"""The template's health checks (inter 1s, fall 2, connect timeout 1s) take a silent node out within ~3 s."""
 
 
 @dataclass
