@@ -227,7 +227,7 @@ def test_every_panel_query_returns_data(
         )
         assert {s["metric"]["instance"] for s in table} == {f"127.0.0.1:{n.port}" for n in nodes}
         rules = httpx.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
-        assert {g["name"] for g in rules} == {"modelcache-recording", "modelcache-alerts"}
+        assert {g["name"] for g in rules} == {"modelcache-recording", "modelcache-slo", "modelcache-alerts"}
         assert all(r["health"] == "ok" for g in rules for r in g["rules"])
     finally:
         stop.set()
