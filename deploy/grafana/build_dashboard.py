@@ -481,7 +481,11 @@ def build() -> dict[str, Any]:
                     "multi": False,
                 },
                 variable("node", "node", "label_values(modelcache_cache_capacity_models, instance)"),
-                variable("model_type", "model type", "label_values(modelcache_cache_hits_total, model_type)"),
+                # Misses, not hits: every model type looked up has missed once (its first load),
+                # while a type a node keeps evicting may never hit.
+                variable(
+                    "model_type", "model type", "label_values(modelcache_cache_misses_total, model_type)"
+                ),
             ]
         },
         "annotations": {"list": []},

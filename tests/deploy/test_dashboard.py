@@ -267,13 +267,24 @@ def test_every_panel_query_returns_data(
         filters = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
 
         def variable_values() -> dict[str, str]:
-            """Each variable's label_values query, evaluated as Grafana refreshes it."""
+            """Each variable's label_values query, evaluated as Grafana refreshes it.
+
+            Over the dashboard's time range (refresh 2: on time range change), with the label
+            values API: per-model series come and go with the cache, so the values are the
+            model types seen in the last hour, not only those exported at this instant.
+            """
             values = {}
             for variable in filters:
                 metric, label = re.fullmatch(
                     r"label_values\((\w+), (\w+)\)", variable["query"]["query"]
                 ).groups()
-                found = sorted({s["metric"][label] for s in query(prom, metric)})
+                r = httpx.get(
+                    f"{prom}/api/v1/label/{label}/values",
+                    params={"match[]": metric, "start": time.time() - 3600, "end": time.time()},
+                    timeout=10,
+                )
+                assert r.status_code == 200, r.text
+                found = sorted(r.json()["data"])
                 assert found, f"variable {variable['name']} has no values"
                 # As Grafana does for Prometheus: regex-escape, then escape for the PromQL string.
                 escaped = (re.escape(v).replace("\\", "\\\\") for v in found)
