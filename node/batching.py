@@ -53,7 +53,6 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -102,7 +101,6 @@ class Batcher:
         # Not the default executor: a predict must never queue behind a model load.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelcache-predict")
         self._lanes: dict[Hashable, _Lane] = {}
-        self._rows_histograms: dict[str, Any] = {}  # labelled children, resolved once per model type
         self.calls = 0
         """Predict calls made so far (each may serve several requests)."""
 
@@ -208,11 +206,7 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
         self.calls += 1
         if self.metrics is not None:
-            model_type = model.meta.model_type
-            histogram = self._rows_histograms.get(model_type)
-            if histogram is None:
-                histogram = self._rows_histograms[model_type] = self.metrics.batch_rows.labels(model_type)
-            histogram.observe(len(x))
+            self.metrics.observe_batch_rows(model.meta.model_type, len(x))
         try:
             whole = model.adapter.predict(x)
         except Exception as exc:

@@ -201,5 +201,5 @@ class Loads:
             memory.trim()
 
     def _on_evict(self, key: Key, _model: LoadedModel, reason: Reason) -> None:
-        self.metrics.cache_evictions.labels(key[0], reason.value).inc()
+        self.metrics.evicted(key[0], reason.value)  # counts it; per-model series follow the cache
         log.info("evicted %s %s (%s)", *key, reason.value)

@@ -2,11 +2,19 @@
 
 Names are binding (docs/design.md). Labels carry only bounded values: model types
 that exist in the registry, never request data. Hit rate is left to PromQL.
+
+Per-model series follow the cache, not the registry (`ModelSeries`): once a model
+type has left the cache, its series are kept only until `capacity` other types
+have left after it, so `/metrics` holds at most about 2 x capacity model types
+however many the registry has. `_created` series are off (see below).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -17,9 +25,16 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+# Every counter and histogram would otherwise carry a `<name>_created` gauge per label set:
+# ten extra families that no dashboard or rule reads. Process-wide by design in
+# client_python; the node is the process.
+disable_created_metrics()
 
 LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PREDICT_BUCKETS = (
@@ -41,11 +56,89 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class _CachedModels(Collector):
-    """`modelcache_cached_model_info{model_type, version} 1` per cached model, read at scrape time."""
+class ModelSeries:
+    """Keeps the per-model series of `families` to the cached model types and the last departed.
 
-    def __init__(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
-        self.entries = entries
+    A model type that leaves the cache (or has series without ever being cached: a
+    failed load) joins a queue of departed types; its series go once `retain()`
+    types departed after it, or when it is cached again it leaves the queue. The
+    grace lets the last increments (the eviction itself) reach a scrape.
+    `prune()` runs on every eviction and after every scrape.
+    """
+
+    def __init__(
+        self,
+        families: list[MetricWrapperBase],
+        cached_types: Callable[[], set[str]],
+        retain: Callable[[], int],
+        on_drop: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.families, self.cached_types, self.retain, self.on_drop = families, cached_types, retain, on_drop
+        self._departed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def present(self) -> set[str]:
+        """Model types that have a series in any of the families."""
+        return {
+            s.labels["model_type"]
+            for family in self.families
+            for metric in family.collect()
+            for s in metric.samples
+            if "model_type" in s.labels
+        }
+
+    def prune(self, departed: str | None = None) -> list[str]:
+        """Queue the types not cached (`departed` last); drop the series of the overflow; return it."""
+        cached = self.cached_types()
+        with self._lock:
+            for model_type in sorted(self.present() - cached - self._departed.keys()):
+                self._departed[model_type] = None
+            if departed is not None and departed not in cached:
+                self._departed[departed] = None
+                self._departed.move_to_end(departed)
+            for model_type in [m for m in self._departed if m in cached]:
+                del self._departed[model_type]
+            dropped = []
+            while len(self._departed) > max(self.retain(), 0):
+                dropped.append(self._departed.popitem(last=False)[0])
+            for model_type in dropped:
+                for family in self.families:
+                    family.remove_by_labels({"model_type": model_type})
+                self.on_drop(model_type)
+        return dropped
+
+    def departed(self) -> list[str]:
+        """Uncached types whose series are still kept, the next to go first."""
+        with self._lock:
+            return list(self._departed)
+
+
+class _CachedTypesGauge(Gauge):
+    """A gauge whose `model_type` series are exported only while that type is cached.
+
+    For `modelcache_served_version_info`: the resolver sets it once per change of the
+    default (not on every load), so removing its series would lose them for good; it
+    stays in the resolver's hands and only the export is filtered. (client_python has
+    no public filter hook: `_multi_samples` is where a labelled metric lists its series.)
+    """
+
+    cached_types: Callable[[], set[str]] | None = None
+
+    def _multi_samples(self) -> Iterator[Any]:
+        keep = self.cached_types() if self.cached_types is not None else None
+        for sample in super()._multi_samples():
+            if keep is None or sample.labels.get("model_type") in keep:
+                yield sample
+
+
+class _CachedModels(Collector):
+    """`modelcache_cached_model_info{model_type, version} 1` per cached model, read at scrape time.
+
+    Registered after the node's own metrics, so `after_scrape` runs once they were rendered.
+    """
+
+    def __init__(self, entries: Callable[[], list[tuple[str, str]]], after_scrape: Callable[[], Any]) -> None:
+        self.entries, self.after_scrape = entries, after_scrape
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -56,6 +149,7 @@ class _CachedModels(Collector):
         for model_type, version in self.entries():
             family.add_metric([model_type, version], 1)
         yield family
+        self.after_scrape()
 
 
 class NodeMetrics:
@@ -163,9 +257,9 @@ class NodeMetrics:
             ["thread"],
             registry=r,
         )
-        self.served_version = Gauge(
+        self.served_version = _CachedTypesGauge(
             "modelcache_served_version_info",
-            "1 for the version this node serves by default for each model type.",
+            "1 for the version this node serves by default for each model type it has cached.",
             ["model_type", "version"],
             registry=r,
         )
@@ -190,6 +284,9 @@ class NodeMetrics:
             registry=r,
         )
 
+        self.model_series: ModelSeries | None = None  # set by track_cached
+        self._batch_rows_children: dict[str, Any] = {}
+
         # process_resident_memory_bytes & co., to set RSS against the byte budget.
         # (The global registry has them already; registering twice would fail.)
         if r is not REGISTRY:
@@ -209,6 +306,54 @@ class NodeMetrics:
         """One predict call of `rows` rows that raised."""
         self.prediction_errors.labels(model_type, version).inc(rows)
 
+    def observe_batch_rows(self, model_type: str, rows: int) -> None:
+        """One coalesced predict call of `rows` rows (the child is resolved once per cached type)."""
+        child = self._batch_rows_children.get(model_type)
+        if child is None:
+            child = self._batch_rows_children[model_type] = self.batch_rows.labels(model_type)
+        child.observe(rows)
+
+    def per_model_families(self) -> list[MetricWrapperBase]:
+        """The families whose `model_type` series follow the cache.
+
+        Not the version and canary gauges: the resolver sets those once per change. Pins and
+        canaries are bounded by what operators set; the served version is filtered at export
+        (`_CachedTypesGauge`).
+        """
+        return [
+            self.cache_hits,
+            self.cache_misses,
+            self.cache_evictions,
+            self.model_load_seconds,
+            self.model_load_failures,
+            self.predict_seconds,
+            self.predictions,
+            self.prediction_errors,
+            self.batch_rows,
+            self.fallbacks,
+        ]
+
+    def evicted(self, model_type: str, reason: str) -> None:
+        """The cache's eviction hook: count it, then let the series follow the cache."""
+        self.cache_evictions.labels(model_type, reason).inc()
+        if self.model_series is not None:
+            self.model_series.prune(departed=model_type)
+
     def track_cached(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
-        """Export what the cache holds (bounded by its capacity) for the dashboard's table."""
-        self.registry.register(_CachedModels(entries))
+        """Export what the cache holds (bounded by its capacity); per-model series follow it."""
+
+        def cached_types() -> set[str]:
+            return {model_type for model_type, _ in entries()}
+
+        self.served_version.cached_types = cached_types
+        self.model_series = ModelSeries(
+            self.per_model_families(),
+            cached_types=cached_types,
+            retain=self._capacity,
+            on_drop=lambda model_type: self._batch_rows_children.pop(model_type, None),
+        )
+        self.registry.register(_CachedModels(entries, self.model_series.prune))
+
+    def _capacity(self) -> int:
+        """The cache's capacity in models, as the service set it on its gauge."""
+        return int(self.cache_capacity_models.collect()[0].samples[0].value)

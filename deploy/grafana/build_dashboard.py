@@ -3,8 +3,14 @@
     python deploy/grafana/build_dashboard.py > deploy/grafana/dashboards/modelcache.json
 
 Panels are described compactly here and expanded into Grafana's JSON model; the
-test suite checks the committed JSON matches this script and runs every query
-against a real Prometheus.
+test suite checks the committed JSON matches this script, checks it against
+Grafana's dashboard schema and runs every query against a real Prometheus.
+
+Imports anywhere: every query goes to the `datasource` variable (any Prometheus
+the importer picks, whatever its uid), and rates use `$__rate_interval` (at
+least four scrape intervals), so panels have data at a 60 s scrape interval too.
+Rare events (loads, reloads) keep a fixed 5-minute window: a rate over one
+scrape interval of them would be mostly empty.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ import json
 import sys
 from typing import Any
 
-DS = {"type": "prometheus", "uid": "prometheus"}
+DS = {"type": "prometheus", "uid": "${datasource}"}
 N = 'instance=~"$node"'
 NM = 'instance=~"$node", model_type=~"$model_type"'
+RATE = "[$__rate_interval]"
+# Probes and scrapes answer 503 by design while a node warms up: not user traffic.
+USER = f'{N}, route!~"/healthz|/readyz|/metrics|/v2/health/.*"'
+PREDICT = f'{N}, route=~".*(predict|infer)"'
 
 
 def q(expr: str, legend: str = "", fmt: str = "time_series", instant: bool = False) -> dict[str, Any]:
@@ -35,8 +45,8 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 5,
                 [
                     q(
-                        f"sum(rate(modelcache_cache_hits_total{{{NM}}}[1m])) / (sum(rate(modelcache_cache_hits_total{{{NM}}}[1m]))"
-                        f" + sum(rate(modelcache_cache_misses_total{{{NM}}}[1m])))",
+                        f"sum(rate(modelcache_cache_hits_total{{{NM}}}{RATE})) / (sum(rate(modelcache_cache_hits_total{{{NM}}}{RATE}))"
+                        f" + sum(rate(modelcache_cache_misses_total{{{NM}}}{RATE})))",
                         "hit rate",
                     )
                 ],
@@ -50,9 +60,9 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 5,
                 [
                     q(
-                        f"sum by (instance) (rate(modelcache_cache_hits_total{{{NM}}}[1m])) / (sum by (instance) "
-                        f"(rate(modelcache_cache_hits_total{{{NM}}}[1m])) + sum by (instance) "
-                        f"(rate(modelcache_cache_misses_total{{{NM}}}[1m])))",
+                        f"sum by (instance) (rate(modelcache_cache_hits_total{{{NM}}}{RATE})) / (sum by (instance) "
+                        f"(rate(modelcache_cache_hits_total{{{NM}}}{RATE})) + sum by (instance) "
+                        f"(rate(modelcache_cache_misses_total{{{NM}}}{RATE})))",
                         "{{instance}}",
                     )
                 ],
@@ -64,7 +74,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 "ops",
                 8,
                 7,
-                [q(f"sum by (instance) (rate(modelcache_cache_misses_total{{{NM}}}[1m]))", "{{instance}}")],
+                [q(f"sum by (instance) (rate(modelcache_cache_misses_total{{{NM}}}{RATE}))", "{{instance}}")],
                 "Each miss waits for a model load.",
             ),
             (
@@ -73,7 +83,12 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 "ops",
                 8,
                 7,
-                [q(f"sum by (instance) (rate(modelcache_cache_evictions_total{{{N}}}[1m]))", "{{instance}}")],
+                [
+                    q(
+                        f"sum by (instance) (rate(modelcache_cache_evictions_total{{{N}}}{RATE}))",
+                        "{{instance}}",
+                    )
+                ],
                 "Sustained evictions mean thrashing: capacity is too small for the models routed to the node.",
             ),
             (
@@ -103,10 +118,26 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 "and the node process's RSS: RSS above an idle node should stay within ~1.35x the budget.",
             ),
             (
+                "Estimated hit ratio with a larger cache",
+                "bargauge",
+                "percentunit",
+                12,
+                7,
+                [
+                    q(
+                        f"avg by (capacity_factor) (modelcache_cache_hit_ratio_estimate{{{N}}})",
+                        "{{capacity_factor}}x capacity",
+                    )
+                ],
+                "The hit ratio each node would have had with 1x, 2x and 4x its capacity (from its recent "
+                "lookups), averaged over the selected nodes: a big step from 1x to 2x says more cache "
+                "pays. Empty on nodes that do not export the estimate.",
+            ),
+            (
                 "What each node has cached",
                 "table",
                 "short",
-                12,
+                24,
                 7,
                 [
                     q(
@@ -117,6 +148,74 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                     )
                 ],
                 "One row per cached model version per node.",
+            ),
+        ],
+    ),
+    (
+        "HTTP",
+        [
+            (
+                "Predictions within 250 ms (objective: 99%)",
+                "stat",
+                "percentunit",
+                6,
+                7,
+                [
+                    q(
+                        f'sum(rate(modelcache_http_request_seconds_bucket{{{PREDICT}, le="0.25"}}{RATE}))'
+                        f" / sum(rate(modelcache_http_request_seconds_count{{{PREDICT}}}{RATE}))",
+                        "within 250 ms",
+                    )
+                ],
+                "The latency objective of the burn-rate alerts (ModelcachePredictionLatencyFastBurn, "
+                "...SlowBurn): prediction requests on every protocol answered within 250 ms.",
+            ),
+            (
+                "Requests per second by route and status",
+                "timeseries",
+                "reqps",
+                6,
+                7,
+                [
+                    q(
+                        f"sum by (route, status) (rate(modelcache_http_requests_total{{{N}}}{RATE}))",
+                        "{{route}} {{status}}",
+                    )
+                ],
+                "Requests answered, by route template and HTTP status (`status`, the binding label name).",
+            ),
+            (
+                "5xx ratio per node",
+                "timeseries",
+                "percentunit",
+                6,
+                7,
+                [
+                    q(
+                        f'(sum by (instance) (rate(modelcache_http_requests_total{{{USER}, status=~"5.."}}{RATE}))'
+                        f" or 0 * sum by (instance) (rate(modelcache_http_requests_total{{{USER}}}{RATE})))"
+                        f" / sum by (instance) (rate(modelcache_http_requests_total{{{USER}}}{RATE}))",
+                        "{{instance}}",
+                    )
+                ],
+                "Share of each node's requests answered with a 5xx, probes and scrapes aside "
+                "(ModelcacheHighErrorRate fires above 5% for 5 minutes).",
+            ),
+            (
+                "HTTP latency by route",
+                "timeseries",
+                "s",
+                6,
+                7,
+                [
+                    q(
+                        f"histogram_quantile({p}, sum by (le, route) "
+                        f"(rate(modelcache_http_request_seconds_bucket{{{USER}}}{RATE})))",
+                        f"{{{{route}}}} p{int(p * 100)}",
+                    )
+                    for p in (0.5, 0.99)
+                ],
+                "From a request's arrival to its response, by route template: loads on a miss included.",
             ),
         ],
     ),
@@ -169,7 +268,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 7,
                 [
                     q(
-                        f"sum by (model_type) (rate(modelcache_predictions_total{{{NM}}}[1m]))",
+                        f"sum by (model_type) (rate(modelcache_predictions_total{{{NM}}}{RATE}))",
                         "{{model_type}}",
                     )
                 ],
@@ -184,7 +283,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 [
                     q(
                         f"histogram_quantile({p}, sum by (le, model_type) "
-                        f"(rate(modelcache_predict_seconds_bucket{{{NM}}}[1m])))",
+                        f"(rate(modelcache_predict_seconds_bucket{{{NM}}}{RATE})))",
                         f"{{{{model_type}}}} p{int(p * 100)}",
                     )
                     for p in (0.5, 0.99)
@@ -247,11 +346,11 @@ ROWS: list[tuple[str, list[tuple[str, str, str, int, int, list[dict[str, Any]], 
                 7,
                 [
                     q(
-                        f"sum by (model_type, version) (rate(modelcache_predictions_total{{{NM}}}[1m]))",
+                        f"sum by (model_type, version) (rate(modelcache_predictions_total{{{NM}}}{RATE}))",
                         "{{model_type}} {{version}} rows/s",
                     ),
                     q(
-                        f"sum by (model_type, version) (rate(modelcache_prediction_errors_total{{{NM}}}[1m]))",
+                        f"sum by (model_type, version) (rate(modelcache_prediction_errors_total{{{NM}}}{RATE}))",
                         "{{model_type}} {{version}} errors/s",
                     ),
                 ],
@@ -314,6 +413,14 @@ def build() -> dict[str, Any]:
                     {**t, "refId": chr(ord("A") + i), "datasource": DS} for i, t in enumerate(targets)
                 ],
             }
+            if kind == "bargauge":
+                panel["options"] = {
+                    "reduceOptions": {"calcs": ["lastNotNull"]},
+                    "orientation": "horizontal",
+                    "displayMode": "basic",
+                }
+                panel["fieldConfig"]["defaults"]["min"] = 0
+                panel["fieldConfig"]["defaults"]["max"] = 1
             if kind == "stat":
                 panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}
                 panel["fieldConfig"]["defaults"]["thresholds"] = {
@@ -361,8 +468,24 @@ def build() -> dict[str, Any]:
         "time": {"from": "now-1h", "to": "now"},
         "templating": {
             "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                    "includeAll": False,
+                    "multi": False,
+                },
                 variable("node", "node", "label_values(modelcache_cache_capacity_models, instance)"),
-                variable("model_type", "model type", "label_values(modelcache_cache_hits_total, model_type)"),
+                # Misses, not hits: every model type looked up has missed once (its first load),
+                # while a type a node keeps evicting may never hit.
+                variable(
+                    "model_type", "model type", "label_values(modelcache_cache_misses_total, model_type)"
+                ),
             ]
         },
         "annotations": {"list": []},
