@@ -26,6 +26,7 @@ from node.http.common import FastJSON, off_loop_if_big, refused_input
 from node.http.fast import JSON, Call, FastRoutes, Reply, document, routing_key
 from node.http.observe import Prediction
 from node.metrics import NodeMetrics
+from node.runtimes import platform
 from node.service import ModelService
 from node.settings import NodeSettings
 from node.tensors import (
@@ -38,7 +39,6 @@ from node.tensors import (
 
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
-PLATFORMS = {"xgboost-ubj": "xgboost", "xgboost-json": "xgboost", "joblib": "sklearn"}
 
 INFER_EXAMPLE = {
     "id": "42",
@@ -136,7 +136,7 @@ class V2:
         return {
             "name": name,
             "versions": versions,
-            "platform": PLATFORMS.get(meta.format, meta.format),
+            "platform": platform(meta.format),
             "inputs": [
                 {
                     "name": "input-0",
