@@ -21,6 +21,7 @@ from node.http.admin import Admin, Cluster
 from node.http.canary import Canaries
 from node.http.common import FastJSON, add_schemas, install_error_handlers
 from node.http.fast import FastRoutes, NodeApp
+from node.http.kserve_v1 import KServeV1
 from node.http.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
 from node.http.observe import ObserveMiddleware, Observer
 from node.http.ops import Ops
@@ -114,6 +115,15 @@ def create_app(
     Canaries(cluster, service).register(app, admin.require_admin)
     Ops(settings, service, metrics, problems).register(app)
     V2(settings, service, metrics, batcher, lambda: not problems()).register(app, fast, admin.require_admin)
+    KServeV1(
+        node_id,
+        settings.max_batch,
+        service,
+        metrics,
+        batcher,
+        default_version=service.default_version,
+        cached_versions=service.cached_versions,
+    ).register(app, fast)
     app.fast = fast
     app.state.service = service
     app.state.batcher = batcher

@@ -191,7 +191,9 @@ class V2:
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         model = resolved.model
-        x = await off_loop_if_big(len(body), decode_input, parsed, model.n_features, self.max_batch)
+        x = await off_loop_if_big(
+            len(body), decode_input, parsed, model.n_features, self.max_batch, model.feature_names
+        )
         call.prediction = Prediction(name, resolved.version, resolved.cached, len(x))
         started = time.perf_counter()
         try:

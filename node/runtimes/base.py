@@ -80,6 +80,11 @@ class LoadedModel:
         return len(self.meta.features) or self.adapter.n_features
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The metadata's feature names, else those the model file carries (LightGBM, ONNX columns)."""
+        return self.meta.features or tuple(getattr(self.adapter, "feature_names", ()))
+
+    @property
     def task(self) -> str:
         return self.meta.task or self.adapter.task
 
@@ -97,7 +102,7 @@ class LoadedModel:
         where = f" (instance {index})" if index else ""
         expected = self.n_features
         if isinstance(row, Mapping):
-            names = self.meta.features
+            names = self.feature_names
             if not names:
                 raise InvalidInput(
                     f"{self.meta.model_type} {self.meta.version} has no feature names in its "
