@@ -97,7 +97,7 @@ def test_columns_of_other_datatypes_and_binary_data(client: TestClient) -> None:
     [
         (columns(X, FEATURES[:3]), "missing input(s) f3"),
         (
-            columns(X) + [{"name": "zz", "shape": [5, 1], "datatype": "FP32", "data": [0.0] * 5}],
+            [*columns(X), {"name": "zz", "shape": [5, 1], "datatype": "FP32", "data": [0.0] * 5}],
             "unknown input(s) zz",
         ),
         (columns(X)[:3] + columns(X[:4])[3:], "has 4 rows, the first input has 5"),
