@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import FEATURES
 from tests.node.http.support import ROW, assert_error_shape
@@ -99,3 +103,20 @@ def test_a_regressor_answers_values_without_probabilities(client: TestClient, pu
     body = predict(client, "reg", {"instances": [ROW]}).json()
     assert set(body) == {"predictions"} and isinstance(body["predictions"][0], float)
     assert np.isfinite(body["predictions"][0])
+
+
+VALUES = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3)
+ROWS = st.lists(VALUES, max_size=6) | st.dictionaries(st.sampled_from([*FEATURES, "zz"]), VALUES, max_size=5)
+BODIES = (
+    st.fixed_dictionaries({}, optional={"instances": st.lists(ROWS | VALUES, max_size=7) | VALUES}) | VALUES
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=BODIES)
+def test_junk_bodies_get_4xx_in_the_error_shape_never_5xx(client: TestClient, body: object) -> None:
+    raw = json.dumps(body).encode()  # json, not orjson: NaN, Infinity and big integers reach the node
+    r = client.post("/v1/models/churn:predict", content=raw, headers={"content-type": "application/json"})
+    if r.status_code != 200:
+        assert_error_shape(r, r.status_code)
+        assert r.status_code in (400, 413), r.text
