@@ -1,7 +1,7 @@
 """The model registry: a directory tree of immutable, checksummed model versions.
 
     <root>/<model_type>/<version>/metadata.json
-    <root>/<model_type>/<version>/model.ubj | model.json | model.joblib
+    <root>/<model_type>/<version>/model.ubj | model.json | model.joblib | model.txt | model.onnx
 
 Publishing writes into a hidden temporary directory beside the target and
 renames it into place, so a version appears whole or not at all (invariant 6).
