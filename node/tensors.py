@@ -113,9 +113,11 @@ def decode_input(
     declared shape, before any data is decoded.
     """
     inputs = request.inputs
-    # One column of a many-feature model is a column request missing the others (says which).
-    lone_column = len(inputs) == 1 and n_features != 1 and inputs[0].get("name") in feature_names
-    if len(inputs) > 1 or _rank(inputs[0]) == 1 or lone_column:
+    # A lone input named by a feature is a column (of a many-feature model: the others are
+    # missing, and the error says which); any other lone input is the [N, F] matrix.
+    first = inputs[0]
+    lone_column = first.get("name") in feature_names and (_rank(first) == 1 or n_features != 1)
+    if len(inputs) > 1 or lone_column:
         return _decode_columns(request, feature_names, max_rows)
     tensor = inputs[0]
     name = _name(tensor)
