@@ -116,6 +116,16 @@ def write_onnx(directory: Path, kind: str = "sklearn-pipeline") -> ModelFile:
         model = xgb.XGBClassifier(n_estimators=6, max_depth=3, n_jobs=1).fit(x, y)
         onx = onnxmltools.convert_xgboost(model, initial_types=[("input", MLFloat([None, N_FEATURES]))])
         task = "binary_classification"
+    elif kind == "open-width":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = training_data(6, "binary")
+        model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+        # [N, None]: the file does not say how many features it takes.
+        onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, None]))])
+        task = "multiclass_classification"  # a ZipMap output of unknown width: not knowable as binary
     elif kind == "columns":
         from sklearn.linear_model import LogisticRegression
 

@@ -44,7 +44,15 @@ class OnnxRuntime:
         self.task = onnx_task(self.session, self.signature) if self.signature.classifier else REGRESSION
 
     def predict(self, x: np.ndarray) -> Predictions:
-        out = self.session.run(self.outputs, self._feeds(x))
+        try:
+            out = self.session.run(self.outputs, self._feeds(x))
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:
+            # onnxruntime's errors (InvalidArgument for a wrong width when the model's
+            # shape leaves it open) are plain Exceptions: as ValueError the request path
+            # answers them as the client's input, not as a 500.
+            raise ValueError(f"onnxruntime refused the input: {_first_line(exc)}") from None
         if self.task == REGRESSION:
             return Predictions(np.asarray(out[0]).reshape(-1))
         labels = np.asarray(out[0]).reshape(-1)
@@ -61,6 +69,11 @@ class OnnxRuntime:
             column = x[:, i : i + 1] if rank == 2 else x[:, i]
             feeds[name] = _cast(np.ascontiguousarray(column), dtype, name)
         return feeds
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _cast(x: np.ndarray, dtype: np.dtype[Any], name: str) -> np.ndarray:

@@ -78,3 +78,13 @@ def test_a_file_that_is_not_onnx_fails_to_load_cleanly(tmp_path: Path, registry:
     meta = registry.publish(path, "m", "1.0")
     with pytest.raises(ModelLoadError):
         deserialize(meta, registry.artifact_path(meta).read_bytes())
+
+
+def test_a_wrong_width_for_an_open_width_model_is_the_inputs_fault(
+    tmp_path: Path, load_published: LoadFn
+) -> None:
+    model = load_published(write_onnx(tmp_path, "open-width").path)
+    assert model.n_features == 0
+    assert model.predict(ROWS.tolist()).probabilities.shape == (3, 2)
+    with pytest.raises(ValueError, match="onnxruntime refused the input"):
+        model.predict([[0.1, 0.2, 0.3]])
