@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "modelcache publish model.ubj --model-type churn --version 1.2.0 --feature age --metric f1=0.91",
         "Shows progress on a terminal; the file is read once (hashed while copied).",
     )
-    p.add_argument("artifact", help="model file: .ubj or .json (XGBoost), .joblib or .pkl")
+    p.add_argument(
+        "artifact", help="model file: .ubj or .json (XGBoost), .joblib or .pkl, .txt (LightGBM), .onnx"
+    )
     p.add_argument("--model-type", required=True)
     p.add_argument("--version", required=True, help="PEP 440 version, e.g. 1.2.0 or 2.0.0b1")
     p.add_argument("--feature", action="append", help="feature name, in order (repeat)")

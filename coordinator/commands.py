@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator import render
+from coordinator.artifacts import describe_artifact
 from coordinator.client import AdminClient
 from coordinator.control import Control
 from coordinator.errors import VersionNotFound
@@ -28,10 +29,13 @@ class UsageError(Exception):
 # -- registry commands ---------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
     registry = Registry(args.registry)
+    described = describe_artifact(
+        Path(args.artifact), args.feature or ()
+    )  # LightGBM and ONNX models describe themselves
     options = {
-        "features": args.feature or (),
+        "features": args.feature or described.features,
         "metrics": dict(args.metric or ()),
-        "task": args.task,
+        "task": args.task or described.task,
         "force": args.force,
     }
     if sys.stderr.isatty() and not args.json:

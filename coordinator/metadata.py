@@ -10,7 +10,14 @@ from typing import Any
 from coordinator.errors import InvalidName, MetadataError
 from coordinator.versions import normalize_version, validate_model_type
 
-ARTIFACT_NAMES = {"xgboost-ubj": "model.ubj", "xgboost-json": "model.json", "joblib": "model.joblib"}
+# Registry format -> the artifact's file name in a version directory.
+ARTIFACT_NAMES = {
+    "xgboost-ubj": "model.ubj",
+    "xgboost-json": "model.json",
+    "joblib": "model.joblib",
+    "lightgbm-txt": "model.txt",  # LightGBM's native text model (Booster.save_model)
+    "onnx": "model.onnx",
+}
 _REQUIRED = ("model_type", "version", "format", "artifact", "sha256", "size_bytes", "created_at")
 _STRINGS = ("model_type", "version", "format", "artifact", "sha256", "created_at")
 

@@ -1,7 +1,7 @@
 """The model registry: a directory tree of immutable, checksummed model versions.
 
     <root>/<model_type>/<version>/metadata.json
-    <root>/<model_type>/<version>/model.ubj | model.json | model.joblib
+    <root>/<model_type>/<version>/model.ubj | model.json | model.joblib | model.txt | model.onnx
 
 Publishing writes into a hidden temporary directory beside the target and
 renames it into place, so a version appears whole or not at all (invariant 6).
@@ -57,7 +57,14 @@ from coordinator.versions import (
     validate_model_type,
 )
 
-FORMATS = {".ubj": "xgboost-ubj", ".json": "xgboost-json", ".joblib": "joblib", ".pkl": "joblib"}
+FORMATS = {
+    ".ubj": "xgboost-ubj",
+    ".json": "xgboost-json",
+    ".joblib": "joblib",
+    ".pkl": "joblib",
+    ".txt": "lightgbm-txt",
+    ".onnx": "onnx",
+}
 METADATA_FILE = "metadata.json"
 MAX_METADATA_BYTES = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -100,8 +107,8 @@ def detect_format(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ArtifactError(
-            f"cannot tell the format of {path.name}: expected .ubj or .json (XGBoost) "
-            "or .joblib/.pkl (joblib)"
+            f"cannot tell the format of {path.name}: expected .ubj or .json (XGBoost), "
+            ".joblib/.pkl (joblib), .txt (LightGBM) or .onnx (ONNX)"
         )
     return fmt
 

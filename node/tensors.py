@@ -102,47 +102,130 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def decode_input(request: InferRequest, n_features: int, max_rows: int | None = None) -> np.ndarray:
-    """The single input tensor as a float32 matrix [N, F] (NaN for missing).
+def decode_input(
+    request: InferRequest, n_features: int, max_rows: int | None = None, feature_names: Sequence[str] = ()
+) -> np.ndarray:
+    """The request's features as a float32 matrix [N, F] (NaN for missing).
 
-    `max_rows` refuses an over-limit batch on its declared shape, before any data is decoded.
+    Either one `[N, F]` tensor, or one tensor per feature column named by the
+    model's `feature_names` (shape `[N]` or `[N, 1]`, MLServer's pandas codec),
+    assembled in feature order. `max_rows` refuses an over-limit batch on its
+    declared shape, before any data is decoded.
     """
-    if len(request.inputs) != 1:
-        raise TensorError(
-            f"expected exactly one input tensor of shape [N, {n_features}], got {len(request.inputs)}"
-        )
-    tensor = request.inputs[0]
-    name = str(tensor.get("name", "input-0"))[:60]
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DTYPES:
-        raise TensorError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+    inputs = request.inputs
+    # A lone input named by a feature is a column (of a many-feature model: the others are
+    # missing, and the error says which); any other lone input is the [N, F] matrix.
+    first = inputs[0]
+    lone_column = first.get("name") in feature_names and (_rank(first) == 1 or n_features != 1)
+    if len(inputs) > 1 or lone_column:
+        return _decode_columns(request, feature_names, max_rows)
+    tensor = inputs[0]
+    name = _name(tensor)
+    datatype = _datatype(tensor, name)
     shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    if not _dims(shape, 2):
         raise TensorError(f"input {name!r}: shape must be [N, {n_features}], got {shape!r}"[:300])
     if n_features and shape[1] != n_features:
         raise TensorError(f"input {name!r}: the model takes {n_features} features, shape says {shape[1]}")
+    _check_rows(name, shape, max_rows)
+    array, _ = _tensor_values(request, tensor, name, datatype, shape, 0)
+    return _finite(array.reshape(shape), name)
+
+
+def _name(tensor: dict[str, Any]) -> str:
+    return str(tensor.get("name", "input-0"))[:60]
+
+
+def _rank(tensor: dict[str, Any]) -> int | None:
+    shape = tensor.get("shape")
+    return len(shape) if isinstance(shape, list) else None
+
+
+def _dims(shape: Any, rank: int) -> bool:
+    return (
+        isinstance(shape, list)
+        and len(shape) == rank
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    )
+
+
+def _datatype(tensor: dict[str, Any], name: str) -> str:
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise TensorError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+    return datatype
+
+
+def _check_rows(name: str, shape: list[int], max_rows: int | None) -> None:
     if shape[0] == 0:
         raise TensorError(f"input {name!r}: shape {shape} has no rows")
     if max_rows is not None and shape[0] > max_rows:
         raise BatchTooLarge(shape[0], max_rows)
-    count = shape[0] * shape[1]
+
+
+def _tensor_values(
+    request: InferRequest, tensor: dict[str, Any], name: str, datatype: str, shape: list[int], offset: int
+) -> tuple[np.ndarray, int]:
+    """The tensor's values (flat), and the binary offset after it (binary tensors follow in input order)."""
     dtype = DTYPES[datatype]
+    count = shape[0] * shape[1]
     size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise TensorError(f"input {name!r}: binary_data_size must be a non-negative integer")
-        array = _from_binary(request, name, dtype, size, count)
-    else:
-        array = _from_json(tensor.get("data"), name, datatype, dtype, shape)
+    if size is None:
+        return _from_json(tensor.get("data"), name, datatype, dtype, shape), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise TensorError(f"input {name!r}: binary_data_size must be a non-negative integer")
+    return _from_binary(request, name, dtype, size, count, offset), offset + size
+
+
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
-        x = array.reshape(shape).astype(np.float32)
+        x = array.astype(np.float32)
     if np.isinf(x).any():
         raise TensorError(f"input {name!r}: values must be finite (and within float32's range)")
     return x
+
+
+def _decode_columns(request: InferRequest, feature_names: Sequence[str], max_rows: int | None) -> np.ndarray:
+    """One tensor per feature column, named by the feature names, as a matrix in feature order."""
+    if not feature_names:
+        raise TensorError(
+            f"got {len(request.inputs)} input tensors, but this model has no feature names in its "
+            "metadata to match them to: send one input of shape [N, features]"
+        )
+    by_name: dict[str, dict[str, Any]] = {}
+    for tensor in request.inputs:
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise TensorError('with one input per feature, every input needs its feature "name"')
+        if name in by_name:
+            raise TensorError(f"input {name[:60]!r} is sent twice")
+        by_name[name] = tensor
+    unknown = [n[:60] for n in by_name if n not in feature_names]
+    missing = [n for n in feature_names if n not in by_name]
+    if unknown or missing:
+        parts = [f"unknown input(s) {', '.join(unknown[:10])}"] if unknown else []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing[:10])}")
+        expected = ", ".join(feature_names)
+        raise TensorError(f"{'; '.join(parts)}: send one input per feature ({expected})"[:600])
+    rows: int | None = None
+    offset, columns = 0, {}
+    # Binary tensors follow the JSON header in the order of the request's inputs.
+    for name, tensor in by_name.items():
+        datatype = _datatype(tensor, name)
+        shape = tensor.get("shape")
+        if not (_dims(shape, 1) or (_dims(shape, 2) and shape[1] == 1)):
+            raise TensorError(
+                f"input {name[:60]!r}: a feature column has shape [N] or [N, 1], got {shape!r}"[:300]
+            )
+        if rows is None:
+            rows = shape[0]
+            _check_rows(name, [rows, 1], max_rows)
+        elif shape[0] != rows:
+            raise TensorError(f"input {name[:60]!r} has {shape[0]} rows, the first input has {rows}")
+        values, offset = _tensor_values(request, tensor, name[:60], datatype, [rows, 1], offset)
+        columns[name] = _finite(values, name[:60])
+    return np.stack([columns[n] for n in feature_names], axis=1)
 
 
 _FLOAT_TYPES = frozenset({int, float, type(None)})
@@ -204,12 +287,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _from_binary(request: InferRequest, name: str, dtype: np.dtype[Any], size: int, count: int) -> np.ndarray:
+def _from_binary(
+    request: InferRequest, name: str, dtype: np.dtype[Any], size: int, count: int, offset: int = 0
+) -> np.ndarray:
     if size != count * dtype.itemsize:
         raise TensorError(f"input {name!r}: binary_data_size {size} != {count} x {dtype.itemsize} bytes")
-    if len(request.binary) < size:
-        raise TensorError(f"input {name!r}: body has {len(request.binary)} binary bytes, needs {size}")
-    return np.frombuffer(request.binary[:size], dtype=dtype)
+    available = len(request.binary) - offset
+    if available < size:
+        raise TensorError(f"input {name!r}: body has {max(available, 0)} binary bytes left, needs {size}")
+    return np.frombuffer(request.binary[offset : offset + size], dtype=dtype)
 
 
 def output_tensor(name: str, values: np.ndarray | Sequence[Any]) -> tuple[str, np.ndarray]:

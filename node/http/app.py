@@ -20,6 +20,7 @@ from node.http.admin import Admin
 from node.http.canary import Canaries
 from node.http.common import FastJSON, add_schemas, install_error_handlers
 from node.http.fast import FastRoutes, NodeApp
+from node.http.kserve_v1 import KServeV1
 from node.http.middleware import BodyLimitMiddleware, InternalErrorMiddleware, NodeHeaderMiddleware
 from node.http.observe import ObserveMiddleware, Observer
 from node.http.ops import Ops
@@ -107,6 +108,15 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
     Ops(node_id, parts.loads, metrics, problems).register(app)
     v2 = V2(node_id, settings.max_batch, parts.service, metrics, batcher, lambda: not problems(), **models)
     v2.register(app, fast, admin.require_admin)
+    KServeV1(
+        node_id,
+        settings.max_batch,
+        parts.service,
+        metrics,
+        batcher,
+        default_version=parts.resolver.default_version,
+        cached_versions=parts.loads.cached_versions,
+    ).register(app, fast)
     app.fast = fast
     app.state.service = parts.service
     app.state.batcher = batcher

@@ -29,6 +29,7 @@ from node.http.observe import Prediction
 from node.loads import Loads
 from node.metrics import NodeMetrics
 from node.resolver import Resolver
+from node.runtimes import platform
 from node.service import ModelService
 from node.tensors import (
     TensorError,
@@ -40,7 +41,6 @@ from node.tensors import (
 
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
-PLATFORMS = {"xgboost-ubj": "xgboost", "xgboost-json": "xgboost", "joblib": "sklearn"}
 
 INFER_EXAMPLE = {
     "id": "42",
@@ -142,7 +142,7 @@ class V2:
         return {
             "name": name,
             "versions": versions,
-            "platform": PLATFORMS.get(meta.format, meta.format),
+            "platform": platform(meta.format),
             "inputs": [
                 {
                     "name": "input-0",
@@ -196,7 +196,9 @@ class V2:
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         model = resolved.model
-        x = await off_loop_if_big(len(body), decode_input, parsed, model.n_features, self.max_batch)
+        x = await off_loop_if_big(
+            len(body), decode_input, parsed, model.n_features, self.max_batch, model.feature_names
+        )
         call.prediction = Prediction(name, resolved.version, resolved.cached, len(x))
         started = time.perf_counter()
         try:

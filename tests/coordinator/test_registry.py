@@ -41,9 +41,9 @@ def test_format_is_detected(publish: PublishFn, suffix: str, fmt: str) -> None:
 def test_joblib_format_and_unknown_suffix(registry: Registry, tmp_path: Path) -> None:
     (tmp_path / "m.joblib").write_bytes(b"not unpickled at publish time")
     assert registry.publish(tmp_path / "m.joblib", "j", "1.0").format == "joblib"
-    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "m.bin").write_bytes(b"x")  # .onnx is a format since the third phase
     with pytest.raises(ArtifactError, match="cannot tell the format"):
-        registry.publish(tmp_path / "m.onnx", "o", "1.0")
+        registry.publish(tmp_path / "m.bin", "o", "1.0")
 
 
 def test_republish_is_refused_unless_forced(registry: Registry, publish: PublishFn) -> None:

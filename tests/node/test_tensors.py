@@ -183,7 +183,7 @@ def test_junk_only_ever_raises_tensor_error(doc: object, tail: bytes, header: st
     body = json.dumps(doc).encode() + (tail if header is not None else b"")  # json: ints beyond 64 bits
     try:
         req = parse_request(body, header)
-        decode_input(req, 4, max_rows=5)
+        decode_input(req, 4, max_rows=5, feature_names=NAMES)
         binary_outputs(req, ["predict"])
     except (TensorError, BatchTooLarge):
         pass
@@ -194,3 +194,33 @@ def test_junk_only_ever_raises_tensor_error(doc: object, tail: bytes, header: st
 def test_junk_bytes_only_ever_raise_tensor_error(raw: bytes, header: str | None) -> None:
     with contextlib.suppress(TensorError):
         decode_input(parse_request(raw, header), 4)
+
+
+NAMES = ("a", "b", "c", "d")
+COLUMNS = st.lists(
+    TENSORS.flatmap(lambda t: st.sampled_from([*NAMES, "x"]).map(lambda n: {**t, "name": n}) | st.just(t)),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(inputs=COLUMNS, tail=st.binary(max_size=64))
+def test_junk_columns_only_ever_raise_tensor_error(inputs: list, tail: bytes) -> None:
+    head = json.dumps({"inputs": inputs}).encode()
+    with contextlib.suppress(TensorError, BatchTooLarge):
+        decode_input(parse_request(head + tail, str(len(head))), 4, max_rows=5, feature_names=NAMES)
+
+
+@PROPERTY
+@given(
+    x=hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 6), st.just(4)), elements=st.floats(-1e6, 1e6, width=32)
+    )
+)
+def test_columns_decode_to_the_matrix_in_feature_order(x: np.ndarray) -> None:
+    order = [2, 0, 3, 1]
+    inputs = [
+        {"name": NAMES[i], "shape": [len(x), 1], "datatype": "FP32", "data": x[:, i].tolist()} for i in order
+    ]
+    np.testing.assert_array_equal(decode_input(request(*inputs), 4, feature_names=NAMES), x)
