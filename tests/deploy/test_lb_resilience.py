@@ -1,4 +1,4 @@
-"""HAProxy rides out a frozen node and answers its own errors in the nodes' JSON shape."""
+"""HAProxy rides out a frozen node, answers its own errors in the nodes' JSON shape, routes every protocol by model."""
 
 from __future__ import annotations
 
@@ -71,3 +71,16 @@ def test_the_server_timeout_is_sized_for_predictions_and_timeouts_are_retried() 
     assert server_timeout.endswith("s") and int(server_timeout[:-1]) <= 10
     assert "response-timeout" in next(line for line in text.splitlines() if "retry-on" in line)
     assert text.count("http-request set-timeout server req.hdr(X-Modelcache-Timeout-Ms)") == 2
+
+
+@pytest.mark.slow
+def test_kserve_v1_requests_go_to_the_models_home_like_the_other_routes(
+    lb_over: tuple[HAProxy, list],
+) -> None:
+    lb, _ = lb_over
+    home = _upstream_port(httpx.post(f"{lb.url}/api/v1/models/m/predict", json=ROW, timeout=30))
+    for _ in range(4):  # round robin would alternate between the two nodes
+        v1 = httpx.post(f"{lb.url}/v1/models/m:predict", json={"instances": [ROW["features"]]}, timeout=30)
+        assert v1.status_code == 200, v1.text
+        assert _upstream_port(v1) == home
+        assert _upstream_port(httpx.get(f"{lb.url}/v1/models/m", timeout=30)) == home
