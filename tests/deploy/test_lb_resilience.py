@@ -1,4 +1,4 @@
-"""HAProxy rides out a frozen node, answers its own errors in the nodes' JSON shape, routes every protocol by model."""
+"""HAProxy rides out a frozen node, answers its errors in the nodes' JSON shape, routes V1 by model."""
 
 from __future__ import annotations
 
