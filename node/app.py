@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry, open_registry
+from coordinator.registry.disk_tier import DiskTier
+from coordinator.registry.store import Timeouts
 from node.http.app import create_app
 from node.loader import Loader
 from node.metrics import NodeMetrics
@@ -13,8 +15,22 @@ from node.service import ModelService
 from node.settings import NodeSettings
 
 
+def build_registry(settings: NodeSettings, metrics: NodeMetrics) -> AnyRegistry:
+    """The registry the settings name; an object store gets its disk tier, timeouts and metrics."""
+    tier = None
+    if settings.local_cache_dir is not None:
+        tier = DiskTier(settings.local_cache_dir, settings.local_cache_max_bytes, metrics.store)
+    return open_registry(
+        settings.registry,
+        disk_tier=tier,
+        listing_ttl_s=settings.registry_listing_ttl_s,
+        timeouts=Timeouts(connect_s=min(2.0, settings.store_timeout_s), read_s=settings.store_timeout_s),
+        observer=metrics.store,
+    )
+
+
 def build_service(settings: NodeSettings, metrics: NodeMetrics) -> ModelService:
-    registry = Registry(settings.registry)
+    registry = build_registry(settings, metrics)
     loader = Loader(registry, retries=settings.load_retries, backoff_s=settings.load_retry_backoff_s)
     return ModelService(
         registry,
