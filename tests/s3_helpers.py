@@ -6,6 +6,7 @@ node would to MinIO or AWS: only the endpoint differs (`AWS_ENDPOINT_URL`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -138,10 +139,8 @@ class ThrottlingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
 

@@ -17,6 +17,7 @@ still load what it has on disk after a restart.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -90,10 +91,8 @@ class DiskTier:
             with self._lock:
                 if key in self._entries:
                     self._entries[key] = (self._entries[key][0], time.time())
-            try:
+            with contextlib.suppress(OSError):  # the recency order is kept in memory too
                 os.utime(self.root / key[0] / key[1] / meta.artifact)
-            except OSError:
-                pass  # the recency order is kept in memory too
         if self.observer is not None:
             self.observer.disk_tier_lookup(raw is not None)
         return raw
