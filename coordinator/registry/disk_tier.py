@@ -67,7 +67,8 @@ class DiskTier:
         with self._lock:
             return sum(size for size, _ in self._entries.values())
 
-    def keys(self) -> list[Key]:
+    def held(self) -> list[Key]:
+        """The (model_type, version) entries on disk, sorted."""
         with self._lock:
             return sorted(self._entries)
 

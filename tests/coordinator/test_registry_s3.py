@@ -143,7 +143,7 @@ def test_a_damaged_object_is_a_load_failure(
         Loader(registry, retries=1).load("churn", "1.0.0")
     assert isinstance(failure.value, ChecksumMismatch) or failure.value.reason == "size"
     assert deserialized == []
-    assert registry.disk_tier is not None and registry.disk_tier.keys() == []
+    assert registry.disk_tier is not None and registry.disk_tier.held() == []
     del meta
 
 
@@ -215,7 +215,7 @@ def test_store_killed_mid_download(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         with pytest.raises(RegistryUnavailable, match="object store s3://models/reg"):
             registry.read_artifact(meta)
         assert time.monotonic() - started < 10
-        assert registry.disk_tier is not None and registry.disk_tier.keys() == []
+        assert registry.disk_tier is not None and registry.disk_tier.held() == []
     finally:
         proxy.close()
         server.stop()
