@@ -12,7 +12,7 @@ from typing import Any
 from coordinator import render
 from coordinator.client import AdminClient
 from coordinator.errors import VersionNotFound
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry, open_registry
 from coordinator.render import console, err_console
 from coordinator.state import ClusterState
 from coordinator.wire import Outcome
@@ -27,7 +27,7 @@ class UsageError(Exception):
 
 # -- registry commands ---------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
     options = {
         "features": args.feature or (),
         "metrics": dict(args.metric or ()),
@@ -54,12 +54,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return EXIT_OK
     console.print(
         f"published [bold]{meta.model_type} {meta.version}[/] ({meta.format}, {meta.size_bytes} bytes, "
-        f"sha256 {meta.sha256[:12]}…) to {registry.root.resolve()}"
+        f"sha256 {meta.sha256[:12]}…) to {registry.location}"
     )
     return EXIT_OK
 
 
-def _registry_models(registry: Registry) -> list[dict[str, Any]]:
+def _registry_models(registry: AnyRegistry) -> list[dict[str, Any]]:
     out = []
     for mt in registry.model_types():
         try:
@@ -73,13 +73,13 @@ def _registry_models(registry: Registry) -> list[dict[str, Any]]:
 def cmd_models(args: argparse.Namespace) -> int:
     if args.url:
         return _models_over_http(args)
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
     if args.json:
         render.print_json(_registry_models(registry))
         return EXIT_OK
     types = registry.model_types()
     if not types:
-        console.print(f"no models in {registry.root.resolve()}; try `modelcache demo-models`")
+        console.print(f"no models in {registry.location}; try `modelcache demo-models`")
         return EXIT_OK
     render.registry_models(registry, _registry_models(registry))
     return EXIT_OK
@@ -98,7 +98,7 @@ def _models_over_http(args: argparse.Namespace) -> int:
 def cmd_demo_models(args: argparse.Namespace) -> int:
     from coordinator.demo import DEMO_SPECS, publish_demo_models
 
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
 
     def progress(spec: object, i: int, total: int) -> None:
         console.print(f"[{i + 1}/{total}] training {spec.model_type} {spec.version}")  # type: ignore[attr-defined]
@@ -106,7 +106,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     published = publish_demo_models(registry, force=args.force, progress=progress)
     skipped = len(DEMO_SPECS) - len(published)
     console.print(
-        f"published {len(published)} demo model versions to {registry.root.resolve()}"
+        f"published {len(published)} demo model versions to {registry.location}"
         + (f" ({skipped} already there)" if skipped else "")
     )
     return EXIT_OK
@@ -155,11 +155,11 @@ def _change(args: argparse.Namespace, what: str) -> int:
         state = _state(args)
         try:
             if args.command == "pin":
-                change = state.pin(args.model_type, args.version, Registry(args.registry))
+                change = state.pin(args.model_type, args.version, open_registry(args.registry))
             elif args.command == "unpin":
                 change = state.unpin(args.model_type)
             else:
-                change = state.reload(args.model_type, args.version, Registry(args.registry))
+                change = state.reload(args.model_type, args.version, open_registry(args.registry))
             doc = state.answer(change, wait, timeout)
         finally:
             state.close()
@@ -225,9 +225,9 @@ def cmd_canary(args: argparse.Namespace) -> int:
         state = _state(args)
         try:
             if action == "set":
-                change = state.canary(mt, args.version, args.percent, Registry(args.registry))
+                change = state.canary(mt, args.version, args.percent, open_registry(args.registry))
             elif action == "promote":
-                change = state.promote(mt, Registry(args.registry))
+                change = state.promote(mt, open_registry(args.registry))
             else:
                 change = state.abort_canary(mt)
             doc = state.answer(change, wait, timeout)

@@ -1,0 +1,72 @@
+"""The `modelcache` registry commands against `s3://` (a real S3-compatible server), as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from coordinator.redis_server import RedisServer
+from tests.helpers import train_booster
+
+CLI = [sys.executable, "-m", "coordinator.cli"]
+REGISTRY = "s3://models/cli"
+
+
+def run(cwd: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.getcwd(), "COLUMNS": "200", **env},
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_publish_models_and_pin_against_s3(
+    tmp_path: Path, s3_env: dict[str, str], redis_server: RedisServer, prefix: str
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    train_booster().save_model(tmp_path / "m.ubj")
+    for version in ("1.9.0", "1.10.0"):
+        publish = ["publish", str(tmp_path / "m.ubj"), "--model-type", "churn", "--version", version]
+        out = run(work, s3_env, *publish, "--registry", REGISTRY).stdout
+        assert f"published churn {version}" in out and REGISTRY in out
+    assert list(work.iterdir()) == []  # never a local directory named `s3:`
+
+    listing = json.loads(run(work, s3_env, "models", "--registry", REGISTRY, "--json").stdout)
+    assert listing == [{"model_type": "churn", "versions": ["1.9.0", "1.10.0"], "latest": "1.10.0"}]
+    table = run(work, {**s3_env, "MODELCACHE_REGISTRY": REGISTRY}, "models").stdout  # the variable too
+    assert REGISTRY in table and "1.10.0" in table
+
+    where = ["--registry", REGISTRY, "--redis-url", redis_server.url, "--redis-prefix", prefix]
+    assert run(work, s3_env, "pin", "churn", "1.9.0", *where).returncode == 0
+    refused = run(work, s3_env, "pin", "churn", "7.0.0", *where, check=False)
+    assert refused.returncode == 1 and "7.0.0" in refused.stdout + refused.stderr  # checked against the store
+    assert list(work.iterdir()) == []
+
+
+def test_demo_models_into_s3(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    run(tmp_path, s3_env, "demo-models", "--registry", REGISTRY)
+    listing = json.loads(run(tmp_path, s3_env, "models", "--registry", REGISTRY, "--json").stdout)
+    assert len(listing) >= 2 and all(entry["latest"] for entry in listing)
+    again = run(tmp_path, s3_env, "demo-models", "--registry", REGISTRY).stdout
+    assert "published 0 demo model versions" in again  # already there: nothing retrained
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_store_is_a_clear_failure(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    from tests.helpers import free_port
+
+    env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    out = run(tmp_path, env, "models", "--registry", REGISTRY, check=False)
+    assert out.returncode == 1
+    assert "object store s3://models/cli" in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
