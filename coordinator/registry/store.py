@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from coordinator.errors import InvalidName
+from coordinator.errors import InvalidName, RegistryUnavailable
 
 SCHEMES = ("s3",)
 PART_BYTES = 8 << 20
@@ -300,8 +300,13 @@ def _short(exc: BaseException) -> str:
 
 
 def _make_client(timeouts: Timeouts) -> Any:
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise RegistryUnavailable(
+            "", None, "an s3:// registry needs boto3: pip install 'modelcache[s3]'"
+        ) from None
 
     custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     config = Config(
