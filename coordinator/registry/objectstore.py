@@ -38,6 +38,7 @@ from coordinator.errors import (
     ModelNotFound,
     RegistryError,
     RegistryUnavailable,
+    StoreUnavailable,
     VersionNotFound,
 )
 from coordinator.metadata import ARTIFACT_NAMES, ModelMetadata
@@ -205,7 +206,7 @@ class ObjectStoreRegistry:
             if listing is not None:
                 log.warning("%s; serving the listing read earlier", exc)
                 return listing
-            raise RegistryUnavailable("", None, str(exc)) from None
+            raise StoreUnavailable("", None, str(exc)) from None
         with self._lock:
             self._listing, self._listed_at = listing, self._clock()
         return listing
@@ -228,9 +229,9 @@ class ObjectStoreRegistry:
             found.setdefault(model_type, []).append(version)
         return {mt: sort_versions(vs) for mt, vs in found.items()}
 
-    def _unavailable(self, model_type: str, version: str | None, exc: StoreError) -> RegistryUnavailable:
+    def _unavailable(self, model_type: str, version: str | None, exc: StoreError) -> StoreUnavailable:
         log.error("%s %s: %s", model_type, version or "", exc)
-        return RegistryUnavailable(model_type, version, str(exc))
+        return StoreUnavailable(model_type, version, str(exc))
 
     # -- publishing ----------------------------------------------------------------
     def publish(
