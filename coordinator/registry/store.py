@@ -16,14 +16,18 @@ slow, denied, cut off mid-download), whose message names the store.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from coordinator.errors import InvalidName, RegistryUnavailable
+
+log = logging.getLogger("modelcache.store")
 
 SCHEMES = ("s3",)
 PART_BYTES = 8 << 20
@@ -113,8 +117,12 @@ class S3Store:
         self.endpoint = str(self._client.meta.endpoint_url)
 
     def describe(self) -> str:
-        """How messages name this store: its URL and endpoint, never credentials."""
-        return f"object store {self.location} (endpoint {self.endpoint})"
+        """How messages name this store: its URL and endpoint host, never credentials.
+
+        The host is written without a scheme or path: nodes scrub path-like text from
+        client messages, and the client should still read which store failed.
+        """
+        return f"object store {self.location} at {urlsplit(self.endpoint).netloc or self.endpoint}"
 
     # -- reads -----------------------------------------------------------------
     def read(self, key: str, limit: int, digest: Any = None) -> bytes:
@@ -290,13 +298,9 @@ def _translate(exc: BaseException, store: S3Store, operation: str) -> BaseExcept
     if isinstance(exc, BotoCoreError | OSError) or type(exc).__module__.startswith("urllib3"):
         # EndpointConnectionError, ConnectTimeout, ReadTimeout, ResponseStreamingError (cut off
         # mid-download), IncompleteReadError, NoCredentialsError: the store cannot be used now.
-        return StoreError(f"{store.describe()} is unavailable ({type(exc).__name__}: {_short(exc)})")
+        log.warning("%s %s: %s", store.location, operation, exc)  # the full cause, for operators
+        return StoreError(f"{store.describe()} is unavailable ({type(exc).__name__})")
     return exc
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
 
 
 def _make_client(timeouts: Timeouts) -> Any:

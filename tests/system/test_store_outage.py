@@ -87,7 +87,8 @@ def test_store_outage_fails_no_request_for_a_cached_model(
     needs_store = predict("c")
     assert time.monotonic() - started < 15  # fails within seconds, never hangs
     assert needs_store.status_code == 503
-    assert "object store" in needs_store.text
+    message = needs_store.json()["error"]
+    assert "object store" in message and f"127.0.0.1:{store.port}" in message  # names the store
     assert (metric(node.url, "modelcache_disk_tier_hits_total") or 0) >= 1
     assert (metric(node.url, "modelcache_store_requests_total", operation="get", outcome="error") or 0) >= 1
     for _ in range(10):
