@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coordinator.registry.store import is_store_url
+from coordinator.errors import InvalidName
+from coordinator.registry.store import StoreLocation, is_store_url
 
 
 class NodeSettings(BaseSettings):
@@ -114,6 +115,10 @@ class NodeSettings(BaseSettings):
     def _absolute(cls, value: Path | str) -> Path | str:
         # An object-store URL stays a string: as a Path, `s3://b/p` would become `s3:/b/p`.
         if isinstance(value, str) and is_store_url(value):
+            try:
+                StoreLocation.parse(value)
+            except InvalidName as exc:
+                raise ValueError(exc.reason) from None  # a usage error at start, not a crash later
             return value
         return Path(value).expanduser().resolve()
 
