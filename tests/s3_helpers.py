@@ -90,14 +90,16 @@ def s3_client(endpoint: str) -> Any:
 
 
 class ThrottlingProxy:
-    """A TCP proxy in front of a server: `bytes_per_s` caps the server->client rate, `stall` stops it.
+    """A TCP proxy in front of a server: `bytes_per_s` caps the server->client rate (downloads),
+    `upload_bytes_per_s` the client->server rate (uploads), `stall` stops responses.
 
-    Set `bytes_per_s` to 0 for no limit. Runs on daemon threads; `close()` stops accepting.
+    A rate of 0 means no limit. Runs on daemon threads; `close()` stops accepting.
     """
 
-    def __init__(self, upstream_port: int, bytes_per_s: float = 0.0) -> None:
+    def __init__(self, upstream_port: int, bytes_per_s: float = 0.0, upload_bytes_per_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.bytes_per_s = bytes_per_s
+        self.upload_bytes_per_s = upload_bytes_per_s
         self.stall = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -123,17 +125,18 @@ class ThrottlingProxy:
             threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, response: bool) -> None:
         try:
             src.settimeout(None)
             while True:
-                data = src.recv(16384 if not throttled or not self.bytes_per_s else 4096)
+                rate = self.bytes_per_s if response else self.upload_bytes_per_s
+                data = src.recv(4096 if rate else 16384)
                 if not data:
                     break
-                while throttled and self.stall.is_set() and not self._closed:
+                while response and self.stall.is_set() and not self._closed:
                     time.sleep(0.05)
-                if throttled and self.bytes_per_s:
-                    time.sleep(len(data) / self.bytes_per_s)
+                if rate:
+                    time.sleep(len(data) / rate)
                 dst.sendall(data)
         except OSError:
             pass

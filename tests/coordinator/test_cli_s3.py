@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from coordinator.redis_server import RedisServer
-from tests.helpers import train_booster
+from coordinator.registry import open_registry
+from tests.helpers import eventually, train_booster
+from tests.s3_helpers import BUCKET, S3Server, ThrottlingProxy, s3_client
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 REGISTRY = "s3://models/cli"
@@ -60,6 +62,43 @@ def test_demo_models_into_s3(tmp_path: Path, s3_env: dict[str, str]) -> None:
     again = run(tmp_path, s3_env, "demo-models", "--registry", REGISTRY).stdout
     assert "published 0 demo model versions" in again  # already there: nothing retrained
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_publisher_killed_mid_upload_publishes_nothing(
+    tmp_path: Path, s3_env: dict[str, str], s3_server: S3Server
+) -> None:
+    """`modelcache publish` killed (SIGKILL) during a multipart upload: no version appears."""
+    big = tmp_path / "big.joblib"
+    big.write_bytes(os.urandom(24 << 20))  # three parts
+    proxy = ThrottlingProxy(s3_server.port, upload_bytes_per_s=4 << 20)  # ~6 s to upload
+    try:
+        env = {**os.environ, "PYTHONPATH": os.getcwd(), **s3_env, "AWS_ENDPOINT_URL": proxy.url}
+        publish = [
+            *CLI,
+            "publish",
+            str(big),
+            "--model-type",
+            "big",
+            "--version",
+            "1.0",
+            "--registry",
+            REGISTRY,
+        ]
+        proc = subprocess.Popen(
+            publish, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = s3_client(s3_env["AWS_ENDPOINT_URL"])
+        assert eventually(
+            lambda: bool(client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")), timeout=60
+        )
+        proc.kill()  # by its PID, mid-upload
+        proc.wait()
+    finally:
+        proxy.close()
+    registry = open_registry(REGISTRY)
+    assert registry.model_types() == []
+    assert not registry.has_version("big", "1.0")
+    assert list(tmp_path.iterdir()) == [big]
 
 
 def test_an_unreachable_store_is_a_clear_failure(tmp_path: Path, s3_env: dict[str, str]) -> None:
