@@ -63,6 +63,8 @@ from coordinator.versions import (
 log = logging.getLogger("modelcache.registry")
 
 Listing = dict[str, list[str]]
+MISS_REFRESH_S = 1.0
+"""A version missing from a listing at least this old re-reads the listing (once per period)."""
 
 
 class ObjectStoreRegistry:
@@ -86,6 +88,7 @@ class ObjectStoreRegistry:
         self._lock = threading.Lock()
         self._listing: Listing | None = None
         self._listed_at = float("-inf")
+        self._list_error: StoreError | None = None  # the last listing failed: the store is down
         self._metadata: dict[tuple[str, str], tuple[ModelMetadata, float]] = {}
 
     @property
@@ -143,17 +146,17 @@ class ObjectStoreRegistry:
         cached = self._metadata.get((model_type, version))
         if cached is not None and self._clock() - cached[1] < self.listing_ttl_s:
             return cached[0]
+        if cached is None:
+            self._require_listed(model_type, version)
         key = self.store.location.key(model_type, version, METADATA_FILE)
         try:
             raw = self.store.read(key, MAX_METADATA_BYTES)
-        except KeyNotFound:
+        except KeyNotFound:  # listed, but removed since
             with self._lock:
                 self._metadata.pop((model_type, version), None)
             self.refresh(model_type)
-            known = self._current_listing().get(model_type)
-            if not known:
-                raise ModelNotFound(model_type, self.model_types()) from None
-            raise VersionNotFound(model_type, version, known) from None
+            self._require_listed(model_type, version)
+            raise VersionNotFound(model_type, version, self.versions(model_type)) from None
         except StoreError as exc:
             stale = cached[0] if cached else None
             if stale is None and self.disk_tier is not None:
@@ -195,6 +198,30 @@ class ObjectStoreRegistry:
     def artifact_path(self, meta: ModelMetadata) -> str:
         return f"{self.location}/{meta.model_type}/{meta.version}/{meta.artifact}"
 
+    def _require_listed(self, model_type: str, version: str) -> None:
+        """Raise unless the listing has this version: unknown names cost no GET per request.
+
+        A version missing from a listing older than `MISS_REFRESH_S` re-reads it once (it may
+        be newly published); while the store is down, an unlisted version is unavailable, not
+        unknown.
+        """
+        for attempt in (1, 2):
+            listing = self._current_listing()
+            if version in listing.get(model_type, ()):
+                return
+            with self._lock:
+                recent = self._clock() - self._listed_at < MISS_REFRESH_S
+                down = self._list_error
+            if down is not None:
+                raise self._unavailable(model_type, version, down)
+            if attempt == 2 or recent:
+                break
+            self.refresh()
+        known = listing.get(model_type)
+        if not known:
+            raise ModelNotFound(model_type, sorted(listing))
+        raise VersionNotFound(model_type, version, known)
+
     def _current_listing(self) -> Listing:
         with self._lock:
             listing, fresh = self._listing, self._clock() - self._listed_at < self.listing_ttl_s
@@ -203,12 +230,14 @@ class ObjectStoreRegistry:
         try:
             listing = self._list()
         except StoreError as exc:
+            with self._lock:
+                self._list_error = exc
             if listing is not None:
                 log.warning("%s; serving the listing read earlier", exc)
                 return listing
             raise StoreUnavailable("", None, str(exc)) from None
         with self._lock:
-            self._listing, self._listed_at = listing, self._clock()
+            self._listing, self._listed_at, self._list_error = listing, self._clock(), None
         return listing
 
     def _list(self) -> Listing:

@@ -315,3 +315,38 @@ def test_forced_republish_replaces_and_the_tier_follows(
 
 def _tier(tmp_path: Path) -> DiskTier:
     return DiskTier(tmp_path / "tier", 1 << 30)
+
+
+class CountingObserver:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def store_request(self, operation: str, outcome: str, seconds: float) -> None:
+        self.requests.append((operation, outcome))
+
+    def store_bytes(self, direction: str, nbytes: int) -> None:
+        pass
+
+
+def test_unknown_versions_cost_no_store_call_each(store_registry: StoreRegistryFn, tmp_path: Path) -> None:
+    """A flood of requests for versions that do not exist reads the listing at most once a second."""
+    clock = [0.0]
+    seen = CountingObserver()
+    registry = store_registry(clock=lambda: clock[0], observer=seen)
+    publisher = store_registry()
+    publisher.publish(_artifact(tmp_path), "churn", "1.0.0")
+    registry.metadata("churn", "1.0.0")
+    seen.requests.clear()
+    clock[0] = 5.0
+    for _ in range(20):
+        with pytest.raises(VersionNotFound):
+            registry.metadata("churn", "9.9")
+        with pytest.raises(ModelNotFound):
+            registry.metadata("nope", "1.0")
+    assert seen.requests == [("list", "ok")]  # one re-read of the listing, no GET per request
+    publisher.publish(_artifact(tmp_path), "churn", "2.0.0")
+    with pytest.raises(VersionNotFound):
+        registry.metadata("churn", "2.0.0")  # the listing was read this very second
+    clock[0] = 6.5  # within the 30 s TTL, but a miss re-reads a listing older than a second
+    assert registry.metadata("churn", "2.0.0").version == "2.0.0"
+    assert seen.requests[-2:] == [("list", "ok"), ("get", "ok")]
