@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from coordinator.registry import AnyRegistry, open_registry
 from coordinator.registry.disk_tier import DiskTier
-from coordinator.registry.store import Timeouts
+from coordinator.registry.store import Timeouts, is_store_url
 from node.http.app import create_app
 from node.loader import Loader
 from node.metrics import NodeMetrics
@@ -18,7 +18,7 @@ from node.settings import NodeSettings
 def build_registry(settings: NodeSettings, metrics: NodeMetrics) -> AnyRegistry:
     """The registry the settings name; an object store gets its disk tier, timeouts and metrics."""
     tier = None
-    if settings.local_cache_dir is not None:
+    if settings.local_cache_dir is not None and is_store_url(str(settings.registry)):
         tier = DiskTier(settings.local_cache_dir, settings.local_cache_max_bytes, metrics.store)
     return open_registry(
         settings.registry,
