@@ -15,6 +15,7 @@ from tests.s3_helpers import BUCKET, S3Server, ThrottlingProxy, s3_client
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 REGISTRY = "s3://models/cli"
+ROOT = str(Path(__file__).resolve().parents[2])  # this checkout's code, from any working directory
 
 
 def run(cwd: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -24,7 +25,7 @@ def run(cwd: Path, env: dict[str, str], *args: str, check: bool = True) -> subpr
         text=True,
         timeout=120,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": os.getcwd(), "COLUMNS": "200", **env},
+        env={**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "200", **env},
     )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -72,7 +73,7 @@ def test_a_publisher_killed_mid_upload_publishes_nothing(
     big.write_bytes(os.urandom(24 << 20))  # three parts
     proxy = ThrottlingProxy(s3_server.port, upload_bytes_per_s=4 << 20)  # ~6 s to upload
     try:
-        env = {**os.environ, "PYTHONPATH": os.getcwd(), **s3_env, "AWS_ENDPOINT_URL": proxy.url}
+        env = {**os.environ, "PYTHONPATH": ROOT, **s3_env, "AWS_ENDPOINT_URL": proxy.url}
         publish = [
             *CLI,
             "publish",
