@@ -281,7 +281,7 @@ class _Call:
 
 
 def _translate(exc: BaseException, store: S3Store, operation: str) -> BaseException:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     if isinstance(exc, StoreError | KeyNotFound):
         return exc
@@ -295,6 +295,11 @@ def _translate(exc: BaseException, store: S3Store, operation: str) -> BaseExcept
         if code == "NoSuchBucket":
             return StoreError(f"{store.describe()}: bucket {store.location.bucket} does not exist")
         return StoreError(f"{store.describe()} failed {operation}: {code or status}")
+    if isinstance(exc, NoCredentialsError):
+        return StoreError(
+            f"{store.describe()}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a role)"
+        )
     if isinstance(exc, BotoCoreError | OSError) or type(exc).__module__.startswith("urllib3"):
         # EndpointConnectionError, ConnectTimeout, ReadTimeout, ResponseStreamingError (cut off
         # mid-download), IncompleteReadError, NoCredentialsError: the store cannot be used now.

@@ -110,3 +110,21 @@ def test_an_unreachable_store_is_a_clear_failure(tmp_path: Path, s3_env: dict[st
     assert out.returncode == 1
     assert "object store s3://models/cli" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_missing_credentials_are_named(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "AWS_REGION": "us-east-1"}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        env.pop(name, None)
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    proc = subprocess.run(
+        [*CLI, "models", "--registry", REGISTRY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 1
+    assert "no AWS credentials found" in proc.stdout + proc.stderr
