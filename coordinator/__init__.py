@@ -14,7 +14,7 @@ from coordinator.errors import (
     UnsafePath,
     VersionNotFound,
 )
-from coordinator.registry import ModelMetadata, Registry
+from coordinator.registry import ModelMetadata, ObjectStoreRegistry, Registry, open_registry
 
 __all__ = [
     "AlreadyPublished",
@@ -26,9 +26,11 @@ __all__ = [
     "ModelCacheError",
     "ModelMetadata",
     "ModelNotFound",
+    "ObjectStoreRegistry",
     "Registry",
     "RegistryError",
     "RegistryUnavailable",
     "UnsafePath",
     "VersionNotFound",
+    "open_registry",
 ]

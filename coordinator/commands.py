@@ -14,7 +14,7 @@ from coordinator.artifacts import describe_artifact
 from coordinator.client import AdminClient
 from coordinator.control import Control
 from coordinator.errors import VersionNotFound
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry, open_registry
 from coordinator.render import console, err_console
 from coordinator.wire import Outcome
 
@@ -28,10 +28,9 @@ class UsageError(Exception):
 
 # -- registry commands ---------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
-    described = describe_artifact(
-        Path(args.artifact), args.feature or ()
-    )  # LightGBM and ONNX models describe themselves
+    registry = open_registry(args.registry)
+    # LightGBM and ONNX models describe themselves (task, feature names).
+    described = describe_artifact(Path(args.artifact), args.feature or ())
     options = {
         "features": args.feature or described.features,
         "metrics": dict(args.metric or ()),
@@ -58,12 +57,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return EXIT_OK
     console.print(
         f"published [bold]{meta.model_type} {meta.version}[/] ({meta.format}, {meta.size_bytes} bytes, "
-        f"sha256 {meta.sha256[:12]}…) to {registry.root.resolve()}"
+        f"sha256 {meta.sha256[:12]}…) to {registry.location}"
     )
     return EXIT_OK
 
 
-def _registry_models(registry: Registry) -> list[dict[str, Any]]:
+def _registry_models(registry: AnyRegistry) -> list[dict[str, Any]]:
     out = []
     for mt in registry.model_types():
         try:
@@ -77,13 +76,13 @@ def _registry_models(registry: Registry) -> list[dict[str, Any]]:
 def cmd_models(args: argparse.Namespace) -> int:
     if args.url:
         return _models_over_http(args)
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
     if args.json:
         render.print_json(_registry_models(registry))
         return EXIT_OK
     types = registry.model_types()
     if not types:
-        console.print(f"no models in {registry.root.resolve()}; try `modelcache demo-models`")
+        console.print(f"no models in {registry.location}; try `modelcache demo-models`")
         return EXIT_OK
     render.registry_models(registry, _registry_models(registry))
     return EXIT_OK
@@ -102,7 +101,7 @@ def _models_over_http(args: argparse.Namespace) -> int:
 def cmd_demo_models(args: argparse.Namespace) -> int:
     from coordinator.demo import DEMO_SPECS, publish_demo_models
 
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
 
     def progress(spec: object, i: int, total: int) -> None:
         console.print(f"[{i + 1}/{total}] training {spec.model_type} {spec.version}")  # type: ignore[attr-defined]
@@ -110,7 +109,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     published = publish_demo_models(registry, force=args.force, progress=progress)
     skipped = len(DEMO_SPECS) - len(published)
     console.print(
-        f"published {len(published)} demo model versions to {registry.root.resolve()}"
+        f"published {len(published)} demo model versions to {registry.location}"
         + (f" ({skipped} already there)" if skipped else "")
     )
     return EXIT_OK
@@ -133,7 +132,7 @@ def _control(args: argparse.Namespace) -> Control:
         )
     origin = f"cli@{socket.gethostname()}"
     # Read-only commands (status) take no --registry: they never reach it, and Registry is lazy.
-    registry = Registry(getattr(args, "registry", None) or "./registry")
+    registry = open_registry(getattr(args, "registry", None) or "./registry")
     return Control.connect(args.redis_url, registry, args.redis_prefix, origin=origin)
 
 

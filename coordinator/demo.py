@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.registry import ModelMetadata, Registry
+from coordinator.registry import AnyRegistry, ModelMetadata
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 
 
 def publish_demo_models(
-    registry: Registry,
+    registry: AnyRegistry,
     *,
     force: bool = False,
     progress: Callable[[DemoSpec, int, int], None] | None = None,
@@ -90,7 +90,7 @@ def publish_demo_models(
         for i, spec in enumerate(DEMO_SPECS):
             if progress:
                 progress(spec, i, len(DEMO_SPECS))
-            if not force and (registry.root / spec.model_type / spec.version).exists():
+            if not force and registry.has_version(spec.model_type, spec.version):
                 continue
             artifact, metrics = train_demo_model(spec, Path(tmp), seed=i)
             published.append(

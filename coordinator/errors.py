@@ -88,6 +88,12 @@ class RegistryUnavailable(RegistryError):
     subject = "registry files"
 
 
+class StoreUnavailable(RegistryUnavailable):
+    """An object store could not answer in time (down, slow, refused); the reason names the store."""
+
+    subject = "registry"
+
+
 class UnsafePath(RegistryError):
     code = "unsafe_path"
     subject = "registry files"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.errors import ModelCacheError
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry
 from coordinator.wire import Outcome
 
 
@@ -40,9 +40,9 @@ def json_failure(message: str, code: int) -> None:
     sys.stdout.flush()
 
 
-def registry_models(registry: Registry, entries: list[dict[str, Any]]) -> None:
+def registry_models(registry: AnyRegistry, entries: list[dict[str, Any]]) -> None:
     """The registry's versions, one row each, from `entries` (commands._registry_models)."""
-    table = Table(title=f"registry {registry.root.resolve()}")
+    table = Table(title=f"registry {registry.location}")
     for col in ("model type", "version", "format", "size", "features", "metrics", "created"):
         table.add_column(col)
     for entry in entries:

@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry
 from coordinator.control import Control
 from coordinator.link import Link
 from coordinator.membership import Membership
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry, open_registry
+from coordinator.registry.disk_tier import DiskTier
+from coordinator.registry.store import Timeouts, is_store_url
 from coordinator.state import ClusterState
 from node.http.app import create_app
 from node.loader import Loader
@@ -24,10 +26,24 @@ from node.settings import NodeSettings
 from node.sync import ClusterSync, NodeReport, SyncTiming
 
 
+def build_registry(settings: NodeSettings, metrics: NodeMetrics) -> AnyRegistry:
+    """The registry the settings name; an object store gets its disk tier, timeouts and metrics."""
+    tier = None
+    if settings.local_cache_dir is not None and is_store_url(str(settings.registry)):
+        tier = DiskTier(settings.local_cache_dir, settings.local_cache_max_bytes, metrics.store)
+    return open_registry(
+        settings.registry,
+        disk_tier=tier,
+        listing_ttl_s=settings.registry_listing_ttl_s,
+        timeouts=Timeouts(connect_s=min(2.0, settings.store_timeout_s), read_s=settings.store_timeout_s),
+        observer=metrics.store,
+    )
+
+
 def build_node(settings: NodeSettings, metrics: NodeMetrics | None = None) -> NodeParts:
     """Every part of one node; with a Redis URL also cluster sync and the operator commands."""
     metrics = metrics or NodeMetrics()
-    registry = Registry(settings.registry)
+    registry = build_registry(settings, metrics)
     loader = Loader(registry, retries=settings.load_retries, backoff_s=settings.load_retry_backoff_s)
     loads = Loads(
         loader,

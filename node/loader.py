@@ -23,8 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from coordinator.errors import MetadataError, ModelNotFound, RegistryError, UnsafePath
-from coordinator.registry import ModelMetadata, Registry
+from coordinator.errors import MetadataError, ModelNotFound, RegistryError, StoreUnavailable, UnsafePath
+from coordinator.registry import AnyRegistry, ModelMetadata
 from node import memory
 from node.errors import ChecksumMismatch, ModelLoadError
 from node.runtime import LoadedModel, deserialize
@@ -33,7 +33,8 @@ log = logging.getLogger("modelcache.loader")
 
 T = TypeVar("T")
 
-# Registry error code -> `reason` label of modelcache_model_load_failures_total (bounded).
+# Registry error code -> `reason` label of modelcache_model_load_failures_total (bounded);
+# an object store that cannot answer (StoreUnavailable) is `store`.
 _REASONS = {"bad_metadata": "metadata", "unsafe_path": "symlink", "registry_unavailable": "io"}
 
 
@@ -42,7 +43,7 @@ class Loader:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: AnyRegistry,
         *,
         retries: int = 3,
         backoff_s: float = 0.1,
@@ -111,8 +112,15 @@ class Loader:
             except ModelNotFound:
                 raise
             except ModelLoadError as exc:
-                if attempt == self.retries or exc.reason in ("metadata", "symlink", "missing_dependency"):
-                    raise  # retrying cannot fix what is written on disk
+                if attempt == self.retries or exc.reason in (
+                    "metadata",
+                    "symlink",
+                    "missing_dependency",
+                    "store",
+                ):
+                    # Retrying cannot fix what is written on disk; an object store's client has
+                    # already retried once, and more attempts would stretch a 503 past seconds.
+                    raise
                 log.warning(
                     "load of %s %s failed (attempt %d/%d, retrying in %.2fs): %s",
                     model_type,
@@ -141,7 +149,7 @@ class Loader:
 
 
 def _as_load_error(exc: RegistryError, model_type: str, version: str) -> ModelLoadError:
-    reason = _REASONS.get(exc.code, "io")
+    reason = "store" if isinstance(exc, StoreUnavailable) else _REASONS.get(exc.code, "io")
     if isinstance(exc, MetadataError | UnsafePath):
         log.error("%s %s: %s", model_type, version, exc)
     return ModelLoadError(model_type, version, f"{exc.subject}: {exc.reason}", reason=reason)

@@ -289,6 +289,7 @@ class NodeMetrics:
 
         # process_resident_memory_bytes & co., to set RSS against the byte budget.
         # (The global registry has them already; registering twice would fail.)
+        self.store = StoreMetrics(r)
         if r is not REGISTRY:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -357,3 +358,58 @@ class NodeMetrics:
     def _capacity(self) -> int:
         """The cache's capacity in models, as the service set it on its gauge."""
         return int(self.cache_capacity_models.collect()[0].samples[0].value)
+
+
+STORE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class StoreMetrics:
+    """Object-store requests and the disk tier (coordinator.registry's StoreObserver and TierObserver).
+
+    Labels are bounded: `operation` is one of get, head, list, put, put_part, delete, abort;
+    `outcome` ok, not_found or error; `direction` upload or download.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter(
+            "modelcache_store_requests_total",
+            "Requests to the object-store registry, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "modelcache_store_bytes_total",
+            "Bytes moved to or from the object store.",
+            ["direction"],
+            registry=r,
+        )
+        self.seconds = Histogram(
+            "modelcache_store_request_seconds",
+            "Duration of object-store requests (a download until its last byte).",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.tier_bytes = Gauge(
+            "modelcache_disk_tier_bytes", "Bytes of verified artifacts on the disk tier.", registry=r
+        )
+        self.tier_hits = Counter(
+            "modelcache_disk_tier_hits_total", "Artifact reads served by the local disk tier.", registry=r
+        )
+        self.tier_misses = Counter(
+            "modelcache_disk_tier_misses_total", "Artifact reads the disk tier could not serve.", registry=r
+        )
+
+    def store_request(self, operation: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(operation, outcome).inc()
+        self.seconds.labels(operation).observe(seconds)
+
+    def store_bytes(self, direction: str, nbytes: int) -> None:
+        self.bytes.labels(direction).inc(nbytes)
+
+    def disk_tier_lookup(self, hit: bool) -> None:
+        (self.tier_hits if hit else self.tier_misses).inc()
+
+    def disk_tier_size(self, nbytes: int) -> None:
+        self.tier_bytes.set(nbytes)

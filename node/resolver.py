@@ -127,8 +127,15 @@ class Resolver:
 
     # -- defaults ----------------------------------------------------------
     def target(self, model_type: str) -> str:
-        """What the default should be now: the pin, else the latest stable version (registry I/O)."""
-        return self._pins.get(model_type) or self.registry.latest(model_type)
+        """What the default should be now: the pin, else the latest stable version (registry I/O).
+
+        Reloads and pin changes come through here, so a cached listing (object store) is re-read.
+        """
+        pinned = self._pins.get(model_type)
+        if pinned:
+            return pinned
+        self.registry.refresh(model_type)
+        return self.registry.latest(model_type)
 
     def default_version(self, model_type: str) -> str:
         """The version served when a request names none: pin, else latest stable (memoised)."""

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.errors import InvalidName
+from coordinator.registry.store import StoreLocation, is_store_url
+
 
 class NodeSettings(BaseSettings):
     """Everything one inference node can be told."""
@@ -21,8 +24,20 @@ class NodeSettings(BaseSettings):
     # `modelcache node --help` shows beside the flag generated from the field.
     model_config = SettingsConfigDict(env_prefix="MODELCACHE_", extra="ignore", use_attribute_docstrings=True)
 
-    registry: Path = Path("./registry")
-    """Root directory of the model registry."""
+    registry: Path | str = Path("./registry")
+    """The model registry: a directory, or `s3://bucket/prefix` (endpoint and credentials from the
+    standard AWS variables: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, profiles, web identity)."""
+    local_cache_dir: Path | None = None
+    """With an object-store registry: a directory for verified artifacts, so a model evicted from
+    memory reloads from disk, not from the store (and still loads while the store is down)."""
+    local_cache_max_bytes: int = Field(10 << 30, ge=1)
+    """Byte budget of `local_cache_dir`; least recently used artifacts are removed beyond it."""
+    registry_listing_ttl_s: float = Field(30.0, ge=0)
+    """With an object-store registry: how long a listing or metadata read is reused before the
+    store is asked again (reloads and pin changes re-read at once)."""
+    store_timeout_s: float = Field(5.0, gt=0)
+    """With an object-store registry: longest wait for one store response (connect: at most 2 s);
+    a download may also take its size at 1 MiB/s on top."""
     redis_url: str | None = None
     """Redis for cluster state (pins, reloads, membership); unset runs a standalone node."""
     redis_replica_wait_s: float = Field(1.0, gt=0)
@@ -97,8 +112,15 @@ class NodeSettings(BaseSettings):
 
     @field_validator("registry")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | str) -> Path | str:
+        # An object-store URL stays a string: as a Path, `s3://b/p` would become `s3:/b/p`.
+        if isinstance(value, str) and is_store_url(value):
+            try:
+                StoreLocation.parse(value)
+            except InvalidName as exc:
+                raise ValueError(exc.reason) from None  # a usage error at start, not a crash later
+            return value
+        return Path(value).expanduser().resolve()
 
     @property
     def resolved_node_id(self) -> str:

@@ -47,3 +47,20 @@ def test_fallback_candidates_are_lower_stable_versions_not_recently_failed(
     assert r.fallback_candidates("m", "1.10") == ["1.2", "1.0", "0.9"]  # by version, not string
     r.mark_failed(("m", "1.2"), "corrupt")
     assert r.fallback_candidates("m", "1.10") == ["1.0", "0.9"]
+
+
+def test_target_rereads_a_cached_listing(registry: Registry, publish: PublishFn) -> None:
+    """Reloads and pin changes resolve through `target`: an object store's cached listing is re-read."""
+
+    refreshed: list[str | None] = []
+
+    class Recording(Registry):
+        def refresh(self, model_type: str | None = None) -> None:
+            refreshed.append(model_type)
+
+    publish("m", "1.0")
+    recording = Recording(registry.root)
+    r = make(recording, [0.0])
+    assert r.target("m") == "1.0" and refreshed == ["m"]
+    r.set_pins({"m": "1.0"})
+    assert r.target("m") == "1.0" and refreshed == ["m"]  # a pin names the version itself

@@ -83,3 +83,9 @@ def test_a_bad_flag_is_a_one_line_usage_error(
         settings_from(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_an_object_store_registry_stays_a_url() -> None:
+    assert NodeSettings(registry="s3://models/prod").registry == "s3://models/prod"
+    with pytest.raises(ValidationError, match="unsupported scheme"):
+        NodeSettings(registry="ftp://models/prod")

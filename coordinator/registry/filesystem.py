@@ -1,4 +1,4 @@
-"""The model registry: a directory tree of immutable, checksummed model versions.
+"""The filesystem registry: a directory tree of immutable, checksummed model versions.
 
     <root>/<model_type>/<version>/metadata.json
     <root>/<model_type>/<version>/model.ubj | model.json | model.joblib | model.txt | model.onnx
@@ -121,6 +121,18 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        """The root's absolute path, as messages and `modelcache models` show it."""
+        return str(self.root.resolve())
+
+    def refresh(self, model_type: str | None = None) -> None:
+        """Nothing to do: every read looks at the directory (the object store caches, this does not)."""
+
+    def has_version(self, model_type: str, version: str) -> bool:
+        """Whether this version's directory exists (published, or being replaced)."""
+        return (self.root / model_type / normalize_version(version)).exists()
 
     # -- reading -----------------------------------------------------------
     def scan(self) -> dict[str, list[str] | RegistryError]:
