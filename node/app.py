@@ -47,4 +47,10 @@ def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None)
         def warmup() -> list[str]:
             return service.warm(settings.warmup)
 
-    return create_app(settings, service, metrics, cluster=cluster, warmup=warmup)
+    app = create_app(settings, service, metrics, cluster=cluster, warmup=warmup)
+    if settings.resolved_grpc_port is not None:
+        from node.grpc.server import GrpcServer
+
+        ready = app.state.problems
+        GrpcServer(settings, service, metrics, app.state.batcher, lambda: not ready()).serve_with(app)
+    return app

@@ -118,4 +118,5 @@ def create_app(
     app.state.service = service
     app.state.batcher = batcher
     app.state.readiness = state
+    app.state.problems = problems  # readiness for the other doors (node.grpc)
     return app
