@@ -41,6 +41,28 @@ K8S_NODES = f"modelcache-node-pods.{K8S_NAMESPACE}.svc.cluster.local:8000"
 K8S_SLOTS = 12
 """Server slots filled from DNS: the node HorizontalPodAutoscaler's maxReplicas."""
 
+GRPC_MODEL_HEADER = "x-modelcache-model"
+"""gRPC metadata a client may set to the model's name: the gRPC frontend's affinity key."""
+
+_GRPC = """
+# gRPC (the Open Inference Protocol, node/grpc): HTTP/2 cleartext in and out, balanced per
+# call (not per connection). The model's name is inside the protobuf body, which HAProxy
+# cannot read, so the client names it in the `x-modelcache-model` metadata: hashed onto the
+# same consistent ring as the REST backend (same servers in the same order, same hash, same
+# key), a model's gRPC calls go to its REST home node and find it cached. A call without
+# that metadata is balanced round robin, as a REST request without a model in its path is.
+frontend modelcache_grpc
+    bind {listen} proto h2
+    default_backend nodes_grpc
+
+backend nodes_grpc
+    balance hdr(x-modelcache-model)
+    hash-type consistent sdbm avalanche
+    # Each node's gRPC server follows its REST health check (one check per node).
+    http-response set-header X-Modelcache-Upstream %si:%sp
+{servers}
+"""
+
 _RESOLVERS = """
 resolvers dns
     parse-resolv-conf
@@ -58,8 +80,12 @@ def render(
     threads: int | None = None,
     resolve: bool = False,
     dns_slots: tuple[str, int] | None = None,
+    grpc: tuple[str, Sequence[str]] | None = None,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
+
+    `grpc=(listen, grpc_servers)` adds the gRPC frontend: `grpc_servers[i]` is the gRPC
+    address of the node at `servers[i]` (static servers only).
 
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
     where a restarted node comes back with a new address). `dns_slots=(fqdn:port, n)`:
@@ -96,7 +122,16 @@ def render(
     text = TEMPLATE.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
+    if grpc is not None:
+        text += _grpc_section(*grpc, count=len(lines) if dns_slots is None else 0)
     return text
+
+
+def _grpc_section(listen: str, grpc_servers: Sequence[str], count: int) -> str:
+    if count == 0 or len(grpc_servers) != count:
+        raise ValueError("the gRPC frontend needs one gRPC address per (static) REST server")
+    lines = [f"    server node{i} {s} proto h2 track nodes/node{i}" for i, s in enumerate(grpc_servers, 1)]
+    return _GRPC.format(listen=listen, servers="\n".join(lines))
 
 
 def render_compose(max_body_bytes: int = 1_048_576) -> str:
@@ -148,11 +183,14 @@ class HAProxy:
         *,
         balance_factor: int = BALANCE_FACTOR,
         hot_only: bool = True,
+        grpc: tuple[int, Sequence[str]] | None = None,
     ) -> None:
+        """`grpc=(port, grpc_servers)`: also a gRPC frontend on `port` (see `render`)."""
         self.binary = find_haproxy()
         if self.binary is None:
             raise FileNotFoundError(f"haproxy not found: {INSTALL}")
         self.port = port
+        self.grpc_port = grpc[0] if grpc is not None else None
         self.run_dir = Path(tempfile.mkdtemp(prefix="modelcache-haproxy-"))
         self.conf = self.run_dir / "haproxy.cfg"
         self.conf.write_text(
@@ -163,6 +201,7 @@ class HAProxy:
                 balance_factor=balance_factor,
                 hot_only=hot_only,
                 threads=1,
+                grpc=(f"127.0.0.1:{grpc[0]}", grpc[1]) if grpc is not None else None,
             )
         )
         self.log = self.run_dir / "haproxy.log"
