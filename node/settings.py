@@ -38,6 +38,8 @@ class NodeSettings(BaseSettings):
     """Port to bind."""
     grpc_port: int | None = Field(None, ge=0, le=65535)
     """Port of the Open Inference Protocol over gRPC; default the HTTP port + 50 (8050); 0 turns gRPC off."""
+    grpc_workers: int = Field(0, ge=0, le=1024)
+    """gRPC server threads (each call still runs on the node's event loop); 0: grpc.aio on the loop."""
     node_id: str = ""
     """Name of this node in the cluster; default `<hostname>-<port>`."""
     public_url: str = ""

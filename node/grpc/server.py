@@ -13,6 +13,7 @@ bounded by MODELCACHE_MAX_BATCH in the shared decoder.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,7 @@ class GrpcServer:
         # REST alone (logged). A port set explicitly that cannot be bound stops the node.
         self.required = settings.grpc_port is not None
         self.max_message_bytes = settings.max_body_bytes
+        self.workers = settings.grpc_workers
         v2 = V2(settings, service, metrics, batcher, is_ready)
         self.servicer = InferenceServicer(
             v2,
@@ -66,13 +68,18 @@ class GrpcServer:
         """Bind and serve on the running loop (see `required` for a port that cannot be bound)."""
         if self.port is None:
             return
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a busy port is an error, never a second listener
-            ]
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, never a second listener
+        ]
+        if self.workers:
+            from node.grpc.bridge import thread_pool_server
+
+            loop = asyncio.get_running_loop()
+            server: Any = thread_pool_server(self.servicer, loop, self.workers, options)
+        else:
+            server = grpc.aio.server(options=options)
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
             server.add_insecure_port(address)
@@ -82,14 +89,24 @@ class GrpcServer:
                 raise RuntimeError(message) from None
             log.error("%s; serving REST only (set MODELCACHE_GRPC_PORT to a free port, or 0)", message)
             return
-        await server.start()
+        if self.workers:
+            server.start()
+        else:
+            await server.start()
         self._server = server
-        log.info("gRPC (Open Inference Protocol) listening on %s", address)
+        flavour = f"{self.workers} threads" if self.workers else "grpc.aio"
+        log.info("gRPC (Open Inference Protocol) listening on %s (%s)", address, flavour)
 
     async def stop(self) -> None:
-        if self._server is not None:
+        if self._server is None:
+            return
+        if self.workers:
+            # Its threads wait on this loop: wait for them off the loop, or they never finish.
+            stopped = self._server.stop(GRACE_S)
+            await asyncio.to_thread(stopped.wait)
+        else:
             await self._server.stop(GRACE_S)
-            self._server = None
+        self._server = None
 
     def serve_with(self, app: Any) -> None:
         """Run beside `app` (Starlette): start once its lifespan started, stop before that ends."""
