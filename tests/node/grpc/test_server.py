@@ -223,3 +223,23 @@ def test_grpc_port_zero_turns_it_off(registry: Registry, publish: PublishFn, nod
         grpc.channel_ready_future(channel).result(timeout=1)
     channel.close()
     assert httpx.get(node.url + "/healthz").status_code == 200
+
+
+def test_the_thread_pool_flavour_answers_the_same(
+    registry: Registry, publish: PublishFn, grpc_node: Callable[..., GrpcNode]
+) -> None:
+    """MODELCACHE_GRPC_WORKERS: grpc's threads take the calls, the node's loop runs them."""
+    publish("churn", "1.0.0", seed=3)
+    node = grpc_node(MODELCACHE_GRPC_WORKERS="4")
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    response = node.stub.ModelInfer(raw_request(x, id="t"), metadata=(("x-request-id", "rid-1"),))
+    got, want = outputs(response), rest_outputs(rest_infer(node, x))
+    np.testing.assert_allclose(got["predict_proba"], want["predict_proba"], rtol=1e-6)
+    assert response.id == "t"
+    with pytest.raises(grpc.RpcError) as caught:
+        node.stub.ModelInfer(raw_request(x, model_name="nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert dict(caught.value.trailing_metadata())["modelcache-error-code"] == "model_not_found"
+    assert "unknown model type 'nope'" in caught.value.details()
+    _, call = node.stub.ModelInfer.with_call(raw_request(x), metadata=(("x-request-id", "rid-2"),))
+    assert dict(call.trailing_metadata())["x-request-id"] == "rid-2"
