@@ -1,13 +1,14 @@
 """gRPC against HTTP/JSON on one node, at 1 and 64 connections, driven by h2load.
 
-    python benchmarks/bench_grpc.py [--reps 3] [--duration 3] [--conns 1 64]
+    python benchmarks/bench_grpc.py [--reps 3] [--duration 3] [--conns 1 64] [--rows 1 100]
 
 One real node (`python -m node`, one process, gRPC on its default port) serves
-the demo model `churn`, one row per request, by four doors taking turns within
-each repetition (rotating who goes first, so machine noise hits all alike):
+the demo model `churn`, `rows` rows per request, by these doors taking turns
+within each repetition (rotating who goes first, so machine noise hits all alike):
 
 - `http-v2-json`: POST /v2/models/churn/infer, a JSON V2 body (the baseline);
-- `http-v1-json`: POST /api/v1/models/churn/predict, the v1 JSON body;
+- `http-v1-json`: POST /api/v1/models/churn/predict (one row) or
+  /api/v1/batch_predict (more), the v1 JSON body;
 - `grpc-raw`: inference.GRPCInferenceService/ModelInfer with raw_input_contents
   (what tritonclient.grpc sends);
 - `grpc-typed`: the same with typed fp32_contents;
@@ -48,8 +49,19 @@ from node.grpc import grpc_predict_v2_pb2 as pb
 
 MODEL = "churn"
 ROW = [12.0, 70.5, 2.0, 1.0, 0.0]
-V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, len(ROW)], "datatype": "FP32", "data": ROW}]}
-V1_BODY = {"features": ROW}
+
+
+def rest_doors(rows: int) -> list[tuple[str, str, dict]]:
+    """(door, path, JSON body) for `rows` rows."""
+    matrix = [[v + i % 7 for v in ROW] for i in range(rows)]
+    v2 = {"inputs": [{"name": "input-0", "shape": [rows, len(ROW)], "datatype": "FP32", "data": matrix}]}
+    if rows == 1:
+        v1 = (f"/api/v1/models/{MODEL}/predict", {"features": ROW})
+    else:
+        v1 = ("/api/v1/batch_predict", {"model_type": MODEL, "instances": matrix})
+    return [("http-v2-json", f"/v2/models/{MODEL}/infer", v2), ("http-v1-json", *v1)]
+
+
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 GRPC_OFFSET = 50  # the node's default gRPC port: its HTTP port + 50
 THREADS = 64  # the thread-pool flavour's threads: one per connection at 64
@@ -65,13 +77,13 @@ def grpc_frame(message: pb.ModelInferRequest) -> bytes:
     return b"\x00" + len(data).to_bytes(4, "big") + data
 
 
-def infer_requests() -> dict[str, pb.ModelInferRequest]:
-    x = np.array([ROW], dtype=np.float32)
-    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=[1, len(ROW)])
+def infer_requests(rows: int = 1) -> dict[str, pb.ModelInferRequest]:
+    x = np.array([[v + i % 7 for v in ROW] for i in range(rows)], dtype=np.float32)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=list(x.shape))
     raw = pb.ModelInferRequest(model_name=MODEL, inputs=[tensor], raw_input_contents=[x.tobytes()])
     typed = pb.ModelInferRequest(model_name=MODEL)
     typed.inputs.add().CopyFrom(tensor)
-    typed.inputs[0].contents.fp32_contents.extend(ROW)
+    typed.inputs[0].contents.fp32_contents.extend(x.ravel().tolist())
     return {"grpc-raw": raw, "grpc-typed": typed}
 
 
@@ -124,7 +136,7 @@ def grpc_ok(node_url: str) -> float:
     )
 
 
-def plot(results: dict[str, dict[str, dict[str, float]]], conns: list[int], out: Path) -> None:
+def plot(results: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -133,22 +145,22 @@ def plot(results: dict[str, dict[str, dict[str, float]]], conns: list[int], out:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    doors = list(results[str(conns[0])])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cases = list(results)
+    doors = list(results[cases[0]])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(doors)
     for i, door in enumerate(doors):
-        xs = [j + i * width for j in range(len(conns))]
-        axes[0].bar(xs, [results[str(c)][door]["req_per_s"] for c in conns], width, label=door)
-        axes[1].bar(xs, [results[str(c)][door]["ratio_to_http_v2_json"] for c in conns], width, label=door)
-    for ax, label in zip(
-        axes, ("requests/s (median)", "ratio to http-v2-json (same repetition)"), strict=True
-    ):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(conns))], [f"{c} conn" for c in conns])
+        xs = [j + i * width for j in range(len(cases))]
+        axes[0].bar(xs, [results[c][door]["req_per_s"] for c in cases], width, label=door)
+        axes[1].bar(xs, [results[c][door]["ratio_to_http_v2_json"] for c in cases], width, label=door)
+    labels = ("requests/s (median)", "ratio to http-v2-json (same repetition)")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     axes[1].axhline(1.0, color="grey", linewidth=0.8)
     axes[0].legend(fontsize=8)
-    fig.suptitle("one node, one row per request: gRPC vs HTTP/JSON (h2load, loopback)")
+    fig.suptitle("one node: gRPC vs HTTP/JSON by rows per request and connections (h2load, loopback)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
 
@@ -158,6 +170,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=int, default=3, help="seconds per h2load run")
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 100], help="rows per request")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grpc.json")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -165,6 +178,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "registry")
         publish_demo_models(registry)
+        # 64 connections x 100 rows queue more rows than a model's default backlog bound
+        # (8 x BATCH_MAX_ROWS), which sheds them with 429: this measures throughput, not shedding.
+        os.environ.setdefault("MODELCACHE_MODEL_QUEUE_MAX_ROWS", "1000000")
         nodes = start_nodes(registry.root)
         os.environ["MODELCACHE_GRPC_WORKERS"] = str(THREADS)  # start_nodes passes the environment on
         try:
@@ -173,25 +189,27 @@ def main() -> None:
             del os.environ["MODELCACHE_GRPC_WORKERS"]
         try:
             url, threads_url = nodes[0][1], nodes[1][1]
-            doors: dict[str, tuple[str, Path, bool]] = {}
-            for name, path, body in (
-                ("http-v2-json", f"/v2/models/{MODEL}/infer", V2_BODY),
-                ("http-v1-json", f"/api/v1/models/{MODEL}/predict", V1_BODY),
-            ):
-                httpx.post(url + path, json=body, timeout=30).raise_for_status()  # loads the model
-                (Path(tmp) / name).write_bytes(json.dumps(body).encode())
-                doors[name] = (url + path, Path(tmp) / name, False)
-            for name, message in infer_requests().items():
-                (Path(tmp) / name).write_bytes(grpc_frame(message))
-                doors[name] = (grpc_of(url) + INFER_PATH, Path(tmp) / name, True)
-                doors[f"{name}-threads"] = (grpc_of(threads_url) + INFER_PATH, Path(tmp) / name, True)
+            doors: dict[int, dict[str, tuple[str, Path, bool]]] = {}
+            for rows in args.rows:
+                doors[rows] = {}
+                for name, path, body in rest_doors(rows):
+                    httpx.post(url + path, json=body, timeout=30).raise_for_status()  # loads the model
+                    (Path(tmp) / f"{name}-{rows}").write_bytes(json.dumps(body).encode())
+                    doors[rows][name] = (url + path, Path(tmp) / f"{name}-{rows}", False)
+                for name, message in infer_requests(rows).items():
+                    frame = Path(tmp) / f"{name}-{rows}"
+                    frame.write_bytes(grpc_frame(message))
+                    doors[rows][name] = (grpc_of(url) + INFER_PATH, frame, True)
+                    doors[rows][f"{name}-threads"] = (grpc_of(threads_url) + INFER_PATH, frame, True)
             runs: dict[str, dict[str, list[dict[str, float]]]] = {}
-            names = list(doors)
+            names = list(doors[args.rows[0]])
+            cases = [(rows, conns) for rows in args.rows for conns in args.conns]
             for rep in range(args.reps):
                 order = names[rep % len(names) :] + names[: rep % len(names)]
-                for conns in args.conns:
+                for rows, conns in cases:
+                    case = f"{rows} row{'s' if rows > 1 else ''}, {conns} conn"
                     for name in order:
-                        target, body, is_grpc = doors[name]
+                        target, body, is_grpc = doors[rows][name]
                         node_url = threads_url if name.endswith("-threads") else url
                         before = grpc_ok(node_url) if is_grpc else 0.0
                         r = h2load(target, body, conns, args.duration, is_grpc)
@@ -200,14 +218,14 @@ def main() -> None:
                             r["grpc_ok"] = grpc_ok(node_url) - before
                             if r["failed"] or r["grpc_ok"] < r["succeeded"]:
                                 raise RuntimeError(f"{name}: gRPC calls failed: {r}")
-                        runs.setdefault(str(conns), {}).setdefault(name, []).append(r)
-                        print(f"rep {rep} {name}@{conns}: {r}", file=sys.stderr)
+                        runs.setdefault(case, {}).setdefault(name, []).append(r)
+                        print(f"rep {rep} {name} {case}: {r}", file=sys.stderr)
         finally:
             stop_nodes(nodes)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for conns, by_door in runs.items():
+    for case, by_door in runs.items():
         base = by_door["http-v2-json"]
-        results[conns] = {
+        results[case] = {
             door: {
                 "req_per_s": round(statistics.median(r["req_per_s"] for r in rs), 1),
                 "mean_ms": round(statistics.median(r["mean_ms"] for r in rs), 3),
@@ -218,11 +236,12 @@ def main() -> None:
             }
             for door, rs in by_door.items()
         }
-    plot(results, args.conns, args.out.with_suffix(".png"))
+    plot(results, args.out.with_suffix(".png"))
     report(
         str(args.out),
         {
-            "what": "one node, one row per request; req/s and mean latency are medians over repetitions, "
+            "what": "one node, rows per request and connections per case; "
+            "req/s and mean latency are medians over repetitions, "
             "ratio_to_http_v2_json the median of per-repetition ratios (same run, doors taking turns)",
             "client": "h2load -t1 -m1 (HTTP/1.1 for REST, h2c for gRPC)",
             "reps": args.reps,
