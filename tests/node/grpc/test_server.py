@@ -153,6 +153,10 @@ def test_errors_carry_the_rest_sentence_and_a_grpc_code(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "has contents and raw_input_contents" in caught.value.details()
 
+    # The REST framing header is derived from the message, never taken from the client's metadata.
+    framing = (("inference-header-content-length", "3"),)
+    assert node.stub.ModelInfer(typed_request(x), metadata=framing).model_version == "1.0.0"
+
     # Bounded before it is parsed: more than MODELCACHE_MAX_BODY_BYTES in one message.
     with pytest.raises(grpc.RpcError) as caught:
         node.stub.ModelInfer(raw_request(np.zeros((5000, 4), np.float32)))
