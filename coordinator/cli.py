@@ -146,12 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "modelcache up --nodes 3 --port 8000",
         "Ctrl-C stops every process it started.",
     )
-    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3, at most 50)")
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3, at most 29)")
     p.add_argument(
         "--port",
         type=int,
         default=8000,
-        help="base port (default 8000): nodes from PORT, embedded Redis PORT+79, load balancer PORT+80; "
+        help="base port (default 8000): nodes from PORT, their gRPC ports from PORT+50, "
+        "embedded Redis PORT+79, load balancer PORT+80 (gRPC PORT+81); "
         "every port up opens lies in PORT..PORT+99",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")

@@ -23,12 +23,15 @@ from coordinator.registry import Registry
 console = Console(highlight=False, soft_wrap=True)
 
 # `up --port B` opens every port in [B, B + PORT_SPAN), so two local clusters whose bases
-# are PORT_SPAN apart never collide: nodes from B, then Redis and the load balancer at
-# fixed offsets (B=8000 keeps the load balancer on the documented 8080).
+# are PORT_SPAN apart never collide: nodes from B, their gRPC ports from B+50, then Redis
+# and the load balancer (REST, gRPC) at fixed offsets (B=8000 keeps the load balancer on
+# the documented 8080, and each node's gRPC port is its REST port + 50, the node's default).
 PORT_SPAN = 100
-MAX_NODES = 50
+GRPC_OFFSET = 50
 REDIS_OFFSET = 79
 LB_OFFSET = 80
+LB_GRPC_OFFSET = 81
+MAX_NODES = REDIS_OFFSET - GRPC_OFFSET  # 29: node i's gRPC port B+50+i stays below Redis's
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class Ports:
     nodes: list[int]
     redis: int | None
     lb: int | None
+    grpc: list[int] = field(default_factory=list)
+    """Node i's gRPC port (B+50+i)."""
+    lb_grpc: int | None = None
+    """The load balancer's gRPC frontend (B+81)."""
 
     @classmethod
     def plan(cls, base: int, nodes: int, embedded_redis: bool, lb: bool, lb_port: int | None) -> Ports:
@@ -49,10 +56,13 @@ class Ports:
             nodes=[base + i for i in range(nodes)],
             redis=base + REDIS_OFFSET if embedded_redis else None,
             lb=(lb_port or base + LB_OFFSET) if lb else None,
+            grpc=[base + GRPC_OFFSET + i for i in range(nodes)],
+            lb_grpc=base + LB_GRPC_OFFSET if lb else None,
         )
 
     def all(self) -> list[int]:
-        return [*self.nodes, *(p for p in (self.redis, self.lb) if p is not None)]
+        fixed = (self.redis, self.lb, self.lb_grpc)
+        return [*self.nodes, *self.grpc, *(p for p in fixed if p is not None)]
 
 
 @dataclass
@@ -87,10 +97,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 def start_node(
-    port: int, host: str, registry: Path, token: str, redis_url: str | None, prefix: str, log_dir: Path
+    port: int,
+    host: str,
+    registry: Path,
+    token: str,
+    redis_url: str | None,
+    prefix: str,
+    log_dir: Path,
+    grpc_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "MODELCACHE_GRPC_PORT": str(grpc_port or 0),
         "MODELCACHE_REGISTRY": str(registry),
         "MODELCACHE_ADMIN_TOKEN": token,
         "MODELCACHE_NODE_ID": f"node-{port}",
@@ -160,21 +178,33 @@ def run_up(args: argparse.Namespace) -> int:
             redis_url = redis_server.url
         console.print(f"redis: {redis_url}")
         urls = []
-        for port in ports:
+        for port, grpc_port in zip(ports, plan.grpc, strict=True):
             proc = start_node(
-                port, args.host, registry.root.resolve(), token, redis_url, args.redis_prefix, log_dir
+                port,
+                args.host,
+                registry.root.resolve(),
+                token,
+                redis_url,
+                args.redis_prefix,
+                log_dir,
+                grpc_port,
             )
             stack.add(f"node-{port}", proc)
             urls.append((f"http://{args.host}:{port}", proc))
         for url, proc in urls:
             wait_ready(url, proc)
             console.print(f"node ready: {url}")
-        lb = _start_balancer(args, ports, plan.lb)
+        lb = _start_balancer(args, ports, plan)
         entry = lb.url if lb is not None else urls[0][0]
         if lb is not None:
             note = "HAProxy, cache affinity by model with bounded loads; use this one"
             console.print(f"load balancer: {lb.url}   ({note})")
-        _print_banner(entry, [u for u, _ in urls], token, registry, log_dir, redis_url, args.redis_prefix)
+            grpc_note = "HTTP/2; affinity by the x-modelcache-model metadata, else round robin"
+            console.print(f"load balancer gRPC: {args.host}:{plan.lb_grpc}   ({grpc_note})")
+        grpc_urls = [f"{args.host}:{p}" for p in plan.grpc]
+        _print_banner(
+            entry, [u for u, _ in urls], grpc_urls, token, registry, log_dir, redis_url, args.redis_prefix
+        )
         while not stopping:
             dead = stack.dead() + (["haproxy"] if lb is not None and not lb.running() else [])
             if dead:
@@ -197,22 +227,31 @@ def run_up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def _start_balancer(args: argparse.Namespace, ports: list[int], lb_port: int | None) -> HAProxy | None:
-    if lb_port is None:
+def _start_balancer(args: argparse.Namespace, ports: list[int], plan: Ports) -> HAProxy | None:
+    if plan.lb is None:
         if not args.no_lb:
             console.print(f"no haproxy on PATH: no load balancer ({INSTALL})")
         return None
     servers = [f"{args.host}:{p}" for p in ports]
     max_body = int(os.environ.get("MODELCACHE_MAX_BODY_BYTES", "1048576"))
-    return HAProxy(servers, lb_port, max_body).start()
+    grpc = None if plan.lb_grpc is None else (plan.lb_grpc, [f"{args.host}:{p}" for p in plan.grpc])
+    return HAProxy(servers, plan.lb, max_body, grpc=grpc).start()
 
 
 def _print_banner(
-    entry: str, urls: list[str], token: str, registry: Registry, log_dir: Path, redis_url: str, prefix: str
+    entry: str,
+    urls: list[str],
+    grpc_urls: list[str],
+    token: str,
+    registry: Registry,
+    log_dir: Path,
+    redis_url: str,
+    prefix: str,
 ) -> None:
     console.print()
-    for url in urls:
+    for url, grpc_url in zip(urls, grpc_urls, strict=True):
         console.print(f"node: {url}")
+        console.print(f"node gRPC: {grpc_url}   (Open Inference Protocol)")
     console.print(f"redis: {redis_url}")
     console.print(f"registry: {registry.root.resolve()}    logs: {log_dir}")
     console.print(f"admin token: {token}")

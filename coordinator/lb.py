@@ -75,6 +75,28 @@ _NOT_PUBLIC = (
     ' /docs answer inside the cluster only, on the load balancer admin port", "code": "not_public"}'
 )
 
+GRPC_MODEL_HEADER = "x-modelcache-model"
+"""gRPC metadata a client may set to the model's name: the gRPC frontend's affinity key."""
+
+_GRPC = """
+# gRPC (the Open Inference Protocol, node/grpc): HTTP/2 cleartext in and out, balanced per
+# call (not per connection). The model's name is inside the protobuf body, which HAProxy
+# cannot read, so the client names it in the `x-modelcache-model` metadata: hashed onto the
+# same consistent ring as the REST backend (same servers in the same order, same hash, same
+# key), a model's gRPC calls go to its REST home node and find it cached. A call without
+# that metadata is balanced round robin, as a REST request without a model in its path is.
+frontend modelcache_grpc
+    bind {listen} proto h2
+    default_backend nodes_grpc
+
+backend nodes_grpc
+    balance hdr(x-modelcache-model)
+    hash-type consistent sdbm avalanche
+    # Each node's gRPC server follows its REST health check (one check per node).
+    http-response set-header X-Modelcache-Upstream %si:%sp
+{servers}
+"""
+
 _RESOLVERS = """
 resolvers dns
     parse-resolv-conf
@@ -105,8 +127,12 @@ def render(
     dns_options: str = "init-addr last,libc,none",
     resolvers: str = "",
     admin_listen: str | None = None,
+    grpc: tuple[str, Sequence[str]] | None = None,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
+
+    `grpc=(listen, grpc_servers)` adds the gRPC frontend: `grpc_servers[i]` is the gRPC
+    address of the node at `servers[i]` (static servers only).
 
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
     where a restarted node comes back with a new address), with `dns_options` on each server
@@ -139,6 +165,8 @@ def render(
     text = TEMPLATE.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
+    if grpc is not None:
+        text += _grpc_section(*grpc, count=len(lines))
     return text
 
 
@@ -174,6 +202,13 @@ def k8s_servers(max_nodes: int = K8S_MAX_NODES) -> list[str]:
     """host:port of node pods 0..max_nodes-1 by their stable StatefulSet names."""
     domain = f"{K8S_NODE_SERVICE}.{K8S_NAMESPACE}.svc.cluster.local"
     return [f"{K8S_NODE_SET}-{k}.{domain}:8000" for k in range(max_nodes)]
+
+
+def _grpc_section(listen: str, grpc_servers: Sequence[str], count: int) -> str:
+    if count == 0 or len(grpc_servers) != count:
+        raise ValueError("the gRPC frontend needs one gRPC address per REST server")
+    lines = [f"    server node{i} {s} proto h2 track nodes/node{i}" for i, s in enumerate(grpc_servers, 1)]
+    return _GRPC.format(listen=listen, servers="\n".join(lines))
 
 
 def render_compose(max_body_bytes: int = 1_048_576) -> str:
@@ -233,11 +268,14 @@ class HAProxy:
         *,
         balance_factor: int = BALANCE_FACTOR,
         hot_only: bool = True,
+        grpc: tuple[int, Sequence[str]] | None = None,
     ) -> None:
+        """`grpc=(port, grpc_servers)`: also a gRPC frontend on `port` (see `render`)."""
         self.binary = find_haproxy()
         if self.binary is None:
             raise FileNotFoundError(f"haproxy not found: {INSTALL}")
         self.port = port
+        self.grpc_port = grpc[0] if grpc is not None else None
         self.run_dir = Path(tempfile.mkdtemp(prefix="modelcache-haproxy-"))
         self.conf = self.run_dir / "haproxy.cfg"
         self.conf.write_text(
@@ -248,6 +286,7 @@ class HAProxy:
                 balance_factor=balance_factor,
                 hot_only=hot_only,
                 threads=1,
+                grpc=(f"127.0.0.1:{grpc[0]}", grpc[1]) if grpc is not None else None,
             )
         )
         self.log = self.run_dir / "haproxy.log"

@@ -101,5 +101,12 @@ def node_report(loads: Loads, resolver: Resolver, service: ModelService) -> Node
 
 
 def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
-    """A complete node: its parts behind the HTTP layer."""
-    return create_app(settings, build_node(settings, NodeMetrics(registry)))
+    """A complete node: its parts behind the HTTP layer, and the gRPC door over the same V2 handler."""
+    parts = build_node(settings, NodeMetrics(registry))
+    app = create_app(settings, parts)
+    if settings.resolved_grpc_port is not None:
+        from node.grpc.server import GrpcServer
+
+        ready = app.state.problems
+        GrpcServer(settings, parts, app.state.v2, lambda: not ready()).serve_with(app)
+    return app

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from coordinator.errors import InvalidName
 from coordinator.registry.store import StoreLocation, is_store_url
 
+GRPC_PORT_OFFSET = 50
+"""The default gRPC port is the HTTP port + 50: `modelcache up --port B` gives node i B+i and B+50+i."""
+
 
 class NodeSettings(BaseSettings):
     """Everything one inference node can be told."""
@@ -48,6 +51,10 @@ class NodeSettings(BaseSettings):
     """Interface to bind."""
     port: int = 8000
     """Port to bind."""
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC; default the HTTP port + 50 (8050); 0 turns gRPC off."""
+    grpc_workers: int = Field(0, ge=0, le=1024)
+    """gRPC server threads (each call still runs on the node's event loop); 0: grpc.aio on the loop."""
     node_id: str = ""
     """Name of this node in the cluster; default `<hostname>-<port>`."""
     public_url: str = ""
@@ -125,6 +132,13 @@ class NodeSettings(BaseSettings):
     @property
     def resolved_node_id(self) -> str:
         return self.node_id or f"{socket.gethostname()}-{self.port}"
+
+    @property
+    def resolved_grpc_port(self) -> int | None:
+        """The gRPC port to bind, None when gRPC is off (MODELCACHE_GRPC_PORT=0)."""
+        if self.grpc_port is None:
+            return self.port + GRPC_PORT_OFFSET if self.port + GRPC_PORT_OFFSET <= 65535 else None
+        return self.grpc_port or None
 
     @property
     def resolved_public_url(self) -> str:

@@ -121,4 +121,6 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
     app.state.service = parts.service
     app.state.batcher = batcher
     app.state.readiness = state
+    app.state.problems = problems  # readiness for the other doors (node.grpc)
+    app.state.v2 = v2  # the gRPC door decodes, predicts and encodes through the same handler
     return app
