@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from coordinator.artifacts import describe_artifact
 from coordinator.registry import Registry
 from node.runtimes import deserialize
-from tests.model_files import write_lightgbm, write_onnx
+from testkit.model_files import write_lightgbm, write_onnx
 
 ROW = [0.3, -1.2, 0.8, 0.1]
 
@@ -48,7 +48,7 @@ def own_calls(directory: Path) -> dict[str, tuple[Path, Callable[[np.ndarray], o
     import onnxruntime as ort
     import xgboost as xgb
 
-    from tests.helpers import train_booster
+    from testkit.model_files import train_booster
 
     out: dict[str, tuple[Path, Callable[[np.ndarray], object]]] = {}
     lgb_path = write_lightgbm(directory, "binary").path

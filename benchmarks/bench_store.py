@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from coordinator.registry import ObjectStoreRegistry, Registry, StoreLocation
 from coordinator.registry.disk_tier import DiskTier
 from node.loader import Loader
-from tests.s3_helpers import BUCKET, S3Server, create_bucket
+from testkit.s3_server import BUCKET, S3Server, create_bucket
 
 
 def median_s(fn: Callable[[], object], reps: int) -> float:

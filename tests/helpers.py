@@ -17,20 +17,10 @@ from coordinator.processes import free_port as free_port
 from coordinator.processes import port_free
 from coordinator.processes import stop_process as stop_process
 from coordinator.registry import ModelMetadata, Registry
+from testkit.model_files import train_booster as train_booster
 
 FEATURES = ("f0", "f1", "f2", "f3")
 PublishFn = Callable[..., ModelMetadata]
-
-
-def train_booster(seed: int = 0, rounds: int = 5, n_features: int = 4, objective: str = "binary:logistic"):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(200, n_features)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
-    params = {"objective": objective, "max_depth": 2, "nthread": 1, "seed": seed}
-    if objective.startswith("multi:"):
-        y = np.digitize(x[:, 0], [-0.5, 0.5])
-        params["num_class"] = 3
-    return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
 
 
 def free_port_range(span: int, start: int = 21000) -> int:

@@ -11,7 +11,7 @@ import pytest
 from coordinator.registry import ObjectStoreRegistry, StoreLocation
 from coordinator.registry.disk_tier import DiskTier
 from coordinator.registry.store import Timeouts
-from tests.s3_helpers import BUCKET, S3Server, create_bucket
+from testkit.s3_server import BUCKET, S3Server, create_bucket
 
 StoreRegistryFn = Callable[..., ObjectStoreRegistry]
 

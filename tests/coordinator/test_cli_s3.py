@@ -10,8 +10,8 @@ from pathlib import Path
 
 from coordinator.redis_server import RedisServer
 from coordinator.registry import open_registry
+from testkit.s3_server import BUCKET, S3Server, ThrottlingProxy, s3_client
 from tests.helpers import eventually, train_booster
-from tests.s3_helpers import BUCKET, S3Server, ThrottlingProxy, s3_client
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 REGISTRY = "s3://models/cli"

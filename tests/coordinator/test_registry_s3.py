@@ -22,9 +22,9 @@ from coordinator.registry import store as store_module
 from coordinator.registry.disk_tier import DiskTier
 from node.errors import ChecksumMismatch, ModelLoadError
 from node.loader import Loader
+from testkit.s3_server import BUCKET, S3Server, ThrottlingProxy, create_bucket, s3_client
 from tests.coordinator.conftest import StoreRegistryFn
 from tests.helpers import FEATURES, train_booster
-from tests.s3_helpers import BUCKET, S3Server, ThrottlingProxy, create_bucket, s3_client
 
 
 def _artifact(tmp_path: Path, seed: int = 0, suffix: str = "ubj") -> Path:

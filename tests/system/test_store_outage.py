@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from coordinator.registry import open_registry
+from testkit.s3_server import BUCKET, S3Server, create_bucket
 from tests.helpers import NodeProcess, metric, train_booster
-from tests.s3_helpers import BUCKET, S3Server, create_bucket
 
 ROW = [0.1, 0.2, 0.3, 0.4]
 REGISTRY = f"s3://{BUCKET}/reg"

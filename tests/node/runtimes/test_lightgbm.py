@@ -13,7 +13,7 @@ from coordinator.errors import ArtifactError
 from coordinator.registry import Registry
 from node.errors import ModelLoadError
 from node.runtimes import deserialize
-from tests.model_files import COLUMNS, write_lightgbm
+from testkit.model_files import COLUMNS, write_lightgbm
 from tests.node.runtimes.conftest import LoadFn
 
 pytest.importorskip("lightgbm")

@@ -11,7 +11,7 @@ import pytest
 from coordinator.registry import Registry
 from node.errors import ModelLoadError
 from node.runtimes import deserialize
-from tests.model_files import COLUMNS, write_onnx
+from testkit.model_files import COLUMNS, write_onnx
 from tests.node.runtimes.conftest import LoadFn
 
 pytest.importorskip("onnxruntime")
@@ -42,7 +42,7 @@ def test_an_exported_sklearn_pipeline_answers_as_sklearn(tmp_path: Path, load_pu
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from tests.model_files import training_data
+    from testkit.model_files import training_data
 
     model = load_published(write_onnx(tmp_path, "sklearn-pipeline").path)
     x, y = training_data(2, "multiclass")

@@ -19,8 +19,8 @@ import pytest
 import tritonclient.http as triton
 
 from coordinator.registry import Registry
+from testkit.model_files import ModelFile, write_lightgbm, write_onnx
 from tests.helpers import NodeProcess
-from tests.model_files import ModelFile, write_lightgbm, write_onnx
 
 pytest.importorskip("lightgbm")
 pytest.importorskip("onnxruntime")

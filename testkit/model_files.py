@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xgboost as xgb
 
 N_FEATURES = 4
 COLUMNS = ("age", "tenure", "spend", "visits")
@@ -150,3 +151,17 @@ def _columns_model(model: Any, inputs: list[Any]) -> Any:
     x, y = training_data(5, "binary")
     pipe = make_pipeline(passthrough, model).fit(x, y)
     return convert_sklearn(pipe, initial_types=inputs, options={id(model): {"zipmap": False}})
+
+
+def train_booster(
+    seed: int = 0, rounds: int = 5, n_features: int = 4, objective: str = "binary:logistic"
+) -> xgb.Booster:
+    """A small XGBoost model on a learnable synthetic task (binary, or 3 classes for multi:*)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, n_features)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    params = {"objective": objective, "max_depth": 2, "nthread": 1, "seed": seed}
+    if objective.startswith("multi:"):
+        y = np.digitize(x[:, 0], [-0.5, 0.5])
+        params["num_class"] = 3
+    return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
