@@ -212,3 +212,26 @@ class NodeMetrics:
     def track_cached(self, entries: Callable[[], list[tuple[str, str]]]) -> None:
         """Export what the cache holds (bounded by its capacity) for the dashboard's table."""
         self.registry.register(_CachedModels(entries))
+
+    # -- hit-ratio curve (node.curve): what this node would hit at 1x, 2x, 4x its capacity --
+    def track_hit_ratio_curve(self, estimates: Callable[[], dict[int, float]]) -> None:
+        """Export `modelcache_cache_hit_ratio_estimate{capacity_factor}`, read at scrape time."""
+        self.registry.register(_HitRatioEstimate(estimates))
+
+
+class _HitRatioEstimate(Collector):
+    """`modelcache_cache_hit_ratio_estimate{capacity_factor="1"|"2"|"4"}` from the ghost caches."""
+
+    def __init__(self, estimates: Callable[[], dict[int, float]]) -> None:
+        self.estimates = estimates
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "modelcache_cache_hit_ratio_estimate",
+            "Estimated hit ratio (0..1) of this node's cache at capacity_factor times its capacity "
+            "(ghost caches of its policy over the same lookups; factor 1 tracks the measured ratio).",
+            labels=["capacity_factor"],
+        )
+        for factor, ratio in sorted(self.estimates().items()):
+            family.add_metric([str(factor)], ratio)
+        yield family

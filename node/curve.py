@@ -1,0 +1,131 @@
+"""An online hit-ratio curve: the hit ratio this node would have at 1x, 2x and 4x its capacity.
+
+Ghost caches: one keys-only copy of the node's own policy per capacity
+factor (`factor * max_items` slots and, under a byte budget, `factor *
+max_cost` bytes) sees every lookup the real cache sees and counts its own
+hits. Keys are model versions, so the shadows hold 7x the capacity in keys
+(plus the policy's own bounded history): constant memory, whatever the
+traffic. Replaying the node's policy itself, rather than LRU stack distances,
+keeps the estimate right for LFU, ARC and the cost policy too.
+
+What a shadow cannot see at the moment of a miss (the model is not loaded
+yet) is its resident bytes and load time; the first time the real cache
+loads a key they are learned (`learn`) and corrected in every shadow, and a
+key never loaded is charged the mean of those that were. Idle expiry is not
+modelled (a node with an idle TTL measures a little less than its 1x point).
+
+Hit counts halve every `window` lookups, so the curve follows the recent
+traffic mix rather than the node's whole life.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from node.policies import Cache, make_policy
+
+K = TypeVar("K", bound=Hashable)
+
+FACTORS = (1, 2, 4)
+
+
+def _no_time() -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of the curve: `hit_ratio` at `capacity` models (and `max_bytes`, under a byte budget)."""
+
+    factor: int
+    capacity: int
+    max_bytes: int | None
+    hit_ratio: float
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"capacity": self.capacity, "hit_ratio": round(self.hit_ratio, 4)}
+        if self.max_bytes is not None:
+            out["max_bytes"] = self.max_bytes
+        return out
+
+
+class HitRatioCurve(Generic[K]):
+    """Ghost caches of the node's policy at each capacity factor; not thread-safe (the cache's lock)."""
+
+    def __init__(
+        self,
+        policy: str,
+        max_items: int,
+        max_cost: int | None = None,
+        factors: tuple[int, ...] = FACTORS,
+        window: int = 100_000,
+    ) -> None:
+        self.factors, self.window = factors, window
+        self._shadows: list[Cache[K, bool]] = [
+            make_policy(policy, f * max_items, f * max_cost if max_cost else None, None, _no_time)
+            for f in factors
+        ]
+        self._hits = [0.0] * len(factors)
+        self._lookups = 0.0
+        # Learned (resident bytes, load seconds) per key; bounded like the largest shadow's history.
+        self._facts: OrderedDict[K, tuple[int, float]] = OrderedDict()
+        self._max_facts = 2 * max(factors) * max_items
+
+    def record(self, key: K) -> None:
+        """One lookup of `key` (a request), as every shadow would have served it."""
+        cost, load_s = self._facts_for(key)
+        for i, shadow in enumerate(self._shadows):
+            if shadow.get(key) is not None:
+                self._hits[i] += 1
+            else:
+                shadow.put(key, True, cost, load_s=load_s)
+        self._lookups += 1
+        if self._lookups >= self.window:
+            self._lookups /= 2
+            self._hits = [h / 2 for h in self._hits]
+
+    def learn(self, key: K, cost: int, load_s: float | None) -> None:
+        """The real cache loaded `key`: its resident bytes and load time, corrected in every shadow."""
+        known = self._facts.get(key)
+        load_s = load_s if load_s is not None else (known[1] if known else self._mean_load_s())
+        self._facts[key] = (cost, load_s)
+        self._facts.move_to_end(key)
+        while len(self._facts) > self._max_facts:
+            self._facts.popitem(last=False)
+        for shadow in self._shadows:
+            if key in shadow:
+                shadow.update(key, cost, load_s)
+
+    def replaced(self, old: K, new: K) -> None:
+        """A reload swapped `old` for `new`: shadows holding `old` hold `new` instead, with its history."""
+        cost, load_s = self._facts_for(new)
+        for shadow in self._shadows:
+            if old in shadow:
+                shadow.pop(old)
+                shadow.put(new, True, cost, like=old, load_s=load_s)
+
+    def points(self) -> list[CurvePoint]:
+        """The estimated hit ratio at each factor (0.0 before the first lookup)."""
+        return [
+            CurvePoint(
+                factor=f,
+                capacity=shadow.max_items,
+                max_bytes=shadow.max_cost,
+                hit_ratio=hits / self._lookups if self._lookups else 0.0,
+            )
+            for f, shadow, hits in zip(self.factors, self._shadows, self._hits, strict=True)
+        ]
+
+    def _facts_for(self, key: K) -> tuple[int, float]:
+        known = self._facts.get(key)
+        if known is not None:
+            return known
+        costs = [c for c, _ in self._facts.values()]
+        return (sum(costs) // len(costs) if costs else 0), self._mean_load_s()
+
+    def _mean_load_s(self) -> float:
+        times = [s for _, s in self._facts.values()]
+        return sum(times) / len(times) if times else 1.0
