@@ -293,7 +293,7 @@ def plot(rows: list[dict], path: Path) -> None:
             axes[0][col].plot(slots, [r[policy]["hit_ratio"] for r in mine], style, marker="o", label=policy)
             rel = [r[policy]["load_s"] / r["lru"]["load_s"] for r in mine]
             axes[1][col].plot(slots, rel, style, marker="o", label=policy)
-        axes[0][col].set_title(name)
+        axes[0][col].set_title("scans (hot set 1.5x slots)" if name == "scans" else name)
         axes[1][col].set_xlabel("cache slots")
         axes[1][col].set_xscale("log", base=2)
     axes[0][0].set_ylabel("hit ratio")

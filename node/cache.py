@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from dataclasses import replace as copy_with
 from typing import Any, Generic, TypeVar
 
 from node.curve import CurvePoint, HitRatioCurve
@@ -191,6 +192,8 @@ class ModelCache(Generic[K, V]):
                 else:
                     result = (None, future, False)
         self._notify(expired)
+        if self.curve.due():
+            self.curve.drain()  # outside the lock: no hit waits on the ghost caches
         return result
 
     def _run_load(self, key: K, future: Future[V], load: Callable[[], tuple[V, int]]) -> None:
@@ -300,7 +303,7 @@ class ModelCache(Generic[K, V]):
             for e in evicted:
                 self._on_evict(e.key, e.value, e.reason)
 
-    def stats(self) -> CacheStats:
+    def _stats(self) -> CacheStats:
         with self._lock:
             entries = [
                 {
@@ -326,10 +329,12 @@ class ModelCache(Generic[K, V]):
                 evictions_by_reason=dict(self._by_reason),
                 loads=self.loads,
                 entries=entries,
-                hit_ratio_curve=self.curve.points(),
             )
+
+    def stats(self) -> CacheStats:
+        """Counters, entries and the hit-ratio curve (read outside the lock: the curve has its own)."""
+        return copy_with(self._stats(), hit_ratio_curve=self.curve.points())
 
     def hit_ratio_estimates(self) -> dict[int, float]:
         """The curve's estimated hit ratio by capacity factor (1, 2, 4): the gauge's values."""
-        with self._lock:
-            return {p.factor: p.hit_ratio for p in self.curve.points()}
+        return {p.factor: p.hit_ratio for p in self.curve.points()}

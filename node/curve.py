@@ -16,10 +16,18 @@ modelled (a node with an idle TTL measures a little less than its 1x point).
 
 Hit counts halve every `window` lookups, so the curve follows the recent
 traffic mix rather than the node's whole life.
+
+Off the hot path: `record`, `learn` and `replaced` only append an event to a
+queue (the cache calls them under its lock, so they must cost next to
+nothing); the shadows replay the queue under the curve's own lock, in batches
+of `batch`, in the thread that finds the batch due (`drain`, after the cache
+has released its lock) or when the curve is read. A hit therefore never
+waits on the shadows, and the queue stays bounded.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -53,7 +61,7 @@ class CurvePoint:
 
 
 class HitRatioCurve(Generic[K]):
-    """Ghost caches of the node's policy at each capacity factor; not thread-safe (the cache's lock)."""
+    """Ghost caches of the node's policy at each capacity factor, fed through a queue of events."""
 
     def __init__(
         self,
@@ -62,8 +70,11 @@ class HitRatioCurve(Generic[K]):
         max_cost: int | None = None,
         factors: tuple[int, ...] = FACTORS,
         window: int = 100_000,
+        batch: int = 64,
     ) -> None:
-        self.factors, self.window = factors, window
+        self.factors, self.window, self.batch = factors, window, batch
+        self._events: list[tuple[str, K, object, object]] = []
+        self._lock = threading.Lock()  # held while the shadows replay events
         self._shadows: list[Cache[K, bool]] = [
             make_policy(policy, f * max_items, f * max_cost if max_cost else None, None, _no_time)
             for f in factors
@@ -74,21 +85,58 @@ class HitRatioCurve(Generic[K]):
         self._facts: OrderedDict[K, tuple[int, float]] = OrderedDict()
         self._max_facts = 2 * max(factors) * max_items
 
+    # -- events (O(1): called under the cache's lock) --------------------------
     def record(self, key: K) -> None:
-        """One lookup of `key` (a request), as every shadow would have served it."""
-        cost, load_s = self._facts_for(key)
+        """One lookup of `key` (a request)."""
+        self._events.append(("record", key, None, None))
+
+    def learn(self, key: K, cost: int, load_s: float | None) -> None:
+        """The real cache loaded `key`: its resident bytes and load time."""
+        self._events.append(("learn", key, cost, load_s))
+
+    def replaced(self, old: K, new: K) -> None:
+        """A reload swapped `old` for `new`."""
+        self._events.append(("replaced", new, old, None))
+
+    def due(self) -> bool:
+        """Whether a batch of events waits (the caller should `drain`, outside its own lock)."""
+        return len(self._events) >= self.batch
+
+    def drain(self, wait: bool = False) -> None:
+        """Replay the queued events through the shadows; without `wait`, leave it to a drain under way."""
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            while self._events:
+                # Swapping the list is safe against concurrent appends: an append lands
+                # either in the batch taken (replayed below) or in the fresh list.
+                events, self._events = self._events, []
+                for kind, key, a, b in events:
+                    if kind == "record":
+                        self._record(key)
+                    elif kind == "learn":
+                        self._learn(key, a, b)  # type: ignore[arg-type]
+                    else:
+                        self._replaced(a, key)  # type: ignore[arg-type]
+        finally:
+            self._lock.release()
+
+    # -- the shadows ------------------------------------------------------------
+    def _record(self, key: K) -> None:
+        """One lookup of `key`, as every shadow would have served it."""
         for i, shadow in enumerate(self._shadows):
             if shadow.get(key) is not None:
                 self._hits[i] += 1
             else:
+                cost, load_s = self._facts_for(key)
                 shadow.put(key, True, cost, load_s=load_s)
         self._lookups += 1
         if self._lookups >= self.window:
             self._lookups /= 2
             self._hits = [h / 2 for h in self._hits]
 
-    def learn(self, key: K, cost: int, load_s: float | None) -> None:
-        """The real cache loaded `key`: its resident bytes and load time, corrected in every shadow."""
+    def _learn(self, key: K, cost: int, load_s: float | None) -> None:
+        """Remember `key`'s bytes and load time, and correct them in every shadow holding it."""
         known = self._facts.get(key)
         load_s = load_s if load_s is not None else (known[1] if known else self._mean_load_s())
         self._facts[key] = (cost, load_s)
@@ -99,8 +147,8 @@ class HitRatioCurve(Generic[K]):
             if key in shadow:
                 shadow.update(key, cost, load_s)
 
-    def replaced(self, old: K, new: K) -> None:
-        """A reload swapped `old` for `new`: shadows holding `old` hold `new` instead, with its history."""
+    def _replaced(self, old: K, new: K) -> None:
+        """Shadows holding `old` hold `new` instead, with its history."""
         cost, load_s = self._facts_for(new)
         for shadow in self._shadows:
             if old in shadow:
@@ -108,7 +156,8 @@ class HitRatioCurve(Generic[K]):
                 shadow.put(new, True, cost, like=old, load_s=load_s)
 
     def points(self) -> list[CurvePoint]:
-        """The estimated hit ratio at each factor (0.0 before the first lookup)."""
+        """The estimated hit ratio at each factor (0.0 before the first lookup), all events replayed."""
+        self.drain(wait=True)
         return [
             CurvePoint(
                 factor=f,

@@ -81,6 +81,7 @@ def test_memory_stays_constant_under_endless_distinct_keys() -> None:
     for i in range(20_000):
         curve.record(f"k{i}")
         curve.learn(f"k{i}", 1, 0.01)
+    curve.points()  # replays the queued events
     assert len(curve._facts) <= curve._max_facts
     assert all(len(s) <= s.max_items for s in curve._shadows)
     assert all(len(s._freq) <= 10 * s.max_items for s in curve._shadows)  # type: ignore[attr-defined]
