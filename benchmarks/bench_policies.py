@@ -9,8 +9,8 @@ load-seconds, the time the node would spend loading.
 
 Models (`catalogue`): 60 models whose resident sizes are log-uniform over
 1-1,000 MB and whose load times follow size x a format factor (a JSON model
-loads ~10x slower than a binary one) with noise: 0.01 s to ~30 s, a spread of
-over 1,000x.
+loads ~10x slower than a binary one) with noise: 0.01 s to ~14 s with the
+default seed, a spread of over 1,000x.
 
 Traces:
 - `zipf`: Zipf(1.0) popularity, the baseline;

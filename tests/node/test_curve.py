@@ -146,3 +146,19 @@ def test_a_real_node_reports_its_curve_and_a_bigger_node_measures_it(
     # What a node of twice the size measures on the same trace: the 2x estimate's truth.
     bigger = node_process(registry.root, MODELCACHE_CACHE_SIZE="4", **env)
     assert abs(replay(bigger.url, trace)["hit_rate"] - curve[1]["hit_ratio"]) <= ACCURACY
+
+
+def test_no_lookup_is_lost_when_threads_race_the_drain() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    node: ModelCache[str, str] = ModelCache(3, policy="arc")
+    trace = zipf_trace(20, 2000, seed=5)
+
+    def run(offset: int) -> None:
+        for key in trace[offset:] + trace[:offset]:
+            node.get_or_load(key, lambda key=key: (key, 1))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(run, [0, 500, 1000, 1500]))
+    node.curve.points()
+    assert node.curve._lookups == 4 * len(trace) == node.hits + node.misses
