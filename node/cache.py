@@ -84,11 +84,11 @@ class ModelCache(Generic[K, V]):
         else:
             self.policy_name = type(policy).__name__
             self._cache = policy
+        self._lock = threading.Lock()
         self.curve: HitRatioCurve[K] = HitRatioCurve(
-            policy_name(self._cache) or "lru", self._cache.max_items, self._cache.max_cost
+            policy_name(self._cache) or "lru", self._cache.max_items, self._cache.max_cost, guard=self._lock
         )
         self._submit = submit
-        self._lock = threading.Lock()
         self._pending: dict[K, Future[V]] = {}
         self._reserved: dict[K, int] = {}
         self._reserved_at: dict[K, float] = {}  # when a reload's load began, to time it

@@ -18,11 +18,14 @@ Hit counts halve every `window` lookups, so the curve follows the recent
 traffic mix rather than the node's whole life.
 
 Off the hot path: `record`, `learn` and `replaced` only append an event to a
-queue (the cache calls them under its lock, so they must cost next to
+queue (the cache calls them under its lock, `guard`, so they must cost next to
 nothing); the shadows replay the queue under the curve's own lock, in batches
 of `batch`, in the thread that finds the batch due (`drain`, after the cache
 has released its lock) or when the curve is read. A hit therefore never
-waits on the shadows, and the queue stays bounded.
+waits on the shadows, and the queue stays bounded. The queue is only ever
+appended to and taken under `guard`, and taken only by the holder of the
+curve's lock (lock order: curve, then guard; never the reverse), so no event
+is lost or replayed out of order.
 """
 
 from __future__ import annotations
@@ -71,9 +74,11 @@ class HitRatioCurve(Generic[K]):
         factors: tuple[int, ...] = FACTORS,
         window: int = 100_000,
         batch: int = 64,
+        guard: threading.Lock | None = None,
     ) -> None:
         self.factors, self.window, self.batch = factors, window, batch
         self._events: list[tuple[str, K, object, object]] = []
+        self._guard = guard or threading.Lock()  # held by whoever appends events
         self._lock = threading.Lock()  # held while the shadows replay events
         self._shadows: list[Cache[K, bool]] = [
             make_policy(policy, f * max_items, f * max_cost if max_cost else None, None, _no_time)
@@ -85,7 +90,7 @@ class HitRatioCurve(Generic[K]):
         self._facts: OrderedDict[K, tuple[int, float]] = OrderedDict()
         self._max_facts = 2 * max(factors) * max_items
 
-    # -- events (O(1): called under the cache's lock) --------------------------
+    # -- events (O(1), called with `guard` held) ----------------------------------
     def record(self, key: K) -> None:
         """One lookup of `key` (a request)."""
         self._events.append(("record", key, None, None))
@@ -103,14 +108,18 @@ class HitRatioCurve(Generic[K]):
         return len(self._events) >= self.batch
 
     def drain(self, wait: bool = False) -> None:
-        """Replay the queued events through the shadows; without `wait`, leave it to a drain under way."""
+        """Replay the queued events through the shadows (never call it holding `guard`).
+
+        Without `wait`, a drain already under way is left to take these events too.
+        """
         if not self._lock.acquire(blocking=wait):
             return
         try:
-            while self._events:
-                # Swapping the list is safe against concurrent appends: an append lands
-                # either in the batch taken (replayed below) or in the fresh list.
-                events, self._events = self._events, []
+            while True:
+                with self._guard:
+                    events, self._events = self._events, []
+                if not events:
+                    return
                 for kind, key, a, b in events:
                     if kind == "record":
                         self._record(key)
@@ -124,12 +133,13 @@ class HitRatioCurve(Generic[K]):
     # -- the shadows ------------------------------------------------------------
     def _record(self, key: K) -> None:
         """One lookup of `key`, as every shadow would have served it."""
+        hits = self._hits
         for i, shadow in enumerate(self._shadows):
-            if shadow.get(key) is not None:
-                self._hits[i] += 1
-            else:
+            if shadow.get(key) is None:
                 cost, load_s = self._facts_for(key)
                 shadow.put(key, True, cost, load_s=load_s)
+            else:
+                hits[i] += 1
         self._lookups += 1
         if self._lookups >= self.window:
             self._lookups /= 2
