@@ -115,20 +115,23 @@ class HitRatioCurve(Generic[K]):
         if not self._lock.acquire(blocking=wait):
             return
         try:
-            while True:
-                with self._guard:
-                    events, self._events = self._events, []
-                if not events:
-                    return
-                for kind, key, a, b in events:
-                    if kind == "record":
-                        self._record(key)
-                    elif kind == "learn":
-                        self._learn(key, a, b)  # type: ignore[arg-type]
-                    else:
-                        self._replaced(a, key)  # type: ignore[arg-type]
+            self._replay()
         finally:
             self._lock.release()
+
+    def _replay(self) -> None:
+        while True:
+            with self._guard:
+                events, self._events = self._events, []
+            if not events:
+                return
+            for kind, key, a, b in events:
+                if kind == "record":
+                    self._record(key)
+                elif kind == "learn":
+                    self._learn(key, a, b)  # type: ignore[arg-type]
+                else:
+                    self._replaced(a, key)  # type: ignore[arg-type]
 
     # -- the shadows ------------------------------------------------------------
     def _record(self, key: K) -> None:
@@ -167,16 +170,17 @@ class HitRatioCurve(Generic[K]):
 
     def points(self) -> list[CurvePoint]:
         """The estimated hit ratio at each factor (0.0 before the first lookup), all events replayed."""
-        self.drain(wait=True)
-        return [
-            CurvePoint(
-                factor=f,
-                capacity=shadow.max_items,
-                max_bytes=shadow.max_cost,
-                hit_ratio=hits / self._lookups if self._lookups else 0.0,
-            )
-            for f, shadow, hits in zip(self.factors, self._shadows, self._hits, strict=True)
-        ]
+        with self._lock:
+            self._replay()
+            return [
+                CurvePoint(
+                    factor=f,
+                    capacity=shadow.max_items,
+                    max_bytes=shadow.max_cost,
+                    hit_ratio=hits / self._lookups if self._lookups else 0.0,
+                )
+                for f, shadow, hits in zip(self.factors, self._shadows, self._hits, strict=True)
+            ]
 
     def _facts_for(self, key: K) -> tuple[int, float]:
         known = self._facts.get(key)
