@@ -27,7 +27,7 @@ Policies: lru, lfu, arc, cost, plus two offline yardsticks that see the future:
 for equal sizes) and `belady-cost` (evict the largest next-use distance x share
 / load time: the cost- and size-aware MIN heuristic of Belady-Size, not
 provably optimal; optimal offline caching with sizes and costs is NP-hard).
-Bounds: count (`slots`) and count + bytes (`slots` x 100 MB, `--bytes`).
+Bounds: count (`slots`), and count + bytes (`slots` x `--mb-per-slot`, default 100 MB).
 
 Also checks the online hit-ratio curve (node.curve) on the zipf trace: its
 estimates at 1x, 2x, 4x the slots against caches of those sizes.
