@@ -1,7 +1,7 @@
 """The model cache: a pluggable eviction policy, with single-flight loads.
 
-The policy (`node.policies`: LRU or LFU, bounded by count, resident bytes and
-idle time) is a plain data structure: no locks, no I/O. `ModelCache` adds the
+The policy (`node.policies`: LRU, LFU, ARC or cost-aware, bounded by count,
+resident bytes and idle time) is a plain data structure: no locks, no I/O. `ModelCache` adds the
 one lock (held only for dictionary operations) and per-key single-flight, so
 a hit never waits on a load (invariant 1) and N concurrent misses for one key
 cause exactly one load. A load reserves its expected cost first (`reserve`),
@@ -9,7 +9,9 @@ so room is made *before* the new model is in memory, counting other loads in
 flight; idle entries are dropped on access and by `expire()` (the service
 calls it periodically). The caller supplies the load function and, optionally,
 where to run it (`submit`, e.g. a bounded load pool) and how long a caller
-waits for it (`timeout`); the cache never performs I/O itself.
+waits for it (`timeout`); the cache never performs I/O itself. The cache
+times each load (the cost policy weighs it) and feeds every lookup to a
+hit-ratio curve (`node.curve`: ghost caches at 2x and 4x the capacity).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from dataclasses import replace as copy_with
 from typing import Any, Generic, TypeVar
 
-from node.policies import Cache, Evicted, Reason, make_policy
+from node.curve import CurvePoint, HitRatioCurve
+from node.policies import Cache, Evicted, LRUCache, Reason, make_policy, policy_name
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -50,6 +54,7 @@ class CacheStats:
     evictions_by_reason: dict[str, int]
     loads: int
     entries: list[dict[str, Any]]
+    hit_ratio_curve: list[CurvePoint] = field(default_factory=list)
 
     @property
     def hit_rate(self) -> float:
@@ -77,10 +82,14 @@ class ModelCache(Generic[K, V]):
         else:
             self.policy_name = type(policy).__name__
             self._cache = policy
-        self._submit = submit
         self._lock = threading.Lock()
+        self.curve: HitRatioCurve[K] = HitRatioCurve(
+            policy_name(self._cache) or "lru", self._cache.max_items, self._cache.max_cost, guard=self._lock
+        )
+        self._submit = submit
         self._pending: dict[K, Future[V]] = {}
         self._reserved: dict[K, int] = {}
+        self._reserved_at: dict[K, float] = {}  # when a reload's load began, to time it
         self._entry_stats: dict[K, EntryStats] = {}
         self._on_evict = on_evict
         self._by_reason: Counter[str] = Counter()
@@ -163,6 +172,7 @@ class ModelCache(Generic[K, V]):
         with self._lock:
             expired = self._cache.expire()  # O(1) unless something is due
             self._forget(expired)
+            self.curve.record(key)
             value = self._cache.get(key)
             if value is not None:
                 self.hits += 1
@@ -180,9 +190,12 @@ class ModelCache(Generic[K, V]):
                 else:
                     result = (None, future, False)
         self._notify(expired)
+        if self.curve.due():
+            self.curve.drain()  # outside the lock: no hit waits on the ghost caches
         return result
 
     def _run_load(self, key: K, future: Future[V], load: Callable[[], tuple[V, int]]) -> None:
+        started = time.perf_counter()
         try:
             value, cost = load()
         except BaseException as exc:
@@ -190,13 +203,16 @@ class ModelCache(Generic[K, V]):
             with self._lock:
                 self._pending.pop(key, None)
                 self._reserved.pop(key, None)
+                self._reserved_at.pop(key, None)
             future.set_exception(exc)
             return
+        load_s = time.perf_counter() - started
         with self._lock:
             self._pending.pop(key, None)
             self._reserved.pop(key, None)
+            self._reserved_at.pop(key, None)
             self.loads += 1
-            evicted = self._insert(key, value, cost)
+            evicted = self._insert(key, value, cost, load_s=load_s)
         future.set_result(value)
         self._notify(evicted)
 
@@ -213,29 +229,37 @@ class ModelCache(Generic[K, V]):
             evicted = self._cache.make_room(cost + sum(others), slots + len(others), protect)
             self._forget(evicted)
             self._reserved[key] = cost
+            self._reserved_at.setdefault(key, time.perf_counter())
         self._notify(evicted)
 
     def release(self, key: K) -> None:
         """End the reservation of `key` without inserting it (e.g. a failed reload)."""
         with self._lock:
             self._reserved.pop(key, None)
+            self._reserved_at.pop(key, None)
 
     # -- direct changes (reload, pin, unload) ------------------------------
     def replace(self, key: K, value: V, cost: int, remove: tuple[K, ...] = ()) -> None:
         """Atomically insert `key` (a freshly loaded model) and drop `remove`.
 
         Requests see either the old entries or the new one, never neither. The
-        new entry inherits the usage history of the first of `remove`.
+        new entry inherits the usage history of the first of `remove`. Its load
+        time is measured from its reservation (`reserve`, at the start of its
+        load), else inherited.
         """
         with self._lock:
             self.loads += 1
             self._reserved.pop(key, None)
+            reserved_at = self._reserved_at.pop(key, None)
+            load_s = None if reserved_at is None else time.perf_counter() - reserved_at
             like = next((old for old in remove if old != key), None)
+            if like is not None:
+                self.curve.replaced(like, key)
             for old in remove:
                 if old != key:
                     self._cache.pop(old)  # the policy keeps its usage history for `like`
                     self._entry_stats.pop(old, None)
-            evicted = self._insert(key, value, cost, like)
+            evicted = self._insert(key, value, cost, like, load_s)
         self._notify(evicted)
 
     def evict(self, key: K) -> bool:
@@ -257,8 +281,11 @@ class ModelCache(Generic[K, V]):
         self._notify(expired)
         return [e.key for e in expired]
 
-    def _insert(self, key: K, value: V, cost: int, like: K | None = None) -> list[Evicted[K, V]]:
-        evicted = self._cache.put(key, value, cost, like)
+    def _insert(
+        self, key: K, value: V, cost: int, like: K | None = None, load_s: float | None = None
+    ) -> list[Evicted[K, V]]:
+        evicted = self._cache.put(key, value, cost, like, load_s)
+        self.curve.learn(key, cost, load_s)
         self._entry_stats[key] = EntryStats()
         self._forget(evicted)
         return evicted
@@ -274,7 +301,7 @@ class ModelCache(Generic[K, V]):
             for e in evicted:
                 self._on_evict(e.key, e.value, e.reason)
 
-    def stats(self) -> CacheStats:
+    def _stats(self) -> CacheStats:
         with self._lock:
             entries = [
                 {
@@ -301,3 +328,11 @@ class ModelCache(Generic[K, V]):
                 loads=self.loads,
                 entries=entries,
             )
+
+    def stats(self) -> CacheStats:
+        """Counters, entries and the hit-ratio curve (read outside the lock: the curve has its own)."""
+        return copy_with(self._stats(), hit_ratio_curve=self.curve.points())
+
+    def hit_ratio_estimates(self) -> dict[int, float]:
+        """The curve's estimated hit ratio by capacity factor (1, 2, 4): the gauge's values."""
+        return {p.factor: p.hit_ratio for p in self.curve.points()}

@@ -69,6 +69,7 @@ class Loads:
         metrics.cached_models.set_function(lambda: len(self.cache))
         metrics.cache_bytes.set_function(lambda: self.cache.total_bytes)
         metrics.track_cached(self.cache.cached_keys)
+        metrics.track_hit_ratio_curve(self.cache.hit_ratio_estimates)
         Gauge(
             "modelcache_loads_in_progress",
             "Model loads running on this node's load pool now (stuck ones included).",

@@ -359,6 +359,29 @@ class NodeMetrics:
         """The cache's capacity in models, as the service set it on its gauge."""
         return int(self.cache_capacity_models.collect()[0].samples[0].value)
 
+    # -- hit-ratio curve (node.curve): what this node would hit at 1x, 2x, 4x its capacity --
+    def track_hit_ratio_curve(self, estimates: Callable[[], dict[int, float]]) -> None:
+        """Export `modelcache_cache_hit_ratio_estimate{capacity_factor}`, read at scrape time."""
+        self.registry.register(_HitRatioEstimate(estimates))
+
+
+class _HitRatioEstimate(Collector):
+    """`modelcache_cache_hit_ratio_estimate{capacity_factor="1"|"2"|"4"}` from the ghost caches."""
+
+    def __init__(self, estimates: Callable[[], dict[int, float]]) -> None:
+        self.estimates = estimates
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "modelcache_cache_hit_ratio_estimate",
+            "Estimated hit ratio (0..1) of this node's cache at capacity_factor times its capacity "
+            "(ghost caches of its policy over the same lookups; factor 1 tracks the measured ratio).",
+            labels=["capacity_factor"],
+        )
+        for factor, ratio in sorted(self.estimates().items()):
+            family.add_metric([str(factor)], ratio)
+        yield family
+
 
 STORE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

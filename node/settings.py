@@ -65,8 +65,9 @@ class NodeSettings(BaseSettings):
     """Most models held in memory at once."""
     cache_max_bytes: int | None = Field(None, ge=1)
     """Optional byte budget for cached models, charged at resident size (node.memory), not file size."""
-    cache_policy: Literal["lru", "lfu"] = "lru"
-    """Eviction policy: `lru` (least recently used) or `lfu` (least frequently used, with aging)."""
+    cache_policy: Literal["lru", "lfu", "arc", "cost"] = "lru"
+    """Eviction policy: `lru`, `lfu` (frequency with aging), `arc` (adaptive, scan-resistant)
+    or `cost` (weighs frequency, measured load time and resident bytes: slow loads stay)."""
     cache_idle_ttl_s: float | None = Field(None, gt=0)
     """Drop a cached model unused for this many seconds (counted as an eviction, reason `idle`)."""
     load_retries: int = Field(3, ge=1)

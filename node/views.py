@@ -35,6 +35,8 @@ def cache_stats_view(s: CacheStats) -> dict[str, Any]:
         "cache_max_bytes": s.max_bytes,
         "cache_policy": s.policy,
         "cache_idle_ttl_s": s.idle_ttl_s,
+        # Ghost caches' estimate at 1x, 2x, 4x the capacity (node.curve); `max_bytes` under a byte budget.
+        "hit_ratio_curve": [point.to_json() for point in s.hit_ratio_curve],
         "models": [
             {
                 "model_type": e["key"][0],

@@ -1,31 +1,17 @@
-"""Eviction policies: plain bounded mappings, like cachetools' cache classes.
+"""The shared bookkeeping of every eviction policy: a bounded mapping, like cachetools' `Cache`.
 
 No I/O, no logging, no locks: the concurrent layer (`node.cache.ModelCache`)
 wraps one of these under its lock. Every policy is bounded by an entry count
 and, optionally, a total cost (resident bytes), and can drop entries unused
 for `idle_ttl` seconds of its injected `timer` (cachetools' `TTLCache(timer=)`).
-A policy decides only *which* entry goes (`_victim`); the bookkeeping of
-costs, idleness and eviction reasons is shared, so one contract test mixin
-runs against every policy (tests/node/test_cache.py).
-
-- `LRUCache`: least recently used goes first.
-- `LFUCache`: least frequently used goes first, with aging (TinyLFU's reset:
-  every `age_every` accesses all counts halve), so a once-hot model does not
-  stay forever. Counts are kept for keys that are not resident too (TinyLFU's
-  history), so a model that keeps coming back is judged by its whole record,
-  not as a newcomer. TinyLFU's *admission* filter (refuse to cache a newcomer
-  less popular than the victim) is deliberately not used: a model cache must
-  load the model to serve the request that missed, so refusing admission would
-  not save the load, only hold an uncounted model outside the byte budget. A
-  newcomer is never its own victim; among the others the least frequent (then
-  least recently used) goes, which is what lets a scan of one-off models
-  replace each other instead of the hot ones.
+A policy decides only *which* entry goes (`_order`, the next victim first);
+the bookkeeping of costs, idleness and eviction reasons is here, so one
+contract test mixin runs against every policy (tests/node/test_policies.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterator
 from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
@@ -101,12 +87,15 @@ class Cache(Generic[K, V]):
         """When `key` was last inserted or hit, on the cache's timer."""
         return self._used[key]
 
-    def put(self, key: K, value: V, cost: int = 0, like: K | None = None) -> list[Evicted[K, V]]:
+    def put(
+        self, key: K, value: V, cost: int = 0, like: K | None = None, load_s: float | None = None
+    ) -> list[Evicted[K, V]]:
         """Insert or replace `key`; return what had to go to make room.
 
         `like` names an entry whose usage history the new one inherits (a reload
-        replacing an old version of the same model). The new entry itself always
-        stays: a model larger than the budget is served, alone, rather than refused.
+        replacing an old version of the same model); `load_s` is how long loading
+        it took (the cost policy weighs it; None when unknown). The new entry itself
+        always stays: a model larger than the budget is served, alone, rather than refused.
         """
         self.pop(key)
         self._data[key] = (value, cost)
@@ -114,7 +103,18 @@ class Cache(Generic[K, V]):
         now = self._used[key] = self.timer()
         if self.idle_ttl is not None:
             self._next_expiry = min(self._next_expiry, now + self.idle_ttl)
-        self._on_insert(key, like)
+        self._on_insert(key, like, load_s)
+        return self._evict_until_fits(0, 0, protect=(key,))
+
+    def update(self, key: K, cost: int, load_s: float | None = None) -> list[Evicted[K, V]]:
+        """Correct a resident entry's cost and load time (learned after it was inserted), in place.
+
+        Unlike `put` it counts no use and keeps the entry's place in the policy.
+        """
+        value, old = self._data[key]
+        self._data[key] = (value, cost)
+        self.total_cost += cost - old
+        self._on_update(key, load_s)
         return self._evict_until_fits(0, 0, protect=(key,))
 
     def make_room(self, cost: int, slots: int = 1, protect: Collection[K] = ()) -> list[Evicted[K, V]]:
@@ -161,6 +161,7 @@ class Cache(Generic[K, V]):
             if key is None:
                 break
             value = self._data[key][0]
+            self._on_evict(key)
             self.pop(key)
             evicted.append(Evicted(key, value, reason))
         return evicted
@@ -173,90 +174,14 @@ class Cache(Generic[K, V]):
     def _on_access(self, key: K, hit: bool) -> None:
         """A lookup of `key` (hit or miss)."""
 
-    def _on_insert(self, key: K, like: K | None) -> None:
+    def _on_insert(self, key: K, like: K | None, load_s: float | None) -> None:
         """`key` was just inserted."""
 
-    def _on_remove(self, key: K) -> None:
-        """`key` was just removed."""
+    def _on_update(self, key: K, load_s: float | None) -> None:
+        """`key`'s cost (already changed) or load time was corrected."""
 
-
-class LRUCache(Cache[K, V]):
-    """Least recently used goes first."""
-
-    def __init__(
-        self,
-        max_items: int,
-        max_cost: int | None = None,
-        idle_ttl: float | None = None,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(max_items, max_cost, idle_ttl, timer)
-        self._recency: OrderedDict[K, None] = OrderedDict()
-
-    def _order(self) -> list[K]:
-        return list(self._recency)
-
-    def _on_access(self, key: K, hit: bool) -> None:
-        if hit:
-            self._recency.move_to_end(key)
-
-    def _on_insert(self, key: K, like: K | None) -> None:
-        self._recency[key] = None
+    def _on_evict(self, key: K) -> None:
+        """`key` is the policy's victim and is about to be removed (not on `pop` or idle expiry)."""
 
     def _on_remove(self, key: K) -> None:
-        self._recency.pop(key, None)
-
-
-class LFUCache(Cache[K, V]):
-    """Least frequently used goes first; counts halve every `age_every` accesses (aging)."""
-
-    def __init__(
-        self,
-        max_items: int,
-        max_cost: int | None = None,
-        idle_ttl: float | None = None,
-        timer: Callable[[], float] = time.monotonic,
-        age_every: int | None = None,
-    ) -> None:
-        super().__init__(max_items, max_cost, idle_ttl, timer)
-        # TinyLFU samples ~10x the cache size between resets.
-        self.age_every = age_every or 10 * max_items
-        self._freq: dict[K, int] = {}
-        self._accesses = 0
-
-    def frequency(self, key: K) -> int:
-        return self._freq.get(key, 0)
-
-    def _order(self) -> list[K]:
-        return sorted(self._data, key=lambda k: (self._freq.get(k, 0), self._used[k]))
-
-    def _on_access(self, key: K, hit: bool) -> None:
-        self._freq[key] = self._freq.get(key, 0) + 1
-        self._accesses += 1
-        if self._accesses >= self.age_every:
-            self._accesses = 0
-            # Halving keeps the ranking but lets new popularity overtake old; dropping
-            # zeros keeps the history of non-resident keys bounded.
-            self._freq = {k: n // 2 for k, n in self._freq.items() if n // 2 or k in self._data}
-
-    def _on_insert(self, key: K, like: K | None) -> None:
-        inherited = self._freq.get(like, 0) if like is not None else 0
-        self._freq[key] = max(self._freq.get(key, 0), inherited, 1)
-
-
-POLICIES: dict[str, type[Cache]] = {"lru": LRUCache, "lfu": LFUCache}  # type: ignore[type-arg]
-
-
-def make_policy(
-    name: str,
-    max_items: int,
-    max_cost: int | None = None,
-    idle_ttl: float | None = None,
-    timer: Callable[[], float] = time.monotonic,
-) -> Cache[K, V]:
-    """The policy called `name` (`lru`, `lfu`)."""
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}") from None
-    return cls(max_items, max_cost, idle_ttl, timer)
+        """`key` was just removed (evicted, expired or popped)."""
