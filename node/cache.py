@@ -27,7 +27,7 @@ from dataclasses import replace as copy_with
 from typing import Any, Generic, TypeVar
 
 from node.curve import CurvePoint, HitRatioCurve
-from node.policies import Cache, Evicted, LRUCache, Reason, make_policy, policy_name
+from node.policies import Cache, Evicted, Reason, make_policy, policy_name
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
