@@ -18,7 +18,7 @@ from rich.console import Console
 from coordinator.errors import ModelCacheError
 from coordinator.lb import INSTALL, HAProxy, find_haproxy
 from coordinator.processes import port_free, stop_process
-from coordinator.registry import Registry
+from coordinator.registry import AnyRegistry, Registry, open_registry
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -99,7 +99,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 def start_node(
     port: int,
     host: str,
-    registry: Path,
+    registry: str,
     token: str,
     redis_url: str | None,
     prefix: str,
@@ -128,12 +128,15 @@ def start_node(
 
 
 def run_up(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
-    registry.root.mkdir(parents=True, exist_ok=True)
+    # A directory or an object store (s3://bucket/prefix, credentials from the AWS variables,
+    # which the nodes inherit): never a local directory named "s3:".
+    registry = open_registry(args.registry)
+    if isinstance(registry, Registry):
+        registry.root.mkdir(parents=True, exist_ok=True)
     if not registry.model_types():
         from coordinator.demo import publish_demo_models
 
-        console.print(f"registry {registry.root.resolve()} is empty: publishing demo models")
+        console.print(f"registry {registry.location} is empty: publishing demo models")
         publish_demo_models(
             registry,
             progress=lambda spec, i, n: console.print(f"  [{i + 1}/{n}] {spec.model_type} {spec.version}"),
@@ -154,7 +157,8 @@ def run_up(args: argparse.Namespace) -> int:
         return 2
     ports = plan.nodes
     token = os.environ.get("MODELCACHE_ADMIN_TOKEN") or secrets.token_urlsafe(18)
-    log_dir = Path(os.environ.get("MODELCACHE_LOG_DIR", registry.root.resolve().parent / ".modelcache-logs"))
+    beside = registry.root.resolve().parent if isinstance(registry, Registry) else Path.cwd()
+    log_dir = Path(os.environ.get("MODELCACHE_LOG_DIR", beside / ".modelcache-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack()
     stopping = False
@@ -182,7 +186,7 @@ def run_up(args: argparse.Namespace) -> int:
             proc = start_node(
                 port,
                 args.host,
-                registry.root.resolve(),
+                registry.location,
                 token,
                 redis_url,
                 args.redis_prefix,
@@ -243,7 +247,7 @@ def _print_banner(
     urls: list[str],
     grpc_urls: list[str],
     token: str,
-    registry: Registry,
+    registry: AnyRegistry,
     log_dir: Path,
     redis_url: str,
     prefix: str,
@@ -253,7 +257,7 @@ def _print_banner(
         console.print(f"node: {url}")
         console.print(f"node gRPC: {grpc_url}   (Open Inference Protocol)")
     console.print(f"redis: {redis_url}")
-    console.print(f"registry: {registry.root.resolve()}    logs: {log_dir}")
+    console.print(f"registry: {registry.location}    logs: {log_dir}")
     console.print(f"admin token: {token}")
     auth = f"-H 'Authorization: Bearer {token}'"
     json_h = "-H 'Content-Type: application/json'"

@@ -12,6 +12,7 @@ contract test mixin runs against every policy (tests/node/test_policies.py).
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Hashable, Iterator
 from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
@@ -35,7 +36,7 @@ class Evicted(NamedTuple, Generic[K, V]):
     reason: Reason
 
 
-class Cache(Generic[K, V]):
+class Cache(ABC, Generic[K, V]):
     """A mapping bounded by entry count, optionally total cost and idle time; subclasses pick victims."""
 
     def __init__(
@@ -167,9 +168,9 @@ class Cache(Generic[K, V]):
         return evicted
 
     # -- what a policy decides ---------------------------------------------
+    @abstractmethod
     def _order(self) -> list[K]:
         """Resident keys, the next victim first."""
-        raise NotImplementedError
 
     def _on_access(self, key: K, hit: bool) -> None:
         """A lookup of `key` (hit or miss)."""

@@ -128,3 +128,30 @@ def test_missing_credentials_are_named(tmp_path: Path, s3_env: dict[str, str]) -
     )
     assert proc.returncode == 1
     assert "no AWS credentials found" in proc.stdout + proc.stderr
+
+
+def test_up_serves_from_s3_and_makes_no_local_s3_directory(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    """`modelcache up --registry s3://...`: demo models go to the store, the node loads from it."""
+    import httpx
+
+    from tests.helpers import free_port_range
+
+    base = free_port_range(100, start=43000)
+    env = {**os.environ, "PYTHONPATH": ROOT, **s3_env}
+    cmd = [*CLI, "up", "--nodes", "1", "--no-lb", "--port", str(base), "--registry", "s3://models/up"]
+    out = tmp_path / "up.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        assert eventually(lambda: "Ctrl-C stops everything" in out.read_text(), 120), out.read_text()
+        assert "registry: s3://models/up" in out.read_text()
+        answer = httpx.post(
+            f"http://127.0.0.1:{base}/api/v1/models/churn/predict",
+            json={"features": [1, 2, 3, 4, 5]},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert {p.name for p in tmp_path.iterdir()} == {"up.out", ".modelcache-logs"}  # no "s3:" directory

@@ -76,7 +76,7 @@ def test_the_wheel_holds_every_package_in_the_checkout(wheel: Path) -> None:
     shipped = {Path(n).parent.as_posix() for n in zipfile.ZipFile(wheel).namelist()}
     packages = {
         p.parent.relative_to(ROOT).as_posix()
-        for top in ("node", "coordinator")
+        for top in ("modelcache", "node", "coordinator")
         for p in (ROOT / top).rglob("__init__.py")
     }
     assert packages <= shipped, f"missing from the wheel: {sorted(packages - shipped)}"
