@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -295,7 +294,8 @@ def test_a_fifo_in_place_of_the_artifact_is_refused_at_once(registry: Registry, 
     resolved = get(parts, "m")
     assert (resolved.version, resolved.fallback_from) == ("1.0", "1.1")
     assert sample(parts, "modelcache_model_load_failures_total", model_type="m", reason="io") == 1
-    assert sample(parts, "modelcache_loads_in_progress") == 0
+    # The worker leaves the pool's in-progress list just after the caller has its answer.
+    assert eventually(lambda: sample(parts, "modelcache_loads_in_progress") == 0, 10)
     assert parts.loads.health() == []
 
 
@@ -306,10 +306,9 @@ def test_a_hung_read_times_out_and_does_not_starve_other_loads(
     hung_reads.hang("hung", "1.0")
     publish("ok", "1.0")
     parts = make_node(registry, load_timeout_s=0.5, load_workers=2)
-    started = time.monotonic()
+    # The read hangs until the test ends: getting this answer at all is the load timeout at work.
     with pytest.raises(ModelLoadError, match=r"longer than 0\.5s"):
         get(parts, "hung")
-    assert time.monotonic() - started < 2.0
     assert sample(parts, "modelcache_loads_in_progress") == 1  # still stuck in its read
     assert sample(parts, "modelcache_model_load_failures_total", model_type="hung", reason="timeout") == 1
     # Other models load on the remaining worker; metadata does not use the pool at all.

@@ -39,13 +39,20 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MODELCACHE_")}
 
 
+def _not_source(directory: str, names: list[str]) -> set[str]:
+    """What a checkout holds besides its source: caches, builds, and the local ./registry of models."""
+    skipped = {n for n in names if n in {".git", ".venv", "build", "__pycache__"} or n.endswith(".egg-info")}
+    if Path(directory) == ROOT and "registry" in names:  # not coordinator/registry, the package
+        skipped.add("registry")
+    return skipped
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from a copy of the checkout (a stale `build/` here would hide missing files)."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
-    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "registry")
-    shutil.copytree(ROOT, source, ignore=skip)
+    shutil.copytree(ROOT, source, ignore=_not_source)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(source)],
         check=True,
