@@ -90,12 +90,14 @@ GRPC_PUBLIC_METHODS = (
     "ModelReady",
     "ModelMetadata",
     "ModelInfer",
+    "RepositoryIndex",
 )
-"""What a public gRPC door serves: inference and read-only calls. Not the repository
-extension (RepositoryIndex, RepositoryModelLoad/Unload), which is admin, as on the REST door."""
+"""What a public gRPC door serves: inference and read-only calls (RepositoryIndex lists models,
+as the public REST door's /api/v1/models does). Not RepositoryModelLoad/Unload, which are admin
+calls: on Kubernetes they go through the REST admin door."""
 
 _GRPC_NOT_PUBLIC = (
-    '{"error": "not served on the public gRPC entry point: the repository extension is admin,'
+    '{"error": "not served on the public gRPC entry point: loading and unloading are admin calls,'
     ' use the REST admin door", "code": "not_public"}'
 )
 
@@ -247,8 +249,9 @@ def _grpc_public_methods() -> str:
     return "\n".join(
         [
             "",
-            "    # Public door: inference and read-only methods only. The repository extension",
-            "    # (RepositoryIndex, RepositoryModelLoad/Unload) is admin: use the REST admin door.",
+            "    # Public door: inference and read-only methods only. RepositoryModelLoad/Unload",
+            "    # are admin calls: use the REST admin door. An allow list, so a method added later",
+            "    # stays inside until it is listed here.",
             "    # HTTP 403: every gRPC client maps it to PERMISSION_DENIED (gRPC's HTTP status mapping);",
             "    # a grpc-status in a 200 needs a content-type HAProxy sends only with a body.",
             f"    acl public_method path {paths}",
