@@ -36,6 +36,10 @@ _ALL_BOUNDED = "    acl hot_model var(txn.model) -m found  # hot_only=False: eve
 INSTALL = "install haproxy >= 2.6 (Debian: apt-get install haproxy)"
 
 COMPOSE_SERVERS = tuple(f"node{i}:8000" for i in (1, 2, 3))
+COMPOSE_GRPC_SERVERS = tuple(f"node{i}:8050" for i in (1, 2, 3))
+"""The compose nodes' gRPC servers (MODELCACHE_GRPC_PORT's default, HTTP port + 50)."""
+COMPOSE_GRPC_PORT = 8081
+"""The compose gRPC frontend: the load balancer's port + 1, as `modelcache up` does (base+80, base+81)."""
 K8S_NAMESPACE = "modelcache"
 K8S_NODE_SET = "modelcache-node"
 """The node StatefulSet: its pods are modelcache-node-0, -1, ... (scale-down removes the highest)."""
@@ -47,6 +51,9 @@ but a DNS query now and then. Decoupled from the autoscaler's maximum (a test ke
 or more); beyond it, re-render with `--max-nodes`."""
 K8S_PUBLIC_PORT = 8080
 K8S_ADMIN_PORT = 8081
+K8S_GRPC_PORT = 8082
+"""The Kubernetes gRPC frontend: a public door, inference and read-only methods only."""
+NODE_GRPC_PORT = 8050
 
 # Why per-pod names rather than `server-template` slots filled from one DNS name: a slot's
 # place on the hash ring comes from its number, and slots are filled in the order DNS answers
@@ -75,6 +82,25 @@ _NOT_PUBLIC = (
     ' /docs answer inside the cluster only, on the load balancer admin port", "code": "not_public"}'
 )
 
+_GRPC_SERVICE = "/inference.GRPCInferenceService/"
+GRPC_PUBLIC_METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryIndex",
+)
+"""What a public gRPC door serves: inference and read-only calls (RepositoryIndex lists models,
+as the public REST door's /api/v1/models does). Not RepositoryModelLoad/Unload, which are admin
+calls: on Kubernetes they go through the REST admin door."""
+
+_GRPC_NOT_PUBLIC = (
+    '{"error": "not served on the public gRPC entry point: loading and unloading are admin calls,'
+    ' use the REST admin door", "code": "not_public"}'
+)
+
 GRPC_MODEL_HEADER = "x-modelcache-model"
 """gRPC metadata a client may set to the model's name: the gRPC frontend's affinity key."""
 
@@ -86,7 +112,7 @@ _GRPC = """
 # key), a model's gRPC calls go to its REST home node and find it cached. A call without
 # that metadata is balanced round robin, as a REST request without a model in its path is.
 frontend modelcache_grpc
-    bind {listen} proto h2
+    bind {listen} proto h2{public_methods}
     default_backend nodes_grpc
 
 backend nodes_grpc
@@ -128,11 +154,14 @@ def render(
     resolvers: str = "",
     admin_listen: str | None = None,
     grpc: tuple[str, Sequence[str]] | None = None,
+    grpc_public: bool = False,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
 
     `grpc=(listen, grpc_servers)` adds the gRPC frontend: `grpc_servers[i]` is the gRPC
-    address of the node at `servers[i]` (static servers only).
+    address of the node at `servers[i]`, health following that REST server (`track`), names
+    re-resolved like the REST servers' with `resolve`. `grpc_public`: that frontend serves
+    inference and read-only methods only (GRPC_PUBLIC_METHODS), like the REST public door.
 
     `resolve`: re-resolve server names through the DNS of /etc/resolv.conf (containers,
     where a restarted node comes back with a new address), with `dns_options` on each server
@@ -166,7 +195,7 @@ def render(
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     if grpc is not None:
-        text += _grpc_section(*grpc, count=len(lines))
+        text += _grpc_section(*grpc, count=len(lines), dns=dns, public=grpc_public)
     return text
 
 
@@ -198,26 +227,49 @@ def _public_routes(admin_listen: str) -> str:
     )
 
 
-def k8s_servers(max_nodes: int = K8S_MAX_NODES) -> list[str]:
+def k8s_servers(max_nodes: int = K8S_MAX_NODES, port: int = 8000) -> list[str]:
     """host:port of node pods 0..max_nodes-1 by their stable StatefulSet names."""
     domain = f"{K8S_NODE_SERVICE}.{K8S_NAMESPACE}.svc.cluster.local"
-    return [f"{K8S_NODE_SET}-{k}.{domain}:8000" for k in range(max_nodes)]
+    return [f"{K8S_NODE_SET}-{k}.{domain}:{port}" for k in range(max_nodes)]
 
 
-def _grpc_section(listen: str, grpc_servers: Sequence[str], count: int) -> str:
+def _grpc_section(listen: str, grpc_servers: Sequence[str], count: int, dns: str, public: bool) -> str:
     if count == 0 or len(grpc_servers) != count:
         raise ValueError("the gRPC frontend needs one gRPC address per REST server")
-    lines = [f"    server node{i} {s} proto h2 track nodes/node{i}" for i, s in enumerate(grpc_servers, 1)]
-    return _GRPC.format(listen=listen, servers="\n".join(lines))
+    lines = [
+        f"    server node{i} {s}{dns} proto h2 track nodes/node{i}" for i, s in enumerate(grpc_servers, 1)
+    ]
+    methods = _grpc_public_methods() if public else ""
+    return _GRPC.format(listen=listen, public_methods=methods, servers="\n".join(lines))
+
+
+def _grpc_public_methods() -> str:
+    """The public gRPC door's allow list: anything else is refused with PERMISSION_DENIED."""
+    paths = " ".join(_GRPC_SERVICE + m for m in GRPC_PUBLIC_METHODS)
+    return "\n".join(
+        [
+            "",
+            "    # Public door: inference and read-only methods only. RepositoryModelLoad/Unload",
+            "    # are admin calls: use the REST admin door. An allow list, so a method added later",
+            "    # stays inside until it is listed here.",
+            "    # HTTP 403: every gRPC client maps it to PERMISSION_DENIED (gRPC's HTTP status mapping);",
+            "    # a grpc-status in a 200 needs a content-type HAProxy sends only with a body.",
+            f"    acl public_method path {paths}",
+            f"    http-request return status 403 content-type application/json string '{_GRPC_NOT_PUBLIC}'"
+            " if !public_method",
+        ]
+    )
 
 
 def render_compose(max_body_bytes: int = 1_048_576) -> str:
-    """deploy/haproxy/haproxy.cfg: the three compose nodes by service name."""
-    return render(COMPOSE_SERVERS, ":8080", max_body_bytes, resolve=True)
+    """deploy/haproxy/haproxy.cfg: the three compose nodes by service name, REST and gRPC."""
+    grpc = (f":{COMPOSE_GRPC_PORT}", COMPOSE_GRPC_SERVERS)
+    return render(COMPOSE_SERVERS, ":8080", max_body_bytes, resolve=True, grpc=grpc)
 
 
 def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) -> str:
-    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods by name, two doors."""
+    """The haproxy.cfg of deploy/k8s/lb.yaml's ConfigMap: node pods by name, two REST doors
+    and a public gRPC door."""
     return render(
         k8s_servers(max_nodes),
         f":{K8S_PUBLIC_PORT}",
@@ -226,6 +278,8 @@ def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) 
         dns_options=K8S_DNS_OPTIONS,
         resolvers=K8S_RESOLVERS,
         admin_listen=f":{K8S_ADMIN_PORT}",
+        grpc=(f":{K8S_GRPC_PORT}", k8s_servers(max_nodes, NODE_GRPC_PORT)),
+        grpc_public=True,
     )
 
 
@@ -269,8 +323,10 @@ class HAProxy:
         balance_factor: int = BALANCE_FACTOR,
         hot_only: bool = True,
         grpc: tuple[int, Sequence[str]] | None = None,
+        grpc_public: bool = False,
     ) -> None:
-        """`grpc=(port, grpc_servers)`: also a gRPC frontend on `port` (see `render`)."""
+        """`grpc=(port, grpc_servers)`: also a gRPC frontend on `port`, `grpc_public` its allow
+        list (see `render`)."""
         self.binary = find_haproxy()
         if self.binary is None:
             raise FileNotFoundError(f"haproxy not found: {INSTALL}")
@@ -287,6 +343,7 @@ class HAProxy:
                 hot_only=hot_only,
                 threads=1,
                 grpc=(f"127.0.0.1:{grpc[0]}", grpc[1]) if grpc is not None else None,
+                grpc_public=grpc_public,
             )
         )
         self.log = self.run_dir / "haproxy.log"

@@ -327,8 +327,8 @@ def test_every_load_balancer_replica_builds_the_same_ring_with_room_beyond_the_a
     cfg = base[("ConfigMap", "modelcache-lb")]["data"]["haproxy.cfg"]
     assert "server-template" not in cfg
     domain = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
-    backends = re.split(r"^backend ", cfg, flags=re.M)[1:]
-    assert len(backends) == 2
+    backends = [b for b in re.split(r"^backend ", cfg, flags=re.M)[1:] if not b.startswith("nodes_grpc")]
+    assert len(backends) == 2  # REST; the gRPC backend's ring: test_the_grpc_door_...
     lists = [re.findall(r"^\s*server (\S+) (\S+) resolvers dns", b, re.M) for b in backends]
     assert lists[0] == lists[1], "the hot and cold backends must list the same servers in the same order"
     hosts = [host for _, host in lists[0]]
@@ -402,3 +402,60 @@ def test_the_optional_admin_entry_point_is_allowlisted_tls_and_reaches_the_admin
     controller = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
     assert allowed(objects, controller, lb, 8081)
     assert not allowed(objects, ("monitoring", {}), lb, 8081)
+
+
+# -- gRPC -----------------------------------------------------------------------------------------
+
+
+def service_port(objects: Objects, name: str, port_name: str) -> dict:
+    [port] = [p for p in objects[("Service", name)]["spec"]["ports"] if p["name"] == port_name]
+    return port
+
+
+def test_nodes_serve_grpc_on_8050_and_their_services_carry_it(base: Objects) -> None:
+    node = container(base, "StatefulSet", "modelcache-node", "node")
+    assert {p["name"]: p["containerPort"] for p in node["ports"]}["grpc"] == 8050
+    assert base[("ConfigMap", "modelcache-config")]["data"]["MODELCACHE_GRPC_PORT"] == "8050"
+    for service in ("modelcache-node-pods", "modelcache-node"):
+        assert service_port(base, service, "grpc") == {"name": "grpc", "port": 8050, "targetPort": "grpc"}
+
+
+def test_the_grpc_door_balances_every_node_pod_on_the_rest_ring_and_serves_public_methods_only(
+    base: Objects,
+) -> None:
+    haproxy = container(base, "Deployment", "modelcache-lb", "haproxy")
+    door = service_port(base, "modelcache-lb-grpc", "grpc")
+    container_port = {p["name"]: p["containerPort"] for p in haproxy["ports"]}[door["targetPort"]]
+    assert container_port == door["port"] == 8082
+    assert base[("Service", "modelcache-lb-grpc")]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    cfg = base[("ConfigMap", "modelcache-lb")]["data"]["haproxy.cfg"]
+    assert re.search(rf"^\s*bind :{container_port} proto h2$", cfg, re.M)
+    backends = {b.split("\n", 1)[0]: b for b in re.split(r"^backend ", cfg, flags=re.M)[1:]}
+    rest = re.findall(r"^\s*server (\S+) (\S+):8000 resolvers dns", backends["nodes"], re.M)
+    grpc = re.findall(
+        r"^\s*server (\S+) (\S+):8050 resolvers dns .* proto h2 track nodes/(\S+)$",
+        backends["nodes_grpc"],
+        re.M,
+    )
+    # The same pods in the same order (the same ring), each following its own REST health check.
+    assert [(name, host, name) for name, host in rest] == grpc and len(grpc) >= 4
+    assert "balance hdr(x-modelcache-model)" in backends["nodes_grpc"]
+    [methods] = re.findall(r"acl public_method path (.*)$", cfg, re.M)
+    served = {m.rsplit("/", 1)[1] for m in methods.split()}
+    assert {"ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady"} <= served
+    assert not served & {"RepositoryModelLoad", "RepositoryModelUnload"}
+    assert "http-request return status 403" in cfg.split("frontend modelcache_grpc", 1)[1]
+
+
+def test_network_policies_let_only_the_load_balancer_reach_node_grpc_and_anyone_the_grpc_door(
+    base: Objects,
+) -> None:
+    node = labels_of(base, "StatefulSet", "modelcache-node")
+    lb = labels_of(base, "Deployment", "modelcache-lb")
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    stranger = {"app": "something-else"}
+    assert allowed(base, (NAMESPACE, lb), node, 8050)
+    for who in [(NAMESPACE, prometheus), ("monitoring", prometheus), (NAMESPACE, stranger), ("x", stranger)]:
+        assert not allowed(base, who, node, 8050), who
+    assert allowed(base, ("ingress-nginx", stranger), lb, 8082)
+    assert allowed(base, (NAMESPACE, stranger), lb, 8082)

@@ -67,7 +67,7 @@ def test_compose_has_the_whole_stack() -> None:
     assert services["demo-models"]["command"][0] == "demo-models"
     assert services["lb"]["image"].startswith("haproxy:")
     assert "./haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in services["lb"]["volumes"]
-    assert services["lb"]["ports"] == ["8080:8080"]
+    assert services["lb"]["ports"] == ["8080:8080", "8081:8081"]  # REST, gRPC
     for mount in (
         *services["lb"]["volumes"],
         *services["prometheus"]["volumes"],
