@@ -169,7 +169,8 @@ def _report(doc: dict[str, Any], args: argparse.Namespace, what: str) -> int:
     if args.wait and change.get("seq") and not acks:
         err_console.print("[yellow]no live nodes to acknowledge[/]")
     bad = [a for a in acks or () if a["outcome"] != Outcome.OK.value]
-    if bad or not doc.get("ok", True):
+    # `ok` is there: the client refuses an answer without it (coordinator.client).
+    if bad or not doc["ok"]:
         names = ", ".join(f"{a['node_id']} ({a['outcome']})" for a in bad)
         render.error(f"{len(bad)} of {len(acks or ())} node(s) failed or timed out: {names}")
         return EXIT_FAILED
