@@ -35,6 +35,7 @@ from node.errors import (
     ChecksumMismatch,
     InvalidInput,
     ModelLoadError,
+    ModelTooLarge,
     NotReady,
     Throttled,
 )
@@ -80,6 +81,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (BatchTooLarge, 413),
     (UnsupportedMediaType, 415),
     (Throttled, 429),
+    (ModelTooLarge, 507),  # not a 503: retrying (or another node of the same budget) cannot help
     (ModelLoadError, 503),
     (RegistryError, 503),
     (NotReady, 503),
