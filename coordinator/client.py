@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from coordinator.errors import ClusterUnavailable, ModelCacheError
+from coordinator.redis_url import redact
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 10.0
@@ -71,6 +72,8 @@ class AdminClient:
 
     def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None):
         self.url = url.rstrip("/")
+        self.shown = redact(self.url)
+        """The URL as messages name it: a password in it (`http://u:pw@lb`) never reaches a message."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=self.url,
@@ -175,7 +178,7 @@ class AdminClient:
 
     # -- the wire ---------------------------------------------------------------
     def _where(self, path: str) -> str:
-        return f"{self.url}{path}"
+        return f"{self.shown}{path}"
 
     def _call(self, method: str, path: str, *, wait_s: float | None = None, **kwargs: Any) -> Any:
         """One call, bounded as a whole: connect, send, and every byte of the answer by one deadline."""
@@ -217,7 +220,7 @@ class AdminClient:
                             f"{method} {where} answered more than {MAX_ANSWER_BYTES} bytes",
                         )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            raise AdminUnreachable(f"cannot reach {self.url}: {_reason(exc)}") from None
+            raise AdminUnreachable(f"cannot reach {self.shown}: {_reason(exc)}") from None
         except httpx.TimeoutException:
             raise _too_slow(method, where, budget_s) from None
         except httpx.HTTPError as exc:

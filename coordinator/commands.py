@@ -14,6 +14,7 @@ from coordinator.artifacts import describe_artifact
 from coordinator.client import AdminClient
 from coordinator.control import Control
 from coordinator.errors import VersionNotFound
+from coordinator.redis_url import redact
 from coordinator.registry import AnyRegistry, open_registry
 from coordinator.render import console, err_console
 from coordinator.wire import Outcome
@@ -94,7 +95,7 @@ def _models_over_http(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json(models)
         return EXIT_OK
-    render.cluster_models(args.url, models)
+    render.cluster_models(redact(args.url), models)
     return EXIT_OK
 
 

@@ -60,11 +60,12 @@ class InvalidRedisUrl(ModelCacheError, ValueError):
     code = "invalid_redis_url"
 
 
-_SECRET_PARAMS = ("password", "sentinel_password")
+_SECRET_PARAMS = ("password", "sentinel_password", "token")
 
 
 def redact(url: str) -> str:
-    """`url` with any password (userinfo or query parameter) replaced by `***`, for messages and logs."""
+    """`url` (Redis or HTTP) with any password or token (userinfo or query parameter) replaced by
+    `***`, for messages and logs."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url

@@ -178,3 +178,18 @@ def test_an_unreachable_redis_is_named_without_its_password() -> None:
     proc = cli("status", "--json", "--redis-url", url)
     assert proc.returncode == 3 and SECRET not in proc.stdout + proc.stderr
     assert "Redis at 127.0.0.1" in json.loads(proc.stdout)["error"]
+
+
+def test_a_password_in_the_admin_url_or_a_token_never_reaches_the_output() -> None:
+    port = free_port()  # nobody listens: the message names the URL it could not reach
+    at = f"http://admin:{SECRET}@127.0.0.1:{port}/?token={SECRET}"
+    proc = cli("--url", at, "--token", SECRET, "status")
+    assert proc.returncode == 3 and SECRET not in proc.stdout + proc.stderr
+    assert f"http://admin:***@127.0.0.1:{port}" in proc.stderr
+    server, url = serve(b'{"nodes": "many"}')
+    try:
+        wrong = cli("--url", url.replace("http://", f"http://admin:{SECRET}@"), "--token", SECRET, "status")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert wrong.returncode == 1 and SECRET not in wrong.stdout + wrong.stderr
