@@ -26,6 +26,7 @@ from coordinator.commands import (
     UsageError,
 )
 from coordinator.errors import ClusterUnavailable, InvalidName, ModelCacheError
+from coordinator.redis_url import InvalidRedisUrl
 from coordinator.render import error as _error
 from coordinator.render import json_failure as _json_failure
 
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except (UsageError, InvalidName, AdminRequestInvalid) as exc:
+    except (UsageError, InvalidName, InvalidRedisUrl, AdminRequestInvalid) as exc:
         return _fail(str(exc), EXIT_USAGE, wants_json)
     except ClusterUnavailable as exc:
         return _fail(f"cluster unreachable: {exc}", EXIT_UNREACHABLE, wants_json)

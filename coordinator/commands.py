@@ -14,6 +14,7 @@ from coordinator.artifacts import describe_artifact
 from coordinator.client import AdminClient
 from coordinator.control import Control
 from coordinator.errors import VersionNotFound
+from coordinator.redis_url import redact
 from coordinator.registry import AnyRegistry, open_registry
 from coordinator.render import console, err_console
 from coordinator.wire import Outcome
@@ -94,7 +95,7 @@ def _models_over_http(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json(models)
         return EXIT_OK
-    render.cluster_models(args.url, models)
+    render.cluster_models(redact(args.url), models)
     return EXIT_OK
 
 
@@ -169,7 +170,8 @@ def _report(doc: dict[str, Any], args: argparse.Namespace, what: str) -> int:
     if args.wait and change.get("seq") and not acks:
         err_console.print("[yellow]no live nodes to acknowledge[/]")
     bad = [a for a in acks or () if a["outcome"] != Outcome.OK.value]
-    if bad or not doc.get("ok", True):
+    # `ok` is there: the client refuses an answer without it (coordinator.client).
+    if bad or not doc["ok"]:
         names = ", ".join(f"{a['node_id']} ({a['outcome']})" for a in bad)
         render.error(f"{len(bad)} of {len(acks or ())} node(s) failed or timed out: {names}")
         return EXIT_FAILED

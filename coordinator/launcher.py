@@ -18,6 +18,7 @@ from rich.console import Console
 from coordinator.errors import ModelCacheError
 from coordinator.lb import INSTALL, HAProxy, find_haproxy
 from coordinator.processes import port_free, stop_process
+from coordinator.redis_url import redact
 from coordinator.registry import AnyRegistry, Registry, open_registry
 
 console = Console(highlight=False, soft_wrap=True)
@@ -180,7 +181,7 @@ def run_up(args: argparse.Namespace) -> int:
             # In the stack, so its death stops `up` like a node's would (and it is stopped last).
             stack.add("redis", redis_server.proc)
             redis_url = redis_server.url
-        console.print(f"redis: {redis_url}")
+        console.print(f"redis: {redact(redis_url)}")
         urls = []
         for port, grpc_port in zip(ports, plan.grpc, strict=True):
             proc = start_node(
@@ -256,7 +257,7 @@ def _print_banner(
     for url, grpc_url in zip(urls, grpc_urls, strict=True):
         console.print(f"node: {url}")
         console.print(f"node gRPC: {grpc_url}   (Open Inference Protocol)")
-    console.print(f"redis: {redis_url}")
+    console.print(f"redis: {redact(redis_url)}")
     console.print(f"registry: {registry.location}    logs: {log_dir}")
     console.print(f"admin token: {token}")
     auth = f"-H 'Authorization: Bearer {token}'"
@@ -270,7 +271,7 @@ def _print_banner(
     console.print(f"  curl -s -X POST {entry}/api/v1/models/reload {auth} {json_h} -d '{reload_body}'")
     console.print(f"  curl -s -X PUT {entry}/api/v1/pins/churn {auth} {json_h} -d '{pin_body}'")
     console.print(f"  curl -s {entry}/api/v1/cluster")
-    env = f"MODELCACHE_REDIS_URL={redis_url}" + (
+    env = f"MODELCACHE_REDIS_URL={redact(redis_url)}" + (
         f" MODELCACHE_REDIS_PREFIX={prefix}" if prefix != "modelcache:" else ""
     )
     # The command as this shell can run it (a venv's script is not necessarily on PATH).

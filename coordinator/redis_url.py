@@ -17,10 +17,13 @@ from urllib.parse import parse_qs, unquote
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-__all__ = ["SENTINEL_SCHEME", "RedisTarget", "client_for", "parse_redis_url"]
+from coordinator.errors import ModelCacheError
+
+__all__ = ["SENTINEL_SCHEME", "InvalidRedisUrl", "RedisTarget", "client_for", "parse_redis_url", "redact"]
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
@@ -51,12 +54,57 @@ class RedisTarget:
         return f"Redis at {rest}"
 
 
-def parse_redis_url(url: str) -> RedisTarget:
-    """Parse once, fail with a sentence naming the expected form."""
+class InvalidRedisUrl(ModelCacheError, ValueError):
+    """A Redis URL that cannot be parsed: a usage error. The message shows the URL redacted."""
+
+    code = "invalid_redis_url"
+
+
+_SECRET_PARAMS = ("password", "sentinel_password", "token")
+
+
+def redact(url: str) -> str:
+    """`url` (Redis or HTTP) with any password or token (userinfo or query parameter) replaced by
+    `***`, for messages and logs."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"Redis URL {url!r} has no scheme: use redis://host:port/db or {_FORM}")
+        scheme, rest = "", url
+    rest, qmark, query = rest.partition("?")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at:
+        user, colon, _pw = userinfo.partition(":")
+        # A lone userinfo (`redis://secret@host`) is read as a username, but is often a password.
+        rest = f"{user}:***@{hostpart}" if colon else f"***@{hostpart}"
+    if qmark:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _value = pair.partition("=")
+            pairs.append(f"{key}=***" if eq and key.lower() in _SECRET_PARAMS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}{sep}{rest}{qmark}{query}"
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse once, fail with a sentence naming the expected form (and never the password)."""
+    try:
+        return _parse(url)
+    except InvalidRedisUrl:
+        raise
+    except ValueError as exc:  # redis-py's own parser: a bad port, an unknown scheme
+        raise InvalidRedisUrl(f"Redis URL {redact(url)!r}: {_without(str(exc), url)}") from None
+
+
+def _without(text: str, url: str) -> str:
+    """A third-party message with the URL, if it quoted it, redacted."""
+    return text.replace(url, redact(url))
+
+
+def _parse(url: str) -> RedisTarget:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidRedisUrl(f"Redis URL {redact(url)!r} has no scheme: use redis://host:port/db or {_FORM}")
     if scheme != SENTINEL_SCHEME:
+        parse_url(url)  # fail now, with a usage error, rather than at the first command
         return RedisTarget(url)
     rest, _, query = rest.partition("?")
     params = {k: v[-1] for k, v in parse_qs(query).items()}
@@ -69,20 +117,21 @@ def parse_redis_url(url: str) -> RedisTarget:
     hosts, _, path = hostpart.partition("/")
     parts = [p for p in path.split("/") if p]
     if not hosts or not parts or len(parts) > 2:
-        raise ValueError(f"Redis URL {url!r}: expected {_FORM}")
+        raise InvalidRedisUrl(f"Redis URL {redact(url)!r}: expected {_FORM}")
     sentinels = []
     for item in hosts.split(","):
         host, colon, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
         if not host:
-            raise ValueError(f"Redis URL {url!r}: empty Sentinel host in {hosts!r}")
+            raise InvalidRedisUrl(f"Redis URL {redact(url)!r}: empty Sentinel host in {hosts!r}")
         try:
             sentinels.append((host.strip("[]"), int(port) if colon else DEFAULT_SENTINEL_PORT))
         except ValueError:
-            raise ValueError(f"Redis URL {url!r}: Sentinel port {port!r} is not a number") from None
+            bad = f"Redis URL {redact(url)!r}: Sentinel port {port!r} is not a number"
+            raise InvalidRedisUrl(bad) from None
     try:
         db = int(parts[1]) if len(parts) == 2 else 0
     except ValueError:
-        raise ValueError(f"Redis URL {url!r}: database {parts[1]!r} is not a number") from None
+        raise InvalidRedisUrl(f"Redis URL {redact(url)!r}: database {parts[1]!r} is not a number") from None
     return RedisTarget(
         url,
         tuple(sentinels),

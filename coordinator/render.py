@@ -112,7 +112,7 @@ def canaries(canaries: dict[str, Any]) -> None:
     for col in ("model type", "version", "percent", "nodes"):
         table.add_column(col)
     for mt, c in sorted(canaries.items()):
-        nodes = ", ".join(f"{n['node_id']}: {n['outcome'] or '-'}" for n in c.get("nodes", [])) or "-"
+        nodes = ", ".join(f"{n['node_id']}: {n.get('outcome') or '-'}" for n in c.get("nodes", [])) or "-"
         table.add_row(mt, c["version"], f"{c['percent']:g}%", nodes)
     console.print(table)
 

@@ -4,9 +4,10 @@ ModelCacheError (coordinator.errors)
 ├── InvalidInput         a request the model cannot take (feature count, names, values)
 ├── BatchTooLarge        more instances than MODELCACHE_MAX_BATCH
 ├── ModelLoadError       the version could not be loaded (`reason`: deserialize, checksum,
-│   │                    metadata, io, symlink, size, timeout: bounded metric label values)
+│   │                    metadata, io, symlink, size, timeout, too_large: bounded metric label values)
 │   ├── ChecksumMismatch the artifact's bytes do not match metadata.sha256
-│   └── LoadTimeout      the load did not finish within MODELCACHE_LOAD_TIMEOUT_S
+│   ├── LoadTimeout      the load did not finish within MODELCACHE_LOAD_TIMEOUT_S
+│   └── ModelTooLarge    the loaded model alone costs more than MODELCACHE_CACHE_MAX_BYTES
 ├── Throttled            a 429 with Retry-After: come back later, nothing is wrong
 │   ├── LoadRateLimited  too many on-demand loads of non-default versions (per node)
 │   └── ModelOverloaded  one model's prediction queue is full (the others are unaffected)
@@ -69,6 +70,22 @@ class LoadTimeout(ModelLoadError):
             version,
             f"loading took longer than {timeout_s:g}s (MODELCACHE_LOAD_TIMEOUT_S); "
             "the registry's filesystem may be slow or hung",
+        )
+
+
+class ModelTooLarge(ModelLoadError):
+    """Refused rather than cached over the byte budget: a retry cannot help, a bigger budget can."""
+
+    code = "model_too_large"
+    reason = "too_large"
+
+    def __init__(self, model_type: str, version: str, cost: int, budget: int) -> None:
+        self.cost, self.budget = cost, budget
+        super().__init__(
+            model_type,
+            version,
+            f"it needs {cost} bytes resident, more than the whole cache budget of {budget} bytes "
+            "(MODELCACHE_CACHE_MAX_BYTES); raise the budget or serve it from a node with a larger one",
         )
 
 

@@ -21,7 +21,7 @@ from coordinator.registry import ModelMetadata
 from coordinator.versions import normalize_version
 from node import memory
 from node.cache import ModelCache
-from node.errors import LoadTimeout
+from node.errors import LoadTimeout, ModelTooLarge
 from node.loader import Loader, LoadPool
 from node.metrics import NodeMetrics
 from node.periodic import Periodic
@@ -131,11 +131,18 @@ class Loads:
         model_type, version = key
         started = time.perf_counter()
 
+        budget = self.cache.max_bytes
+
         def make_room(meta: ModelMetadata) -> None:
             # Evict first, so the new model is deserialized only when the budget allows it.
             # A reload's new version takes the old one's slot, but both are in memory until the swap.
             slots = 0 if any(old in self.cache for old in replacing) else 1
-            self.cache.reserve(key, memory.estimate_cost(meta), protect=replacing + protect, slots=slots)
+            estimate = memory.estimate_cost(meta)
+            if budget is not None and estimate > budget:
+                # The estimate is an upper bound: the model may fit after all, but making room for
+                # it would empty the cache for a model that is then likely refused (below).
+                estimate = 0
+            self.cache.reserve(key, estimate, protect=replacing + protect, slots=slots)
             memory.trim()  # what was just evicted is freed now (unless a request still holds it)
 
         try:
@@ -147,6 +154,12 @@ class Loads:
             self.metrics.model_load_failures.labels(model_type, reason).inc()
             log.error("load failed: %s", exc)
             raise
+        if budget is not None and cost > budget:
+            # Cached, it would push out every other model and still break the budget.
+            refused = ModelTooLarge(model_type, version, cost, budget)
+            self.metrics.model_load_failures.labels(model_type, refused.reason).inc()
+            log.error("load refused: %s", refused)
+            raise refused
         self.metrics.model_load_seconds.labels(model_type).observe(time.perf_counter() - started)
         log.info(
             "loaded %s %s (%d bytes on disk, charged %d resident)",

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.errors import InvalidName
+from coordinator.redis_url import parse_redis_url
 from coordinator.registry.store import StoreLocation, is_store_url
 
 GRPC_PORT_OFFSET = 50
@@ -129,6 +130,14 @@ class NodeSettings(BaseSettings):
                 raise ValueError(exc.reason) from None  # a usage error at start, not a crash later
             return value
         return Path(value).expanduser().resolve()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _parsable_redis_url(cls, value: str | None) -> str | None:
+        # A malformed URL is a usage error at start (one line, password redacted), not a traceback.
+        if value:
+            parse_redis_url(value)
+        return value
 
     @property
     def resolved_node_id(self) -> str:

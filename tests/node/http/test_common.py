@@ -188,3 +188,40 @@ def test_errors_do_not_reveal_registry_paths_or_digests(
     assert "churn 1.1.0" in responses[1].json()["error"]
     assert "fraud 1.0.0" in responses[3].json()["error"]
     assert root in caplog.text  # the operator's log keeps the detail
+
+
+@pytest.mark.parametrize("path", ["/api/v1/batch_predict", "/api/v1/models/churn/batch_predict"])
+def test_an_over_limit_batch_is_refused_on_its_bytes_before_it_is_parsed(
+    client: TestClient, path: str
+) -> None:
+    # Six rows (the limit is 5) and then junk: parsed first, this is a 422 for invalid JSON;
+    # counted on its bytes first, a 413 that never reaches the parser (a flood of refused
+    # batches costs a few byte scans each, not a parse that builds every row).
+    head = (
+        b'{"model_type": "churn", "instances": ['
+        if path.endswith("/api/v1/batch_predict")
+        else b'{"instances": ['
+    )
+    body = head + b"[1, 2, 3, 4]," * 6 + b" this is not JSON"
+    r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert_error_shape(r, 413, "batch_too_large")
+    assert "batch of 6 instances exceeds the limit of 5" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"instances": [[1, 2], [3, None]]},
+        {"model_type": "a[b{c", "version": "1.0", "instances": [{"x[": 1, 'y{"': 2}] * 5},
+        {"instances": [{"\\[": 1}, {"\\\\{": None}], "routing_key": "[[[[{{{{"},
+        {"instances": []},
+    ],
+)
+def test_counting_rows_on_the_bytes_is_exact_for_a_valid_body(doc: dict) -> None:
+    import json
+
+    from node.http.common import refuse_big_batch, rows_in_batch
+
+    raw = json.dumps(doc).encode()
+    assert rows_in_batch(raw) == len(doc["instances"])
+    refuse_big_batch(raw, len(doc["instances"]))  # at the limit: never refused on brackets in strings
