@@ -62,5 +62,5 @@ def test_target_rereads_a_cached_listing(registry: Registry, publish: PublishFn)
     recording = Recording(registry.root)
     r = make(recording, [0.0])
     assert r.target("m") == "1.0" and refreshed == ["m"]
-    r.set_pins({"m": "1.0"})
+    r.set_pin("m", "1.0")
     assert r.target("m") == "1.0" and refreshed == ["m"]  # a pin names the version itself
