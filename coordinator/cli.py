@@ -272,7 +272,7 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["node"]:
-        return _fail("run a node with `modelcache node ...` or `python -m node ...`", EXIT_USAGE, False)
+        _become_node(argv[1:])
     wants_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -294,6 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_FAILED, wants_json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _become_node(node_args: Sequence[str]) -> NoReturn:
+    """`node ...` that reached this CLI itself (`python -m coordinator.cli node`): become a node process.
+
+    The `modelcache` entry point (modelcache/__main__.py) runs the node in-process; here the
+    coordinator starts it as a process, as `modelcache up` does, and never imports it. `-P`
+    keeps a `node/` folder of the current directory from shadowing the installed package.
+    """
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "node", *node_args])
 
 
 def _fail(message: str, code: int, wants_json: bool) -> int:

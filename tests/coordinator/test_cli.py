@@ -115,6 +115,18 @@ def test_node_command_runs_the_node_entry_point() -> None:
     assert "usage: modelcache node" in out.stdout and "--redis-url" in out.stdout
 
 
+def test_the_coordinators_own_cli_starts_a_node_process_without_importing_the_node() -> None:
+    """`python -m coordinator.cli node` (the console script's old target) still runs a node."""
+    out = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "node", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage: modelcache node" in out.stdout and "--cache-max-bytes" in out.stdout
+
+
 def test_main_returns_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--registry", str(tmp_path)]) == 0
     assert "no models" in capsys.readouterr().out
