@@ -11,6 +11,7 @@
     ├── AlreadyPublished         publishing over an existing version without force
     ├── ArtifactError            an artifact that cannot be published (unknown format, missing)
     ├── ClusterUnavailable       Redis cannot be reached for a cluster-wide call
+    │   └── ClusterRefusing      Redis answers but refuses (out of memory, read-only, ...)
     └── ClusterStateCorrupt      Redis answers, but a state key holds the wrong type of value
 
 No HTTP status codes here: the node's API maps these in one place.
@@ -115,6 +116,19 @@ class ArtifactError(ModelCacheError):
 
 class ClusterUnavailable(ModelCacheError):
     code = "cluster_unavailable"
+
+
+class ClusterRefusing(ClusterUnavailable):
+    """Redis is reachable but refuses the command: an outage of Redis, not junk in the state.
+
+    `reason` is Redis' own error code in lower case (`oom`, `misconf`, `noperm`, `busy`,
+    `readonly`, `loading`, `masterdown`, `noreplicas`): a bounded set, used as a metric label.
+    Same code (`cluster_unavailable`, 503, CLI exit 3) as an unreachable Redis.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class ClusterStateCorrupt(ModelCacheError):

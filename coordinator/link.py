@@ -4,26 +4,63 @@
 peers over one `Link`; neither knows the other. Every Redis call goes through
 `Link.call`, which turns redis-py's exceptions into the coordinator's errors:
 
-    redis.ReadOnlyError   -> ClusterUnavailable   (a demoted primary: a failover is under way)
-    redis.ResponseError   -> ClusterStateCorrupt  (a state key holds junk of the wrong type)
+    a refusal (OOM, MISCONF, NOPERM, BUSY, READONLY, LOADING, MASTERDOWN, NOREPLICAS)
+                          -> ClusterRefusing      (Redis answers but will not do it: an outage)
+    redis.ResponseError   -> ClusterStateCorrupt  (anything else: a state key holds junk)
     redis.RedisError      -> ClusterUnavailable   (unreachable, timed out)
+
+Telling a refusal from junk matters: a refusal is the operator's Redis to fix (memory, disk,
+ACL), junk is the cluster state to repair, and only the first is worth retrying.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
 import redis
 
-from coordinator.errors import ClusterStateCorrupt, ClusterUnavailable
+from coordinator.errors import ClusterRefusing, ClusterStateCorrupt, ClusterUnavailable
 from coordinator.keys import Keys
 from coordinator.redis_url import client_for, parse_redis_url
 
-__all__ = ["Link", "LogThrottle", "connect"]
+__all__ = ["REFUSALS", "Link", "LogThrottle", "connect", "refusal"]
 
 log = logging.getLogger("modelcache.state")
+
+
+REFUSALS: dict[str, str] = {
+    "oom": "is out of memory (maxmemory reached, noeviction): free memory or raise maxmemory",
+    "misconf": "refuses writes because it cannot persist (MISCONF): check its disk and RDB/AOF",
+    "noperm": "refuses the command for this user (NOPERM): check the ACL",
+    "busy": "is busy running a script (BUSY)",
+    "readonly": "is a read-only replica now (a failover is under way)",
+    "loading": "is loading its dataset into memory (LOADING)",
+    "masterdown": "is a replica that lost its primary (MASTERDOWN)",
+    "noreplicas": "has too few replicas to accept writes (NOREPLICAS)",
+}
+"""Redis' error codes that mean "reachable, but refusing": reason -> what it means for operators."""
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The reason (a key of REFUSALS) when `exc` is Redis refusing a command, else None.
+
+    redis-py has classes for some codes (OutOfMemoryError, ReadOnlyError, ...) and strips the
+    code from the message; MISCONF and BUSY stay plain ResponseErrors with `status_code` set.
+    A refusal inside a Lua script arrives wrapped: "Error running script ...: -OOM command ...".
+    """
+    if isinstance(exc, redis.exceptions.BusyLoadingError):  # a ConnectionError in redis-py
+        return "loading"
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    codes = [str(getattr(exc, "status_code", None) or ""), *_EMBEDDED_CODE.findall(str(exc))]
+    return next((code.lower() for code in codes if code.lower() in REFUSALS), None)
+
+
+_EMBEDDED_CODE = re.compile(r"(?:^|\s-)([A-Z]{2,16})\b")
+"""An error code at the start of a reply, or quoted as `-CODE` inside a script's error."""
 
 
 class LogThrottle:
@@ -34,15 +71,20 @@ class LogThrottle:
         self._last: dict[str, float] = {}
         self.suppressed = 0
 
-    def warning(self, key: str, msg: str, *args: Any, logger: logging.Logger = log) -> None:
+    def allow(self, key: str) -> bool:
+        """True at most once per `interval_s` for `key` (then log); False counts as suppressed."""
         now = self._clock()
         if now - self._last.get(key, -self.interval_s - 1) < self.interval_s:
             self.suppressed += 1
-            return
+            return False
         if len(self._last) > 1000:  # keys may come from junk: bound the memory
             self._last.clear()
         self._last[key] = now
-        logger.warning(msg, *args)
+        return True
+
+    def warning(self, key: str, msg: str, *args: Any, logger: logging.Logger = log) -> None:
+        if self.allow(key):
+            logger.warning(msg, *args)
 
 
 def connect(url: str, *, timeout: float = 2.0, decode_responses: bool = True) -> redis.Redis:
@@ -91,14 +133,15 @@ class Link:
         """`fn(*args)`; a Redis failure becomes a ModelCacheError that says `cannot <what>: ...`."""
         try:
             return fn(*args)
-        except redis.exceptions.ReadOnlyError as exc:  # a demoted primary: a failover is under way
-            raise ClusterUnavailable(
-                f"cannot {what}: {self.where} is a read-only replica now ({exc})"
-            ) from exc
-        except redis.ResponseError as exc:
+        except (redis.ResponseError, redis.exceptions.BusyLoadingError) as exc:
+            reason = refusal(exc)
+            if reason is not None:
+                raise ClusterRefusing(
+                    f"cannot {what}: {self.where} is reachable but {REFUSALS[reason]} ({exc})", reason
+                ) from exc
             # WRONGTYPE, "not an integer": someone wrote junk into a state key. Not an outage;
-            # the detail (key, script) is for the log, not for the client.
-            log.error("cannot %s: Redis refused the command: %s", what, exc)
+            # the detail (key, script) is for the log (at a bounded rate), not for the client.
+            self.throttle.warning(f"corrupt:{what}", "cannot %s: Redis refused the command: %s", what, exc)
             raise ClusterStateCorrupt(
                 f"cannot {what}: the cluster state in Redis is corrupt (a key under {self.keys.prefix!r} "
                 "holds a value of the wrong type); the node log has the detail"
