@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 BASE_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 UNHEALTHY_AFTER = 3
-"""Consecutive unexpected errors after which a thread counts as a readiness problem."""
+"""Consecutive unexpected errors after which a thread counts as degraded (in /readyz's body)."""
 
 
 class Backoff:
@@ -46,7 +46,7 @@ class ThreadHealth:
 
 @dataclass(frozen=True)
 class SyncHealth:
-    """What /readyz needs: `problems` is empty while the node keeps in step with the cluster."""
+    """What /readyz lists as degraded: `problems` is empty while the node keeps in step with the cluster."""
 
     problems: list[str]
     connected: bool

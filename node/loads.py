@@ -1,4 +1,4 @@
-"""Load into the cache: bounded (the load pool), timed (LOAD_TIMEOUT_S), healthy or not (/readyz).
+"""Load into the cache: bounded (the load pool), timed (LOAD_TIMEOUT_S), degraded or not (/readyz body).
 
 The request path (node.service) and the change path (node.reloads) are siblings
 over one `Loads`: both get models into the one cache through here, so a load is
@@ -181,7 +181,7 @@ class Loads:
 
     # -- health and views ------------------------------------------------------
     def health(self, stuck_after_s: float | None = None) -> list[str]:
-        """Problems with loading (and the cache sweep), for /readyz: empty when nothing is wedged."""
+        """Problems with loading (and the cache sweep), listed in /readyz's body (the node stays ready)."""
         limit = self.load_timeout_s if stuck_after_s is None else stuck_after_s
         running = self.pool.in_progress()
         stuck = [f"{label} ({seconds:.0f}s)" for label, seconds in running if seconds > limit]

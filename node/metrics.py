@@ -251,6 +251,23 @@ class NodeMetrics:
         self.redis_connected = Gauge(
             "modelcache_redis_connected", "1 while the node reaches Redis, else 0.", registry=r
         )
+        self.redis_refusing = Gauge(
+            "modelcache_redis_refusing",
+            "1 while Redis is reachable but refuses this node's writes (out of memory, read-only, ACL...).",
+            registry=r,
+        )
+        self.redis_refusals = Counter(
+            "modelcache_redis_refusals_total",
+            "Redis commands of the background sync refused by a reachable Redis, by Redis' error code.",
+            ["reason"],
+            registry=r,
+        )
+        self.degraded = Gauge(
+            "modelcache_degraded",
+            "1 while /readyz lists a degraded state (cluster sync failing, loads wedged or backlogged); "
+            "the node still serves.",
+            registry=r,
+        )
         self.background_errors = Counter(
             "modelcache_background_errors_total",
             "Errors caught at the top of a background thread (cluster sync, cache sweep); it goes on.",

@@ -1,7 +1,8 @@
 """A background thread that runs one function periodically and never dies silently.
 
-It catches everything at its top, logs it, backs off (`node.background.Backoff`, up to
-ten intervals) and goes on; `problem()` reports it for /readyz when it has not
+It catches everything at its top, logs it (a traceback per task at most every 30 s, so an
+error that repeats cannot flood the log), backs off (`node.background.Backoff`, up to
+ten intervals) and goes on; `problem()` reports it in /readyz's body (degraded, still ready) when it has not
 succeeded for three intervals, and each failure counts in
 `modelcache_background_errors_total{thread}`.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
+from coordinator.link import LogThrottle
 from node.background import Backoff
 
 log = logging.getLogger("modelcache.periodic")
@@ -40,6 +42,7 @@ class Periodic:
         self.last_ok = clock()
         self.failures = 0
         self.last_error = ""
+        self._throttle = LogThrottle()
         self._thread = threading.Thread(target=self._run, name=f"modelcache-{name}", daemon=True)
 
     def start(self) -> Periodic:
@@ -60,7 +63,8 @@ class Periodic:
             self.last_error = f"{type(exc).__name__}: {exc}"
             if self._errors is not None:
                 self._errors.labels(self.name).inc()
-            log.exception("background task %s failed (%d in a row)", self.name, self.failures)
+            if self._throttle.allow(self.name):
+                log.exception("background task %s failed (%d in a row)", self.name, self.failures)
             return False
         self.failures = 0
         self.last_ok = self._clock()

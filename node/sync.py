@@ -5,10 +5,14 @@ Two background threads, neither on the request path (invariant 4):
 * the loop reconciles (reads pins and generations, applies what differs, acks)
   when woken, on every (re)connect and every RECONCILE_INTERVAL_S, and
   heartbeats every HEARTBEAT_S. A node that missed every event still converges
-  (invariant 3). Redis errors mark the node disconnected and back off with jitter.
+  (invariant 3). Redis errors mark the node disconnected and back off with jitter;
+  a Redis that answers but refuses (out of memory, read-only, ACL: `ClusterRefusing`)
+  backs off the same way and shows in `modelcache_redis_refusing` instead.
 
 Neither thread ever dies: everything is caught at its top, counted in
-`modelcache_background_errors_total{thread}`, and `health()` says when one is stuck.
+`modelcache_background_errors_total{thread}` and logged at a bounded rate (a traceback per
+thread per 30 s), and `health()` says when one is stuck. None of it is a readiness problem:
+the node serves from its cache whatever Redis does (docs/design.md, "Readiness").
 Everything read from Redis is untrusted; one bad model or message fails alone.
 
 What to do with a snapshot of the desired state is the `Reconciler`'s (node.reconcile,
@@ -30,8 +34,8 @@ from typing import Any
 
 import redis
 
-from coordinator.errors import ClusterUnavailable
-from coordinator.link import Link, LogThrottle
+from coordinator.errors import ClusterRefusing, ClusterUnavailable
+from coordinator.link import REFUSALS, Link, LogThrottle, refusal
 from coordinator.membership import Membership
 from coordinator.state import ClusterState
 from coordinator.wire import Change, Heartbeat, WireError
@@ -87,7 +91,12 @@ class ClusterSync:
         self._throttle = LogThrottle()
         self._reported: Counter[str] = Counter()
         self._connected = False
+        self._lost = ""
+        """Why Redis was lost, while it is (empty before the first attempt and once back)."""
+        self._refusing: str | None = None
+        """Redis' reason while it answers but refuses our writes, else None."""
         metrics.redis_connected.set(0)
+        metrics.redis_refusing.set(0)
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -116,7 +125,7 @@ class ClusterSync:
         return self.health().problems
 
     def health(self) -> SyncHealth:
-        """Problems that should keep this node out of rotation (not Redis being down: invariant 4)."""
+        """Degraded cluster sync, for /readyz's body and logs; never a reason to leave rotation."""
         problems = []
         if not self._stop.is_set():
             for thread in self._threads:
@@ -125,6 +134,13 @@ class ClusterSync:
         for name, h in self._health.items():
             if h.consecutive >= UNHEALTHY_AFTER:
                 problems.append(f"{name}: {h.consecutive} errors in a row, last: {h.last_error}")
+        if self._refusing is not None:
+            problems.append(
+                f"Redis is reachable but {REFUSALS[self._refusing]}: pins, reloads and "
+                "heartbeats from this node wait until it accepts writes"
+            )
+        elif self._lost and not self._connected and not self._stop.is_set():
+            problems.append(f"Redis is unreachable, serving from the local cache: {self._lost}"[:400])
         errors = {name: h.errors for name, h in self._health.items()}
         return SyncHealth(problems, self._connected, errors)
 
@@ -154,8 +170,14 @@ class ClusterSync:
         while not self._stop.is_set():
             try:
                 body(backoff)
+            except ClusterRefusing as exc:
+                self._refused(exc.reason, f"{name}: {exc}")
             except (redis.RedisError, OSError, ClusterUnavailable) as exc:
-                self._set_connected(False, f"{name}: {exc}")
+                reason = refusal(exc)  # the subscriber talks to Redis directly, not through Link.call
+                if reason is not None:
+                    self._refused(reason, f"{name}: {exc}")
+                else:
+                    self._set_connected(False, f"{name}: {exc}")
             except Exception as exc:  # a dead thread is worse than any error
                 self._failed(name, exc)
             self._stop.wait(backoff.next())
@@ -166,7 +188,8 @@ class ClusterSync:
         h.consecutive += 1
         h.last_error = f"{type(exc).__name__}: {exc}"[:300]
         self.metrics.background_errors.labels(name).inc()
-        log.error("%s: unexpected error, going on: %s", name, h.last_error, exc_info=exc)
+        if self._throttle.allow(f"failed:{name}"):  # an error that repeats must not flood the log
+            log.error("%s: unexpected error, going on: %s", name, h.last_error, exc_info=exc)
 
     def _succeeded(self, name: str) -> None:
         h = self._health.get(name)
@@ -217,6 +240,7 @@ class ClusterSync:
                 # event that landed just then, and the change would wait for the next reconcile.
                 self._wake.clear()
             now = time.monotonic()
+            beating = False
             try:
                 rejoining = not self._connected
                 if woken or now >= next_reconcile:
@@ -227,15 +251,22 @@ class ClusterSync:
                     self._succeeded("loop")
                 # Back from an outage: heartbeat at once, our membership key has likely expired.
                 if now >= next_heartbeat or (rejoining and self._connected):
+                    beating = True
                     self._heartbeat()
                     next_heartbeat = time.monotonic() + self.timing.heartbeat_s
+            except ClusterRefusing as exc:
+                self._refused(exc.reason, str(exc))
+                next_reconcile = next_heartbeat = time.monotonic() + backoff.next()
             except ClusterUnavailable as exc:
                 self._set_connected(False, str(exc))
                 # Retry soon, then less often while Redis stays away; jittered across the fleet.
                 next_reconcile = next_heartbeat = time.monotonic() + backoff.next()
             except Exception as exc:
                 self._failed("loop", exc)
-                next_reconcile = time.monotonic() + min(interval, backoff.next())
+                if beating:  # it used to retry at once, in a loop, spinning a core while it failed
+                    next_heartbeat = time.monotonic() + backoff.next()
+                else:  # heartbeats go on while reconciling fails: the node is alive
+                    next_reconcile = time.monotonic() + min(interval, backoff.next())
 
     def _set_connected(self, connected: bool, why: str = "") -> None:
         if connected != self._connected:
@@ -244,7 +275,25 @@ class ClusterSync:
             else:
                 log.warning("lost Redis, serving from the local cache and registry: %s", why)
         self._connected = connected
+        self._lost = "" if connected else (why or "no answer")
         self.metrics.redis_connected.set(1 if connected else 0)
+
+    def _refused(self, reason: str, why: str) -> None:
+        """Redis answered and refused: reachable (connected, as the metric says), but degraded."""
+        self._set_connected(True)
+        self.metrics.redis_refusals.labels(reason).inc()
+        self.metrics.redis_refusing.set(1)
+        if self._refusing != reason:
+            log.warning("Redis refuses this node's commands (%s), serving from the cache: %s", reason, why)
+        else:
+            self._throttle.warning(f"refused:{reason}", "Redis refuses (%s): %s", reason, why, logger=log)
+        self._refusing = reason
+
+    def _accepted(self) -> None:
+        if self._refusing is not None:
+            log.info("Redis accepts this node's writes again")
+        self._refusing = None
+        self.metrics.redis_refusing.set(0)
 
     def _reconcile(self) -> None:
         """Read the desired state, apply it (the reconciler), acknowledge; heartbeat if it changed."""
@@ -252,6 +301,7 @@ class ClusterSync:
         self._set_connected(True)
         result = self.reconciler.step(snap)
         self.members.write_ack(result.ack)
+        self._accepted()
         if result.applied:
             self._heartbeat()  # the cluster view shows the new state at once
 
@@ -273,3 +323,4 @@ class ClusterSync:
         self.members.heartbeat(beat, ttl_s=3 * self.timing.heartbeat_s)
         self.state.add_popularity(delta)
         self._reported.update(delta)
+        self._accepted()

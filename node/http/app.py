@@ -71,9 +71,16 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
         state["ready"] = True
 
     def problems() -> list[str]:
-        """Why this node should not take traffic now; empty when it should."""
-        found = [] if state["ready"] else [f"node {node_id} is still warming up"]
-        found += parts.loads.health()
+        """Why this node cannot answer predictions now; empty when it can (docs/design.md, Readiness).
+
+        Only this node's own state: a shared dependency (Redis, the registry, the load backlog)
+        degrading must not take every node out of rotation at once.
+        """
+        return [] if state["ready"] else [f"node {node_id} is still warming up"]
+
+    def degraded() -> list[str]:
+        """What is wrong while the node still serves: in /readyz's body, metrics and alerts."""
+        found = parts.loads.health()
         if cluster is not None:
             found += cluster.problems()
         return found
@@ -105,7 +112,7 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
     V1(node_id, settings.max_batch, parts.service, metrics, batcher, **models).register(app, fast)
     admin.register(app)
     Canaries(parts.control, parts.reloads).register(app, admin.require_admin)
-    Ops(node_id, parts.loads, metrics, problems).register(app)
+    Ops(node_id, parts.loads, metrics, problems, degraded).register(app)
     v2 = V2(node_id, settings.max_batch, parts.service, metrics, batcher, lambda: not problems(), **models)
     v2.register(app, fast, admin.require_admin)
     KServeV1(

@@ -1,4 +1,11 @@
-"""Operations routes: liveness, readiness, Prometheus metrics, cache statistics."""
+"""Operations routes: liveness, readiness, Prometheus metrics, cache statistics.
+
+Readiness means "this node can answer predictions" (503 only while warming up). Degraded
+states that do not stop that (cluster sync failing, Redis refusing, loads wedged or
+backlogged) are listed in the 200 body and in `modelcache_degraded`, never a 503: HAProxy
+and Kubernetes act on /readyz, and a shared dependency degrading would otherwise take every
+node out of rotation at once. Liveness (/healthz) fails only when the process cannot answer.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +23,19 @@ from node.schemas import ERRORS
 
 
 class Ops:
-    """`problems` says why the node should not take traffic now (empty: ready)."""
+    """`problems` says why the node cannot take traffic now (empty: ready); `degraded` what is
+    wrong while it still can."""
 
     def __init__(
-        self, node_id: str, loads: Loads, metrics: NodeMetrics, problems: Callable[[], list[str]]
+        self,
+        node_id: str,
+        loads: Loads,
+        metrics: NodeMetrics,
+        problems: Callable[[], list[str]],
+        degraded: Callable[[], list[str]] = list,
     ) -> None:
         self.node_id, self.loads, self.metrics, self.problems = node_id, loads, metrics, problems
+        self.degraded = degraded
 
     def register(self, app: FastAPI) -> None:
         tags = ["operations"]
@@ -35,16 +49,26 @@ class Ops:
         return {"node_id": self.node_id, **self.loads.stats()}
 
     async def healthz(self) -> dict[str, Any]:
-        """Liveness: the process answers."""
+        """Liveness: the process answers (its event loop runs); nothing else, so a restart only
+        ever replaces a wedged process, never one waiting on Redis or a slow registry."""
         return {"status": "ok", "node_id": self.node_id}
 
     async def readyz(self) -> Response:
-        """Readiness: 503 while warming up, while loading is wedged, or while cluster sync is unhealthy."""
+        """Readiness: 503 only while warming up; degraded states are listed, still 200."""
         found = self.problems()
         if found:
             return error_response(503, "not_ready", "; ".join(found))
+        degraded = self._degraded()
+        if degraded:
+            return FastJSON({"status": "ready", "node_id": self.node_id, "degraded": degraded})
         return FastJSON({"status": "ready", "node_id": self.node_id})
+
+    def _degraded(self) -> list[str]:
+        found = self.degraded()
+        self.metrics.degraded.set(1 if found else 0)
+        return found
 
     async def prometheus_metrics(self) -> Response:
         """Prometheus text exposition of this node's metrics."""
+        self._degraded()  # fresh at every scrape, whether or not anyone polls /readyz
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
