@@ -547,3 +547,27 @@ def test_an_event_landing_as_a_heartbeat_falls_due_is_not_dropped(
         change = control.pin("m", ("1.0", "2.0")[i % 2])
         [row] = members.wait_for_acks(change, timeout_s=5)
         assert row.outcome == Outcome.OK, (i, row)
+
+
+def test_a_heartbeat_that_keeps_failing_backs_off_instead_of_spinning(
+    local_sync: LocalSync, publish: PublishFn
+) -> None:
+    """A bug-class error in the heartbeat (injected: real Redis cannot raise one) is retried with
+    backoff. It used to be retried at once, in a loop: ~70% of a core and megabytes of tracebacks."""
+    publish("m", "1.0")
+    sync = local_sync()
+    calls = 0
+
+    def broken_heartbeat(*_: object, **__: object) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    sync.members.heartbeat = broken_heartbeat  # type: ignore[method-assign]
+    asyncio.run(sync.start())
+    assert eventually(lambda: calls >= 3, timeout=10)
+    time.sleep(2)  # a spinning loop makes thousands of attempts in this time, backoff a handful
+    assert calls < 40, calls
+    assert sync._throttle.suppressed >= calls - 2  # one traceback per 30 s, not one per try
+    assert metric_value(sync, "modelcache_background_errors_total", thread="loop") >= calls - 1
+    assert all(t.is_alive() for t in sync._threads)
