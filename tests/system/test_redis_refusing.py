@@ -7,6 +7,8 @@ spun on the refusals (tracebacks by the megabyte) and a pin answered cluster_sta
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -16,6 +18,7 @@ import redis
 
 from coordinator.lb import INSTALL, HAProxy
 from coordinator.redis_server import RedisServer
+from coordinator.registry import Registry
 from tests.conftest import CLUSTER_TOKEN
 from tests.helpers import NodeProcess, PublishFn, eventually, free_port, metric, require_binary
 
@@ -38,7 +41,11 @@ def degraded(node: NodeProcess) -> list[str]:
 
 @pytest.mark.slow
 def test_redis_refusing_writes_leaves_every_node_serving_and_says_why(
-    cluster: Callable[..., list[NodeProcess]], publish: PublishFn, own_redis: RedisServer
+    cluster: Callable[..., list[NodeProcess]],
+    publish: PublishFn,
+    own_redis: RedisServer,
+    registry: Registry,
+    prefix: str,
 ) -> None:
     require_binary("haproxy", INSTALL)
     publish("m", "1.0")
@@ -76,6 +83,14 @@ def test_redis_refusing_writes_leaves_every_node_serving_and_says_why(
         pin = httpx.put(f"{nodes[0].url}/api/v1/pins/m", json={"version": "1.0"}, headers=ADMIN, timeout=30)
         assert pin.status_code == 503, pin.text
         assert pin.json()["code"] == "cluster_unavailable" and "out of memory" in pin.json()["error"]
+        where = ["--registry", str(registry.root), "--redis-url", own_redis.url, "--redis-prefix", prefix]
+        cli = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli", "pin", "m", "1.0", *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 3 and "out of memory" in cli.stderr, (cli.returncode, cli.stderr)
 
         admin.config_set("maxmemory", 0)  # Redis accepts writes again: the nodes notice
         for node in nodes:
