@@ -44,6 +44,8 @@ from node.metrics import NodeMetrics
 from node.reconcile import Reconciler
 
 log = logging.getLogger("modelcache.sync")
+MIN_MEMBER_TTL_S = 0.5
+"""The shortest membership lifetime, whatever MODELCACHE_HEARTBEAT_S says."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,9 @@ class ClusterSync:
             serving=report.serving,
             stats=report.stats,
         )
-        self.members.heartbeat(beat, ttl_s=3 * self.timing.heartbeat_s)
+        # Three missed heartbeats, but never under half a second: a TTL of a few milliseconds
+        # (tests beat every 2 ms) expires while a loaded machine has not scheduled this thread.
+        self.members.heartbeat(beat, ttl_s=max(3 * self.timing.heartbeat_s, MIN_MEMBER_TTL_S))
         self.state.add_popularity(delta)
         self._reported.update(delta)
         self._accepted()
