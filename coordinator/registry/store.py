@@ -89,6 +89,10 @@ class StoreError(OSError):
     """The store could not answer: unreachable, too slow, refused, or cut off mid-transfer."""
 
 
+class StoreSilent(StoreError):
+    """The store did not answer in time (dropped packets, a hung server), or did not lately."""
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """How long one store call may take."""
@@ -97,6 +101,10 @@ class Timeouts:
     read_s: float = 5.0
     min_rate_bytes_per_s: float = 1 << 20
     """A download may take `read_s + size / min_rate` in all; slower is a failure."""
+    silent_cooldown_s: float = 5.0
+    """After a call timed out, further calls fail at once for this long instead of each
+    waiting its own timeouts: one load makes several calls (listing, metadata, fallbacks),
+    and a store that drops packets would otherwise hold it for a timeout per call."""
 
 
 class S3Store:
@@ -115,6 +123,7 @@ class S3Store:
         self.observer = observer
         self._client = client if client is not None else _make_client(self.timeouts)
         self.endpoint = str(self._client.meta.endpoint_url)
+        self._silent_until = 0.0  # monotonic time before which calls fail at once (StoreSilent)
 
     def describe(self) -> str:
         """How messages name this store: its URL and endpoint host, never credentials.
@@ -264,6 +273,12 @@ class _Call:
 
     def __enter__(self) -> _Call:
         self.started = time.monotonic()
+        wait = self.store._silent_until - self.started
+        if wait > 0:
+            raise StoreSilent(
+                f"{self.store.describe()} is unavailable (it did not answer in time; "
+                f"trying again in {wait:.0f}s)"
+            )
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
@@ -273,6 +288,8 @@ class _Call:
         if exc is not None:
             translated = _translate(exc, self.store, self.operation)
             outcome = "not_found" if isinstance(translated, KeyNotFound) else "error"
+            if isinstance(translated, StoreSilent):
+                self.store._silent_until = time.monotonic() + self.store.timeouts.silent_cooldown_s
         if self.store.observer is not None:
             self.store.observer.store_request(self.operation, outcome, seconds)
         if translated is not None and translated is not exc:
@@ -300,12 +317,24 @@ def _translate(exc: BaseException, store: S3Store, operation: str) -> BaseExcept
             f"{store.describe()}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a role)"
         )
+    if _timed_out(exc):
+        log.warning("%s %s: %s", store.location, operation, exc)
+        return StoreSilent(f"{store.describe()} is unavailable (no answer in time: {type(exc).__name__})")
     if isinstance(exc, BotoCoreError | OSError) or type(exc).__module__.startswith("urllib3"):
         # EndpointConnectionError, ConnectTimeout, ReadTimeout, ResponseStreamingError (cut off
         # mid-download), IncompleteReadError, NoCredentialsError: the store cannot be used now.
         log.warning("%s %s: %s", store.location, operation, exc)  # the full cause, for operators
         return StoreError(f"{store.describe()} is unavailable ({type(exc).__name__})")
     return exc
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A connect or read timeout (the store is silent), not a refusal (it is down, and says so)."""
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    return isinstance(exc, ConnectTimeoutError | ReadTimeoutError | TimeoutError) or (
+        type(exc).__module__.startswith("urllib3") and "Timeout" in type(exc).__name__
+    )
 
 
 def _make_client(timeouts: Timeouts) -> Any:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +18,14 @@ from coordinator.errors import (
     RegistryUnavailable,
     VersionNotFound,
 )
-from coordinator.registry import StoreLocation, open_registry
+from coordinator.registry import ObjectStoreRegistry, StoreLocation, open_registry
 from coordinator.registry import store as store_module
 from coordinator.registry.disk_tier import DiskTier
 from node.errors import ChecksumMismatch, ModelLoadError
 from node.loader import Loader
 from testkit.s3_server import BUCKET, S3Server, ThrottlingProxy, create_bucket, s3_client
 from tests.coordinator.conftest import StoreRegistryFn
-from tests.helpers import FEATURES, train_booster
+from tests.helpers import FEATURES, eventually, train_booster
 
 
 def _artifact(tmp_path: Path, seed: int = 0, suffix: str = "ubj") -> Path:
@@ -350,3 +351,50 @@ def test_unknown_versions_cost_no_store_call_each(store_registry: StoreRegistryF
     clock[0] = 6.5  # within the 30 s TTL, but a miss re-reads a listing older than a second
     assert registry.metadata("churn", "2.0.0").version == "2.0.0"
     assert seen.requests[-2:] == [("list", "ok"), ("get", "ok")]
+
+
+class _Requests:
+    """A store observer that records each request made."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+
+    def store_request(self, operation: str, outcome: str, seconds: float) -> None:
+        self.made.append((operation, outcome))
+
+    def store_bytes(self, direction: str, nbytes: int) -> None:
+        pass
+
+
+def test_a_silent_store_fails_the_next_calls_at_once_and_is_tried_again_later(
+    store_registry: StoreRegistryFn, tmp_path: Path, s3_server: S3Server
+) -> None:
+    """A store that stops answering (dropped packets) costs one timeout, not one per call of a load."""
+    proxy = ThrottlingProxy(s3_server.port)
+    requests = _Requests()
+    try:
+        registry = store_registry(
+            endpoint=proxy.url,
+            timeouts=store_module.Timeouts(connect_s=1, read_s=1, silent_cooldown_s=3),
+            observer=requests,
+        )
+        meta = registry.publish(_artifact(tmp_path), "churn", "1.0.0")
+        proxy.stall.set()
+        with pytest.raises(RegistryUnavailable, match="no answer in time"):
+            registry.read_artifact(meta)
+        made = len(requests.made)
+        with pytest.raises(RegistryUnavailable, match="trying again in"):
+            registry.read_artifact(meta)
+        assert len(requests.made) == made  # no request: it failed at once
+        proxy.stall.clear()
+        assert eventually(lambda: _reads(registry, meta), 15)  # after the cool-down, it is asked again
+    finally:
+        proxy.stall.clear()
+        proxy.close()
+
+
+def _reads(registry: ObjectStoreRegistry, meta: Any) -> bool:
+    try:
+        return bool(registry.read_artifact(meta))
+    except RegistryUnavailable:
+        return False
