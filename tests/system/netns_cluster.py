@@ -1,6 +1,10 @@
-"""A modelcache cluster across network namespaces: Redis, three nodes and HAProxy, each its own host.
+"""A modelcache cluster across network namespaces: Redis, an object store, three nodes and HAProxy.
 
-    redis 10.77.0.2:6379   lb 10.77.0.3:8080   client 10.77.0.4   node1..3 10.77.0.11..13:8000
+    redis 10.77.0.2:6379   lb 10.77.0.3:8080   client 10.77.0.4   store 10.77.0.5:5000
+    node1..3 10.77.0.11..13:8000
+
+The registry is `s3://` in the store (moto's S3 server), published from the client
+namespace (tests/system/netns_publish.py); each node keeps its own disk tier.
 
 Every node listens on port 8000 of its own address, as on separate machines. The test
 process reaches the load balancer and each node through Unix sockets that a relay in
@@ -10,6 +14,7 @@ never cuts the test off from either of them.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,13 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.lb import find_haproxy, render
 from coordinator.redis_server import find_redis_server
+from testkit.s3_server import CREDENTIALS
 from tests.conftest import CLUSTER_TOKEN
 from tests.system.netns import Topology, wait_for_files
 
 REPO = Path(__file__).resolve().parents[2]
-HOSTS = {"redis": 2, "lb": 3, "client": 4, "node1": 11, "node2": 12, "node3": 13}
+HOSTS = {"redis": 2, "lb": 3, "client": 4, "store": 5, "node1": 11, "node2": 12, "node3": 13}
 NODES = ("node1", "node2", "node3")
-NODE_PORT, LB_PORT, REDIS_PORT = 8000, 8080, 6379
+NODE_PORT, LB_PORT, REDIS_PORT, STORE_PORT = 8000, 8080, 6379, 5000
+REGISTRY = "s3://models/partition"
+PUBLISH_TIMEOUT_S = 90.0
 MAX_BODY_BYTES = 1_048_576
 LIFETIME_S = 600.0
 """The relay exits after this long whatever happens (a bound on a leak if the test is killed)."""
@@ -36,8 +44,8 @@ LIFETIME_S = 600.0
 class NetCluster:
     """Starts everything inside a Topology; the Topology's close() stops it all by PID."""
 
-    def __init__(self, topology: Topology, registry: Path, logs: Path) -> None:
-        self.net, self.registry, self.logs = topology, registry, logs
+    def __init__(self, topology: Topology, logs: Path) -> None:
+        self.net, self.logs = topology, logs
         # Unix socket paths are limited to ~108 bytes: pytest's tmp_path can be longer.
         self.sockets = Path(tempfile.mkdtemp(prefix="mc-relay-", dir="/tmp"))
         self.clients: dict[str, httpx.Client] = {}
@@ -45,6 +53,42 @@ class NetCluster:
     @property
     def redis_url(self) -> str:
         return f"redis://{self.net.address('redis')}:{REDIS_PORT}/0"
+
+    @property
+    def store_address(self) -> str:
+        return f"{self.net.address('store')}:{STORE_PORT}"
+
+    def store_env(self) -> dict[str, str]:
+        """What points a client (node, publisher) at the store: the standard AWS variables."""
+        return {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{self.store_address}"}
+
+    def start_store(self, artifacts: list[tuple[Path, str, str]]) -> None:
+        """moto's S3 server on the store host, then `artifacts` (path, model type, version) in it."""
+        self.net.run(
+            "store",
+            [sys.executable, "-m", "moto.server", "-H", self.net.address("store"), "-p", str(STORE_PORT)],
+            self.logs / "store.log",
+            CREDENTIALS,
+        )
+        specs = [f"{path}:{model_type}:{version}" for path, model_type, version in artifacts]
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.system.netns_publish",
+            "--endpoint",
+            f"http://{self.store_address}",
+        ]
+        publisher = self.net.run(
+            "client", [*argv, REGISTRY, *specs], self.logs / "publish.log", self.store_env(), REPO
+        )
+        try:
+            code = publisher.wait(PUBLISH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != 0:
+            raise RuntimeError(f"publishing into the store failed ({code})\n{self.log_tails()}")
+        # Done: only servers stay on the list that close() stops and wait_ready() watches.
+        self.net.processes.remove(publisher)
 
     def upstream(self, node: str) -> str:
         """What HAProxy puts in X-Modelcache-Upstream for a response from `node`."""
@@ -60,7 +104,9 @@ class NetCluster:
         )  # fmt: skip
         for node in NODES:
             env = {
-                "MODELCACHE_REGISTRY": str(self.registry),
+                **self.store_env(),
+                "MODELCACHE_REGISTRY": REGISTRY,
+                "MODELCACHE_LOCAL_CACHE_DIR": str(self.logs / f"{node}-tier"),
                 "MODELCACHE_REDIS_URL": self.redis_url,
                 "MODELCACHE_NODE_ID": node,
                 "MODELCACHE_ADMIN_TOKEN": CLUSTER_TOKEN,

@@ -1,4 +1,4 @@
-"""Partitions: Redis, HAProxy and three nodes on their own hosts (network namespaces), links cut and healed.
+"""Partitions: Redis, an object store, HAProxy and three nodes on their own hosts (network namespaces).
 
 While clients predict through the load balancer without pause:
 
@@ -10,6 +10,12 @@ While clients predict through the load balancer without pause:
 2. The load balancer is cut from node2: its health checks take node2 out and requests
    go to the other nodes; the ones it had already sent to node2 are repeated on another
    node after its `timeout server`. Healed, node2 gets traffic again.
+3. node1 is cut from the object store. The models it holds keep answering through the
+   load balancer (in memory), and directly (one evicted to its disk tier); a model it
+   must fetch answers a 503 naming the store within seconds. Healed, node1 loads from
+   the store again. The 503 is checked on node1 itself: HAProxy does not repeat a 503
+   on another node, by design (a node's 503 is its own verdict), so through the load
+   balancer a client would see it for the models whose home is node1.
 
 A prediction fails when it gets no 200 or takes longer than CLIENT_TIMEOUT_S. A cut
 drops packets silently both ways in the switch (see tests/system/netns.py): each side
@@ -30,8 +36,7 @@ import pytest
 
 from coordinator.lb import INSTALL as HAPROXY_INSTALL
 from coordinator.lb import render
-from coordinator.registry import Registry
-from tests.helpers import FEATURES, eventually, require_binary, train_booster
+from tests.helpers import eventually, require_binary, train_booster
 from tests.system.netns import Topology, remove_stale_namespaces, require_netns
 from tests.system.netns_cluster import HOSTS, NODES, NetCluster
 
@@ -42,6 +47,16 @@ MODELS = tuple(f"m{i}" for i in range(8))
 """Enough model names that each node is the home of some on the load balancer's ring."""
 PINNED = "m0"
 OLD, NEW = "1.0.0", "2.0.0"
+SPARE, COLD = "spare", "cold"
+"""Models no client of the load balancer asks: SPARE goes to node1's disk tier, COLD is never loaded
+before node1 is cut from the store."""
+STORE_TIMEOUT_S = 1.0
+"""The nodes' MODELCACHE_STORE_TIMEOUT_S (connect and read). A load behind a silent store makes
+about four store calls in turn (listing twice, metadata, listing again for a fallback), each
+tried twice: with the default 5 s (connect 2 s) the 503 comes after ~16 s, not within seconds."""
+STORE_ANSWER_S = 20.0
+"""A load that needs the unreachable store fails within this: ~4 calls x 2 attempts x 1 s,
+plus the client's retry backoff and a margin for a loaded machine."""
 
 
 def _lb_server_timeout_s() -> float:
@@ -131,12 +146,15 @@ class Load:
             thread.join(CLIENT_TIMEOUT_S + 5)
 
 
-def _publish(registry: Registry, workdir: Path) -> None:
-    for model_type in MODELS:
-        for seed, version in enumerate((OLD, NEW)):
-            path = workdir / f"{model_type}-{version}.ubj"
-            train_booster(seed).save_model(path)
-            registry.publish(path, model_type, version, features=FEATURES, metrics={"f1": 0.9})
+def _artifacts(workdir: Path) -> list[tuple[Path, str, str]]:
+    """Two versions of every model in MODELS, one of SPARE and COLD: (file, model type, version)."""
+    artifacts = []
+    versions = [(m, v) for m in MODELS for v in (OLD, NEW)] + [(SPARE, OLD), (COLD, OLD)]
+    for model_type, version in versions:
+        path = workdir / f"{model_type}-{version}.ubj"
+        train_booster(0 if version == OLD else 1).save_model(path)
+        artifacts.append((path, model_type, version))
+    return artifacts
 
 
 @pytest.fixture(scope="module")
@@ -146,18 +164,20 @@ def net_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCluster
     require_binary("haproxy", HAPROXY_INSTALL)
     remove_stale_namespaces()
     workdir = tmp_path_factory.mktemp("partition")
-    registry = Registry(workdir / "registry")
-    _publish(registry, workdir)
+    artifacts = _artifacts(workdir)
     logs = workdir / "logs"
     logs.mkdir()
     topology = Topology(HOSTS)
-    cluster = NetCluster(topology, registry.root, logs)
+    cluster = NetCluster(topology, logs)
     try:
         topology.build()
+        cluster.start_store(artifacts)
         cluster.start(
             MODELCACHE_RECONCILE_INTERVAL_S="1",
             MODELCACHE_HEARTBEAT_S="0.5",
             MODELCACHE_LOAD_RETRIES="1",
+            MODELCACHE_LOAD_FAILURE_TTL_S="0",
+            MODELCACHE_STORE_TIMEOUT_S=str(STORE_TIMEOUT_S),
             MODELCACHE_CACHE_SIZE=str(len(MODELS)),
         )
         cluster.wait_ready()
@@ -266,3 +286,58 @@ def test_load_balancer_cut_from_a_node_routes_around_it(net_cluster: NetCluster)
     assert all(o.upstream not in ("", cluster.upstream("node2")) for o in repeated), _describe(
         repeated, cut_at
     )
+
+
+def _predict(cluster: NetCluster, node: str, model_type: str) -> httpx.Response:
+    return cluster.clients[node].post(f"/api/v1/models/{model_type}/predict", json={"features": ROW})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_node_cut_from_the_store_serves_what_it_holds_and_fetches_again_when_healed(
+    net_cluster: NetCluster,
+) -> None:
+    cluster, net = net_cluster, net_cluster.net
+    # SPARE first, then every model in MODELS: with one slot per model in MODELS, SPARE is
+    # the least recently used and leaves memory, kept only on node1's disk tier.
+    assert _predict(cluster, "node1", SPARE).status_code == 200
+    for model_type in MODELS:
+        assert _predict(cluster, "node1", model_type).status_code == 200
+    probe = Load(cluster).start()
+    start = time.monotonic()
+    try:
+        assert eventually(lambda: probe.served("node1", start) > 5, timeout=15), "node1 got no traffic"
+    finally:
+        probe.stop()
+    node1_models = probe.homes("node1")
+    downloaded = cluster.metric("node1", "modelcache_store_bytes_total", direction="download") or 0
+
+    net.cut("node1", "store")
+    cut_at = time.monotonic()
+    load = Load(cluster).start(models=node1_models)
+    try:
+        asked = time.monotonic()
+        with cluster.client("node1", timeout=STORE_ANSWER_S + 10) as patient:
+            needs_store = patient.post(f"/api/v1/models/{COLD}/predict", json={"features": ROW})
+        took = time.monotonic() - asked
+        assert needs_store.status_code == 503, needs_store.text
+        assert took < STORE_ANSWER_S, f"a load that needs the store took {took:.1f}s"
+        message = needs_store.json()["error"]
+        assert "object store" in message and cluster.store_address in message, message
+        from_disk = _predict(cluster, "node1", SPARE)
+        assert from_disk.status_code == 200, from_disk.text
+        assert from_disk.json()["cached"] is False, "SPARE was still in memory: the disk tier went untested"
+        assert (cluster.metric("node1", "modelcache_disk_tier_hits_total") or 0) >= 1
+        assert cluster.clients["node1"].get("/readyz").status_code == 200
+        assert eventually(lambda: load.served("node1", cut_at) > 20, timeout=10), "node1 left the rotation"
+
+        net.heal("node1", "store")
+        assert eventually(lambda: _predict(cluster, "node1", COLD).status_code == 200, timeout=20), (
+            cluster.log_tails()
+        )
+    finally:
+        load.stop()
+
+    assert load.failures == [], _describe(load.failures, cut_at)
+    after = cluster.metric("node1", "modelcache_store_bytes_total", direction="download") or 0
+    assert after > downloaded, "node1 answered COLD without fetching it from the store"
