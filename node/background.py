@@ -25,7 +25,9 @@ class Backoff:
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.base, self.cap = base, cap
-        self._rand = rand or random.random
+        # Its own generator, not the module's: a background thread drawing from the global one
+        # changes state other code (and hypothesis, in the tests) relies on.
+        self._rand = rand or random.Random().random
         self._last = base
 
     def next(self) -> float:

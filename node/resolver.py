@@ -56,10 +56,10 @@ class Resolver:
         pins: Mapping[str, str] | None = None,
         failure_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        draw: Callable[[], float] = random.random,
+        draw: Callable[[], float] | None = None,
     ) -> None:
         self.registry, self.metrics = registry, metrics
-        self._draw = draw
+        self._draw = draw or random.Random().random  # its own generator (see node.background.Backoff)
         self._canaries: dict[str, Canary] = {}
         self.failure_ttl_s = failure_ttl_s
         self._clock = clock
