@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,12 +19,30 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+_PARSE = """
+import ast, pickle, sys
+paths = sys.stdin.read().split("\\n")
+sys.stdout.buffer.write(pickle.dumps([ast.parse(open(p).read(), p) for p in paths]))
+"""
+
+
 def sources(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, ast.Module]:
-    return {
-        module_name(path, root): ast.parse(path.read_text(), str(path))
-        for package in packages
-        for path in sorted((root / package).rglob("*.py"))
-    }
+    """Each module's syntax tree, parsed in a child process.
+
+    CPython 3.11 before 3.11.8 keeps one AST recursion counter per interpreter, so ast.parse
+    racing another thread's (an import's) fails with "AST constructor recursion depth
+    mismatch" (gh-106905): seen once in a full run. A process of its own has no other thread.
+    """
+    paths = [path for package in packages for path in sorted((root / package).rglob("*.py"))]
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE],
+        input="\n".join(str(p) for p in paths).encode(),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    trees = pickle.loads(out.stdout)
+    return {module_name(path, root): tree for path, tree in zip(paths, trees, strict=True)}
 
 
 def imported(tree: ast.Module, *, top_level_only: bool) -> set[str]:
