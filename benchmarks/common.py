@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coordinator.processes import free_port, stop_process  # noqa: E402
+from testkit.model_files import write_slow_model as write_slow_model  # noqa: E402
 
 Node = tuple[subprocess.Popen[bytes], str]
 
@@ -72,29 +73,3 @@ def report(out: str, result: dict[str, object]) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def write_slow_model(path: Path, n_trees: int = 3000, n_features: int = 4) -> None:
-    """An XGBoost JSON model with many deep trees: valid, and slow to load (~1 s for 3000).
-
-    Built by repeating one trained tree, so it costs a JSON dump rather than a long training run.
-    (The tests have their own, in tests/helpers.py: benchmarks do not import the test suite.)
-    """
-    import numpy as np
-    import xgboost as xgb
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4000, n_features))
-    booster = xgb.train(
-        {"max_depth": 8, "nthread": 1, "objective": "binary:logistic", "eta": 0.001},
-        xgb.DMatrix(x, label=rng.integers(0, 2, size=4000)),
-        num_boost_round=1,
-    )
-    model = json.loads(bytes(booster.save_raw("json")))
-    gbm = model["learner"]["gradient_booster"]["model"]
-    tree = gbm["trees"][0]
-    gbm["trees"] = [{**tree, "id": i} for i in range(n_trees)]
-    gbm["tree_info"] = [0] * n_trees
-    gbm["gbtree_model_param"]["num_trees"] = str(n_trees)
-    gbm["iteration_indptr"] = list(range(n_trees + 1))
-    path.write_text(json.dumps(model))

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from packaging.version import InvalidVersion, Version
 
-from coordinator.errors import InvalidName
+from coordinator.errors import InvalidName, VersionNotFound
 
 MODEL_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_VERSION_LEN = 64
@@ -58,3 +58,11 @@ def latest_stable(versions: Iterable[str]) -> str | None:
     """The highest non-pre-release version, or None."""
     stable = [v for v in versions if not is_prerelease(v)]
     return sort_versions(stable)[-1] if stable else None
+
+
+def require_latest_stable(model_type: str, versions: list[str]) -> str:
+    """What a registry's `latest` answers: the highest stable version, else VersionNotFound."""
+    latest = latest_stable(versions)
+    if latest is None:
+        raise VersionNotFound(model_type, "latest (stable)", versions)
+    return latest

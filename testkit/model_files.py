@@ -1,4 +1,4 @@
-"""Tiny LightGBM and ONNX model files for the runtime tests, each beside the library's own predictor."""
+"""Model files for tests and benchmarks: tiny LightGBM and ONNX ones with a reference, slow XGBoost ones."""
 
 from __future__ import annotations
 
@@ -165,3 +165,27 @@ def train_booster(
         y = np.digitize(x[:, 0], [-0.5, 0.5])
         params["num_class"] = 3
     return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+
+
+def write_slow_model(path: Path, n_trees: int = 3000, n_features: int = 4) -> None:
+    """An XGBoost JSON model with many deep trees: valid, and slow to load (~1 s for 3000).
+
+    Built by repeating one trained tree, so it costs a JSON dump rather than a long training run.
+    """
+    import json
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, n_features))
+    booster = xgb.train(
+        {"max_depth": 8, "nthread": 1, "objective": "binary:logistic", "eta": 0.001},
+        xgb.DMatrix(x, label=rng.integers(0, 2, size=4000)),
+        num_boost_round=1,
+    )
+    model = json.loads(bytes(booster.save_raw("json")))
+    gbm = model["learner"]["gradient_booster"]["model"]
+    tree = gbm["trees"][0]
+    gbm["trees"] = [{**tree, "id": i} for i in range(n_trees)]
+    gbm["tree_info"] = [0] * n_trees
+    gbm["gbtree_model_param"]["num_trees"] = str(n_trees)
+    gbm["iteration_indptr"] = list(range(n_trees + 1))
+    path.write_text(json.dumps(model))

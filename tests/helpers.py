@@ -10,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
-import xgboost as xgb
 
 from coordinator.processes import free_port as free_port
 from coordinator.processes import port_free
 from coordinator.processes import stop_process as stop_process
 from coordinator.registry import ModelMetadata, Registry
 from testkit.model_files import train_booster as train_booster
+from testkit.model_files import write_slow_model as write_slow_model
 
 FEATURES = ("f0", "f1", "f2", "f3")
 PublishFn = Callable[..., ModelMetadata]
@@ -91,30 +90,6 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def write_slow_model(path: Path, n_trees: int = 3000, n_features: int = 4) -> None:
-    """An XGBoost JSON model with many deep trees: valid, and slow to load (~1 s).
-
-    Built by repeating one trained tree, so it costs a JSON dump rather than a long training run.
-    """
-    import json
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4000, n_features))
-    booster = xgb.train(
-        {"max_depth": 8, "nthread": 1, "objective": "binary:logistic", "eta": 0.001},
-        xgb.DMatrix(x, label=rng.integers(0, 2, size=4000)),
-        num_boost_round=1,
-    )
-    model = json.loads(bytes(booster.save_raw("json")))
-    gbm = model["learner"]["gradient_booster"]["model"]
-    tree = gbm["trees"][0]
-    gbm["trees"] = [{**tree, "id": i} for i in range(n_trees)]
-    gbm["tree_info"] = [0] * n_trees
-    gbm["gbtree_model_param"]["num_trees"] = str(n_trees)
-    gbm["iteration_indptr"] = list(range(n_trees + 1))
-    path.write_text(json.dumps(model))
 
 
 def metric(url: str, name: str, **labels: str) -> float | None:

@@ -50,9 +50,9 @@ from coordinator.errors import (
 )
 from coordinator.metadata import ARTIFACT_NAMES, ModelMetadata
 from coordinator.versions import (
-    latest_stable,
     normalize_version,
     parse_version,
+    require_latest_stable,
     sort_versions,
     validate_model_type,
 )
@@ -178,11 +178,7 @@ class Registry:
 
     def latest(self, model_type: str) -> str:
         """The highest stable version; pre-releases only ever by explicit request."""
-        versions = self.versions(model_type)
-        latest = latest_stable(versions)
-        if latest is None:
-            raise VersionNotFound(model_type, "latest (stable)", versions)
-        return latest
+        return require_latest_stable(model_type, self.versions(model_type))
 
     def metadata(self, model_type: str, version: str) -> ModelMetadata:
         """Read and validate `metadata.json` only; the artifact is not touched."""

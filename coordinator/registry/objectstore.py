@@ -53,9 +53,9 @@ from coordinator.registry.store import (
     Timeouts,
 )
 from coordinator.versions import (
-    latest_stable,
     normalize_version,
     parse_version,
+    require_latest_stable,
     sort_versions,
     validate_model_type,
 )
@@ -125,11 +125,7 @@ class ObjectStoreRegistry:
         return list(found)
 
     def latest(self, model_type: str) -> str:
-        versions = self.versions(model_type)
-        latest = latest_stable(versions)
-        if latest is None:
-            raise VersionNotFound(model_type, "latest (stable)", versions)
-        return latest
+        return require_latest_stable(model_type, self.versions(model_type))
 
     def has_version(self, model_type: str, version: str) -> bool:
         """Whether `metadata.json` of this version exists now (asks the store)."""
