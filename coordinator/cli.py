@@ -255,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     _redis_arg(p)
 
+    p = command(
+        "lb-agent",
+        "keep an HAProxy's placement map equal to the cluster's placement in Redis",
+        "modelcache lb-agent --haproxy 127.0.0.1:9999 --redis-url redis://redis:6379/0",
+        "Runs beside each HAProxy until stopped; one of the agents computes the placement.",
+    )
+    p.add_argument(
+        "--haproxy",
+        default=os.environ.get("MODELCACHE_HAPROXY_API", "127.0.0.1:9999"),
+        help="HAProxy's admin runtime API: host:port or a unix socket path (MODELCACHE_HAPROXY_API)",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between rounds (default 1)")
+    p.add_argument("--id", default=None, help="this agent's name (default: hostname-pid)")
+    _redis_arg(p)
+
     p = command("demo-models", "train and publish small demo models", "modelcache demo-models --force")
     p.add_argument("--force", action="store_true", help="retrain and replace existing versions")
     _registry_arg(p)

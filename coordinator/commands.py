@@ -261,7 +261,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lb_agent(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import threading
+
+    from coordinator.haproxy_api import RuntimeAPI
+    from coordinator.lbagent import PlacementAgent
+    from coordinator.link import Link
+
+    if not args.redis_url:
+        raise UsageError("lb-agent needs --redis-url (or MODELCACHE_REDIS_URL)")
+    if args.interval <= 0:
+        raise UsageError("--interval must be above 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    agent_id = args.id or f"{socket.gethostname()}-{os.getpid()}"
+    link = Link.from_url(args.redis_url, args.redis_prefix)
+    agent = PlacementAgent(link, RuntimeAPI(args.haproxy), agent_id, interval_s=args.interval)
+    agent.run(threading.Event())  # until the process is stopped
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "lb-agent": cmd_lb_agent,
     "publish": cmd_publish,
     "models": cmd_models,
     "demo-models": cmd_demo_models,

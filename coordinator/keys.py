@@ -78,6 +78,26 @@ class Keys:
         """Pub/sub channel: each acknowledgement (JSON) right after it is written; wakes waiters."""
         return f"{self.prefix}acks"
 
+    @property
+    def placement(self) -> str:
+        """String: the placement (coordinator.placement.Assignment as JSON) the agents apply."""
+        return f"{self.prefix}placement"
+
+    @property
+    def placement_leader(self) -> str:
+        """String with TTL: the id of the load balancer agent that computes the placement."""
+        return f"{self.prefix}placement:leader"
+
+    @property
+    def placement_rates(self) -> str:
+        """Hash: agent id -> its HAProxy's recent request rate per model (JSON, with a timestamp)."""
+        return f"{self.prefix}placement:rates"
+
+    @property
+    def placement_sizes(self) -> str:
+        """Hash: model_type -> artifact bytes, as nodes that cached it reported (kept when evicted)."""
+        return f"{self.prefix}placement:sizes"
+
     def node(self, node_id: str) -> str:
         """String with TTL: a node's heartbeat before `members`/`heartbeats` (no longer written)."""
         return f"{self.prefix}node:{node_id}"

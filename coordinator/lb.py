@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from coordinator.placement import SLOTS
 from coordinator.processes import stop_process
 
 TEMPLATE = Path(__file__).parent / "templates" / "haproxy.cfg.template"
@@ -54,6 +55,17 @@ K8S_ADMIN_PORT = 8081
 K8S_GRPC_PORT = 8082
 """The Kubernetes gRPC frontend: a public door, inference and read-only methods only."""
 NODE_GRPC_PORT = 8050
+PLACEMENT_MAP = "/dev/null"
+"""The placement map HAProxy loads at start: empty, in every container and on every machine. The
+agent (coordinator.lbagent) fills it in memory over the runtime API, where it is named by this
+path; nothing is written to disk, so a restarted HAProxy starts empty (the hash ring) until its
+agent has written the placement again."""
+RUNTIME_API_TCP = "127.0.0.1:9999"
+"""Compose and Kubernetes: HAProxy's runtime API on the pod's (or shared network namespace's)
+loopback, where the agent beside it connects; nothing else can reach it."""
+PLACED_FALLBACKS = 4
+"""Each per-node placement backend lists its node, then up to 4 others (the next 2 on the
+ring and the first ones, which a StatefulSet always runs) for when it is down."""
 
 # Why per-pod names rather than `server-template` slots filled from one DNS name: a slot's
 # place on the hash ring comes from its number, and slots are filled in the order DNS answers
@@ -155,8 +167,13 @@ def render(
     admin_listen: str | None = None,
     grpc: tuple[str, Sequence[str]] | None = None,
     grpc_public: bool = False,
+    placement_map: str = PLACEMENT_MAP,
+    runtime_api: str | None = None,
 ) -> str:
     """The HAProxy config for `servers` (host:port).
+
+    `placement_map`: the map the agent fills (PLACEMENT_MAP); `runtime_api`: where HAProxy's
+    admin-level runtime API listens (a unix socket path, or `ipv4@host:port`), for the agent.
 
     `grpc=(listen, grpc_servers)` adds the gRPC frontend: `grpc_servers[i]` is the gRPC
     address of the node at `servers[i]`, health following that REST server (`track`), names
@@ -178,8 +195,12 @@ def render(
     hot_lines = [f"{line} track nodes/node{i}" for i, line in enumerate(lines, 1)]
     if not lines:
         raise ValueError("no servers: give at least one host:port")
+    runtime = f"    stats socket {runtime_api} level admin\n" if runtime_api else ""
     values = {
-        "global": f"    nbthread {threads}\n" if threads else "",
+        "global": (f"    nbthread {threads}\n" if threads else "") + runtime,
+        "slots": str(SLOTS),
+        "placement_map": placement_map,
+        "placed_backends": _placed_backends(servers, dns),
         "resolvers": (resolvers or _RESOLVERS) if resolve else "",
         "admin_door": _admin_door(admin_listen) if admin_listen else "",
         "public_routes": _public_routes(admin_listen) if admin_listen else "",
@@ -197,6 +218,45 @@ def render(
     if grpc is not None:
         text += _grpc_section(*grpc, count=len(lines), dns=dns, public=grpc_public)
     return text
+
+
+def placed_backend(k: int) -> str:
+    """The backend a placement map entry names for server node<k> (1-based)."""
+    return f"place_node{k}"
+
+
+def _placed_backends(servers: Sequence[str], dns: str) -> str:
+    """One backend per node for placed models: that node first, others only while it is down.
+
+    `balance first` sends every request to the lowest-numbered server that is up, and a
+    retry (option redispatch) avoids the server that just failed: a placed model's node
+    going away costs a retry, not an error, before the health check even notices.
+    """
+    n = len(servers)
+    out = []
+    for k in range(1, n + 1):
+        ring = [(k - 1 + j) % n + 1 for j in range(1, n)]
+        others = ring if n - 1 <= PLACED_FALLBACKS else _some(ring, PLACED_FALLBACKS)
+        lines = [
+            "",
+            f"backend {placed_backend(k)}",
+            "    balance first",
+            "    http-request set-timeout server req.hdr(X-Modelcache-Timeout-Ms)"
+            " if { req.hdr(X-Modelcache-Timeout-Ms) -m int 1:60000 }",
+            "    default-server pool-purge-delay 2s",
+            "    http-response set-header X-Modelcache-Upstream %si:%sp",
+            "    http-response set-header X-Modelcache-Route placed",
+            *(f"    server node{i} {servers[i - 1]}{dns} track nodes/node{i}" for i in (k, *others)),
+        ]
+        out.append("\n".join(lines))
+    return "\n".join(out) + "\n"
+
+
+def _some(ring: list[int], limit: int) -> list[int]:
+    """The next two on the ring, then the lowest-numbered others (a StatefulSet's first pods)."""
+    chosen = ring[:2]
+    chosen += [i for i in sorted(ring) if i not in chosen][: limit - len(chosen)]
+    return chosen
 
 
 def _admin_door(admin_listen: str) -> str:
@@ -264,7 +324,14 @@ def _grpc_public_methods() -> str:
 def render_compose(max_body_bytes: int = 1_048_576) -> str:
     """deploy/haproxy/haproxy.cfg: the three compose nodes by service name, REST and gRPC."""
     grpc = (f":{COMPOSE_GRPC_PORT}", COMPOSE_GRPC_SERVERS)
-    return render(COMPOSE_SERVERS, ":8080", max_body_bytes, resolve=True, grpc=grpc)
+    return render(
+        COMPOSE_SERVERS,
+        ":8080",
+        max_body_bytes,
+        resolve=True,
+        grpc=grpc,
+        runtime_api=f"ipv4@{RUNTIME_API_TCP}",
+    )
 
 
 def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) -> str:
@@ -280,6 +347,7 @@ def render_k8s(max_body_bytes: int = 1_048_576, max_nodes: int = K8S_MAX_NODES) 
         admin_listen=f":{K8S_ADMIN_PORT}",
         grpc=(f":{K8S_GRPC_PORT}", k8s_servers(max_nodes, NODE_GRPC_PORT)),
         grpc_public=True,
+        runtime_api=f"ipv4@{RUNTIME_API_TCP}",
     )
 
 
@@ -334,6 +402,7 @@ class HAProxy:
         self.grpc_port = grpc[0] if grpc is not None else None
         self.run_dir = Path(tempfile.mkdtemp(prefix="modelcache-haproxy-"))
         self.conf = self.run_dir / "haproxy.cfg"
+        self.runtime_api = self.run_dir / "haproxy.sock"
         self.conf.write_text(
             render(
                 servers,
@@ -344,6 +413,7 @@ class HAProxy:
                 threads=1,
                 grpc=(f"127.0.0.1:{grpc[0]}", grpc[1]) if grpc is not None else None,
                 grpc_public=grpc_public,
+                runtime_api=str(self.runtime_api),
             )
         )
         self.log = self.run_dir / "haproxy.log"

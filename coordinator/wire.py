@@ -89,6 +89,13 @@ def _opt_str(what: str, data: Mapping[str, Any], key: str, limit: int = 256) -> 
     return None if data.get(key) is None else _str(what, data, key, limit=limit)
 
 
+def _sizes(raw: Any) -> dict[str, int]:
+    """model type -> bytes; anything else (an older node, junk) counts as unknown sizes."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+
 def _int(what: str, data: Mapping[str, Any], key: str, default: int | None = None) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -296,6 +303,8 @@ class Heartbeat:
     cached: list[dict[str, str]] = field(default_factory=list)
     serving: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of each cached model type's artifact: placement balances bytes with them."""
 
     @classmethod
     def from_json(cls, raw: str | bytes | Mapping[str, Any]) -> Heartbeat:
@@ -319,6 +328,7 @@ class Heartbeat:
             cached=[{"model_type": c["model_type"], "version": c["version"]} for c in cached],
             serving={str(k): str(v) for k, v in serving.items()},
             stats=dict(stats),
+            sizes=_sizes(data.get("sizes", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def node_report(loads: Loads, resolver: Resolver, service: ModelService) -> Node
         serving=resolver.serving(),
         stats={k: v for k, v in stats.items() if k != "models"},
         request_counts=service.request_counts(),
+        sizes={m["model_type"]: m["size_bytes"] for m in stats["models"] if m["size_bytes"] is not None},
     )
 
 

@@ -57,6 +57,8 @@ class NodeReport:
     stats: dict[str, Any]
     request_counts: dict[str, int] = field(default_factory=dict)
     """Requests per model type since start (their growth feeds cluster-wide popularity)."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Artifact bytes per cached model type (for placement)."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,7 @@ class ClusterSync:
             cached=report.cached,
             serving=report.serving,
             stats=report.stats,
+            sizes=report.sizes,
         )
         # Three missed heartbeats, but never under half a second: a TTL of a few milliseconds
         # (tests beat every 2 ms) expires while a loaded machine has not scheduled this thread.
