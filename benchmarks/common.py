@@ -28,7 +28,8 @@ def start_nodes(
     nodes = []
     for _ in range(n):
         port = free_port()
-        env = {
+        # Its own dict per node: reusing `env` carried the first node's id into every node.
+        node_env = {
             **os.environ,
             "MODELCACHE_REGISTRY": str(registry),
             "MODELCACHE_LOG_LEVEL": "warning",
@@ -36,10 +37,10 @@ def start_nodes(
             **(env or {}),
         }
         if redis_url:
-            env["MODELCACHE_REDIS_URL"] = redis_url
+            node_env["MODELCACHE_REDIS_URL"] = redis_url
         proc = subprocess.Popen(
             [sys.executable, "-m", "node", "--port", str(port)],
-            env=env,
+            env=node_env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between rounds (default 1)")
     p.add_argument("--id", default=None, help="this agent's name (default: hostname-pid)")
+    p.add_argument("--health-file", default=None, help="touched after every round (for a liveness probe)")
     _redis_arg(p)
 
     p = command("demo-models", "train and publish small demo models", "modelcache demo-models --force")

@@ -277,7 +277,10 @@ def cmd_lb_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     agent_id = args.id or f"{socket.gethostname()}-{os.getpid()}"
     link = Link.from_url(args.redis_url, args.redis_prefix)
-    agent = PlacementAgent(link, RuntimeAPI(args.haproxy), agent_id, interval_s=args.interval)
+    health = Path(args.health_file) if args.health_file else None
+    agent = PlacementAgent(
+        link, RuntimeAPI(args.haproxy), agent_id, interval_s=args.interval, health_file=health
+    )
     agent.run(threading.Event())  # until the process is stopped
     return EXIT_OK
 

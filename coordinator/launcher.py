@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,10 @@ import httpx
 from rich.console import Console
 
 from coordinator.errors import ModelCacheError
+from coordinator.haproxy_api import RuntimeAPI
 from coordinator.lb import INSTALL, HAProxy, find_haproxy
+from coordinator.lbagent import PlacementAgent
+from coordinator.link import Link
 from coordinator.processes import port_free, stop_process
 from coordinator.redis_url import redact
 from coordinator.registry import AnyRegistry, Registry, open_registry
@@ -170,6 +174,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     lb = None
+    agent_stop: threading.Event | None = None
     try:
         redis_url = args.redis_url
         if not redis_url:
@@ -202,7 +207,8 @@ def run_up(args: argparse.Namespace) -> int:
         lb = _start_balancer(args, ports, plan)
         entry = lb.url if lb is not None else urls[0][0]
         if lb is not None:
-            note = "HAProxy, cache affinity by model with bounded loads; use this one"
+            agent_stop = _start_agent(lb, redis_url, args.redis_prefix)
+            note = "HAProxy, models placed on nodes by the cluster (coordinator.placement); use this one"
             console.print(f"load balancer: {lb.url}   ({note})")
             grpc_note = "HTTP/2; affinity by the x-modelcache-model metadata, else round robin"
             console.print(f"load balancer gRPC: {args.host}:{plan.lb_grpc}   ({grpc_note})")
@@ -227,6 +233,8 @@ def run_up(args: argparse.Namespace) -> int:
         return 2
     finally:
         console.print("stopping…")
+        if agent_stop is not None:
+            agent_stop.set()
         if lb is not None:
             lb.stop()
         stack.stop()
@@ -241,6 +249,13 @@ def _start_balancer(args: argparse.Namespace, ports: list[int], plan: Ports) -> 
     max_body = int(os.environ.get("MODELCACHE_MAX_BODY_BYTES", "1048576"))
     grpc = None if plan.lb_grpc is None else (plan.lb_grpc, [f"{args.host}:{p}" for p in plan.grpc])
     return HAProxy(servers, plan.lb, max_body, grpc=grpc).start()
+
+
+def _start_agent(lb: HAProxy, redis_url: str, prefix: str) -> threading.Event:
+    """The placement agent as a thread of `up` (a sidecar elsewhere): see coordinator.lbagent."""
+    link = Link.from_url(redis_url, prefix)
+    _, stop = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), f"up-{os.getpid()}").start()
+    return stop
 
 
 def _print_banner(

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from coordinator.errors import InvalidName, ModelCacheError
@@ -83,8 +84,11 @@ class PlacementAgent:
         rate_ttl_s: float = 30.0,
         map_name: str = PLACEMENT_MAP,
         clock: Callable[[], float] = time.time,
+        health_file: Path | None = None,
     ) -> None:
+        """`health_file`: touched after every round, failed or not (a liveness probe reads its age)."""
         self.link, self.api, self.agent_id = link, api, agent_id
+        self.health_file = health_file
         self.members = Membership(link)
         self.interval_s, self.rate_ttl_s, self.map_name, self.clock = interval_s, rate_ttl_s, map_name, clock
         self._lead = link.script(_LEAD)
@@ -222,6 +226,8 @@ class PlacementAgent:
             except Exception:  # a background thread never dies silently
                 if self.throttle.allow("crash"):
                     log.exception("placement agent round failed")
+            if self.health_file is not None:
+                self.health_file.touch()
             stop.wait(self.interval_s)
 
     def start(self) -> tuple[threading.Thread, threading.Event]:

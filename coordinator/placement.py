@@ -114,11 +114,15 @@ def assign(
     p = _Plan(nodes, models, hot_margin)
     p.place_homes(previous)
     if previous is not None:
-        # Stability must not cost balance: keep the old homes only when that comes out about
-        # as even as placing afresh (homes chosen before sizes or rates were known can be far off).
+        # Stability must not cost balance: keep the old homes only when their counts and bytes
+        # come out about as even as placing afresh (homes chosen before the sizes were known can
+        # be far off), and their loads within a wider margin: rates wobble, and each move costs
+        # a load (a node made hot by one model gets a copy instead).
         fresh = _Plan(nodes, models, hot_margin)
         fresh.place_homes(None)
-        if p.imbalance() > max(1.1, fresh.imbalance() + 0.05):
+        if p.imbalance() > max(1.1, fresh.imbalance() + 0.05) or p.load_imbalance() > max(
+            1.25, fresh.load_imbalance() + 0.25
+        ):
             p = fresh
     p.copy_hot(previous)
     return {m.name: _to_slots(p.pieces[m.name], m.name, p.homes[m.name], slots) for m in p.order}
@@ -188,14 +192,18 @@ class _Plan:
             self._put(m.name, home, self.rate[m.name])
 
     def imbalance(self) -> float:
-        """The busiest node's count, bytes or load over the mean (1.0: perfectly even)."""
+        """The fullest node's count or bytes over the mean (1.0: perfectly even)."""
         n = len(self.ids)
         ratios = [max(self.count.values()) * n / max(1, len(self.order))]
         if self.total_bytes > 0:
             ratios.append(max(self.bytes.values()) * n / self.total_bytes)
-        if self.total_rate > 0:
-            ratios.append(max(self.load.values()) * n / self.total_rate)
         return max(ratios)
+
+    def load_imbalance(self) -> float:
+        """The busiest node's load over the mean."""
+        if self.total_rate <= 0:
+            return 1.0
+        return max(self.load.values()) * len(self.ids) / self.total_rate
 
     def copy_hot(self, previous: Assignment | None) -> None:
         if self.total_rate <= 0 or len(self.ids) < 2:

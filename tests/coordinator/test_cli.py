@@ -176,6 +176,17 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
         if find_haproxy() is not None:
             assert re.search(rf"^load balancer: http://127\.0\.0\.1:{lb_port}\b", text, re.M)
             assert all(f":{lb_port}/" in c for c in curls)
+            # The placement agent runs beside HAProxy: a used model soon routes by the placement map.
+            route, deadline = None, time.monotonic() + 30
+            while route != "placed" and time.monotonic() < deadline:
+                r = httpx.post(
+                    f"http://127.0.0.1:{lb_port}/api/v1/models/churn/predict",
+                    json={"features": [12, 70.5, 2, 1, None]},
+                    timeout=10,
+                )
+                route = r.headers.get("x-modelcache-route")
+                time.sleep(0.3)
+            assert route == "placed"
         # The printed cluster-wide pin reached every node.
         pin = next(c for c in curls if "/api/v1/pins/churn" in c)
         acks = json.loads(subprocess.run(shlex.split(pin), capture_output=True, text=True, timeout=30).stdout)

@@ -138,3 +138,13 @@ def test_an_assignment_round_trips_and_junk_is_refused() -> None:
     for junk in ('{"models": {"m": [["n0", 15]]}}', '{"models": {"m": [["n0", 0], ["n1", 16]]}}', "[]", "{}"):
         with pytest.raises(ValueError):
             Assignment.from_json(junk)
+
+
+def test_rates_that_wobble_move_no_model() -> None:
+    """Nine Zipf-used models filling 3x3 slots: rates measured again +-20% keep every home."""
+    zipf = [ModelInfo(f"z{i}", 1000, 100 / (i + 1) ** 1.1) for i in range(9)]
+    before = Assignment(assign(nodes(), zipf), 1)
+    for seed in range(50):
+        r = random.Random(seed)
+        noisy = [ModelInfo(m.name, m.size_bytes, m.rate * r.uniform(0.8, 1.2)) for m in zipf]
+        assert homes(assign(nodes(), noisy, before)) == homes(before.models), seed

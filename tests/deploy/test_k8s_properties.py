@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from coordinator.lb import K8S_MAX_NODES, RUNTIME_API_TCP
 from tests.deploy.k8s_checks import (
     COMPONENTS,
     K8S,
@@ -114,6 +115,32 @@ def test_redis_requires_the_password_and_nodes_compose_their_url_from_it(base: O
     assert "MODELCACHE_REDIS_URL" not in base[("ConfigMap", "modelcache-config")]["data"]
 
 
+def test_each_load_balancer_has_a_placement_agent_that_alone_holds_the_redis_password(base: Objects) -> None:
+    """The sidecar reaches HAProxy's runtime API on the pod's loopback and Redis with the Secret."""
+    pod = base[("Deployment", "modelcache-lb")]["spec"]["template"]["spec"]
+    agent = container(base, "Deployment", "modelcache-lb", "placement-agent")
+    haproxy = container(base, "Deployment", "modelcache-lb", "haproxy")
+    assert agent["image"] == container(base, "StatefulSet", "modelcache-node", "node")["image"]
+    assert agent["args"][:3] == ["lb-agent", "--haproxy", RUNTIME_API_TCP]
+    env = list(env_of(agent))
+    assert secret_ref(env_of(agent)["REDIS_PASSWORD"]) == ("modelcache-redis", "password")
+    assert env_of(agent)["MODELCACHE_REDIS_URL"]["value"].startswith(
+        "redis://:$(REDIS_PASSWORD)@modelcache-redis:6379/"
+    )
+    assert env.index("REDIS_PASSWORD") < env.index("MODELCACHE_REDIS_URL")
+    assert not any(secret_ref(v) for v in env_of(haproxy).values()) and "envFrom" not in haproxy
+    assert pod["automountServiceAccountToken"] is False, "no Kubernetes API access: no RBAC"
+    cfg = base[("ConfigMap", "modelcache-lb")]["data"]["haproxy.cfg"]
+    assert f"stats socket ipv4@{RUNTIME_API_TCP} level admin" in cfg
+    # One placement backend per pod name, each with its pod first and at most 4 to fail over to.
+    placed = re.findall(r"^backend (place_node\d+)\n((?:    .*\n?)*)", cfg, re.M)
+    assert len(placed) == K8S_MAX_NODES
+    for name, body in placed:
+        servers = re.findall(r"^\s*server (node\d+) ", body, re.M)
+        assert servers[0] == name.removeprefix("place_") and 2 <= len(servers) <= 5, (name, servers)
+        assert "balance first" in body
+
+
 # -- the public Ingress -------------------------------------------------------------------------
 
 INFERENCE_AND_READS = [
@@ -186,7 +213,7 @@ def test_the_public_door_check_catches_an_admin_route_let_through(base: Objects)
 # -- NetworkPolicy ------------------------------------------------------------------------------
 
 
-def test_network_policies_let_only_nodes_reach_redis_and_only_lb_and_prometheus_reach_nodes(
+def test_network_policies_let_only_nodes_and_lb_agents_reach_redis_and_only_lb_and_prometheus_reach_nodes(
     base: Objects,
 ) -> None:
     node = labels_of(base, "StatefulSet", "modelcache-node")
@@ -195,9 +222,10 @@ def test_network_policies_let_only_nodes_reach_redis_and_only_lb_and_prometheus_
     prometheus = {"app.kubernetes.io/name": "prometheus"}
     stranger = {"app": "something-else"}
     here = NAMESPACE
-    # Redis: the nodes only.
+    # Redis: the nodes, and the load balancer pods (their placement agent holds the password).
     assert allowed(base, (here, node), redis, 6379)
-    for who in [(here, lb), (here, stranger), (here, prometheus), ("ingress-nginx", stranger)]:
+    assert allowed(base, (here, lb), redis, 6379)
+    for who in [(here, stranger), (here, prometheus), ("ingress-nginx", stranger)]:
         assert not allowed(base, who, redis, 6379), who
     # Nodes: the load balancer and Prometheus (here or in `monitoring`), on the HTTP port only.
     for who in [(here, lb), (here, prometheus), ("monitoring", prometheus)]:
@@ -222,19 +250,27 @@ def test_network_policy_check_catches_an_open_redis(base: Objects) -> None:
     assert allowed(opened, (NAMESPACE, {"app": "something-else"}), redis, 6379)
 
 
-def test_sentinel_component_keeps_redis_closed_to_all_but_nodes_and_its_own_pods(tmp_path: Path) -> None:
+def test_sentinel_component_keeps_redis_closed_to_all_but_nodes_lb_agents_and_its_own_pods(
+    tmp_path: Path,
+) -> None:
     objects = render(tmp_path, "redis-sentinel")
     names = ("modelcache-node", "modelcache-redis", "modelcache-redis-replica", "modelcache-sentinel")
     labels = {n: labels_of(objects, "StatefulSet", n) for n in names}
-    lb = labels_of(objects, "Deployment", "modelcache-lb")
+    labels["modelcache-lb"] = labels_of(objects, "Deployment", "modelcache-lb")
+    stranger = {"app": "something-else"}
     for server in ("modelcache-redis", "modelcache-redis-replica"):
-        for client in names:
+        for client in labels:
             if client != server:
                 assert allowed(objects, (NAMESPACE, labels[client]), labels[server], 6379), (client, server)
-        assert not allowed(objects, (NAMESPACE, lb), labels[server], 6379)
-    for client in ("modelcache-node", "modelcache-sentinel"):
+        assert not allowed(objects, (NAMESPACE, stranger), labels[server], 6379)
+    for client in ("modelcache-node", "modelcache-sentinel", "modelcache-lb"):
         assert allowed(objects, (NAMESPACE, labels[client]), labels["modelcache-sentinel"], 26379)
-    assert not allowed(objects, (NAMESPACE, lb), labels["modelcache-sentinel"], 26379)
+    assert not allowed(objects, (NAMESPACE, stranger), labels["modelcache-sentinel"], 26379)
+    # The placement agent follows the nodes to the Sentinels.
+    agent = container(objects, "Deployment", "modelcache-lb", "placement-agent")
+    node = container(objects, "StatefulSet", "modelcache-node", "node")
+    url = env_of(agent)["MODELCACHE_REDIS_URL"]["value"]
+    assert url.startswith("redis+sentinel://") and url == env_of(node)["MODELCACHE_REDIS_URL"]["value"]
 
 
 # -- Pod Security "restricted", resources, probes -----------------------------------------------

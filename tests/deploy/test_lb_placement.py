@@ -186,7 +186,8 @@ def test_twenty_equally_used_models_of_different_sizes_spread_evenly(
 
     # Where each model is served now, asked through HAProxy (the map, not the Redis value).
     nodes_of: dict[str, set[str | None]] = {}
-    for m, (_, node, _) in zip(names * 2, send_concurrently(s.lb.url, names * 2, 1), strict=True):
+    for m, (_, node, route) in zip(names * 2, send_concurrently(s.lb.url, names * 2, 1), strict=True):
+        assert route == "placed"
         nodes_of.setdefault(m, set()).add(node)
     assert all(len(v) == 1 for v in nodes_of.values()), nodes_of
     count: Counter[str | None] = Counter()

@@ -156,9 +156,9 @@ def test_kubernetes_traffic_goes_through_haproxy_to_each_node_pod() -> None:
     assert paths and {p["backend"]["service"]["name"] for p in paths} == {"modelcache-lb"}
     assert not any("hash" in key for key in ingress["metadata"].get("annotations", {}))
     lb = by_name("Deployment", "modelcache-lb")
-    [container] = lb["spec"]["template"]["spec"]["containers"]
+    [container] = [c for c in lb["spec"]["template"]["spec"]["containers"] if c["name"] == "haproxy"]
     assert container["image"].startswith("haproxy:")
-    [volume] = lb["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in lb["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     config = by_name("ConfigMap", volume["configMap"]["name"])
     cfg = config["data"]["haproxy.cfg"]
     assert "hash-balance-factor 200" in cfg and "use_backend nodes_hot" in cfg  # hot models bounded
@@ -202,7 +202,8 @@ def test_kustomization_lists_every_manifest_and_creates_the_namespace() -> None:
 def test_kustomization_sets_the_node_image() -> None:
     [image] = yaml.safe_load(KUSTOMIZATION.read_text())["images"]
     containers = node_image_containers()
-    assert {name for name, _ in containers} == {"modelcache-node"}
+    # The nodes, and the load balancers' placement agent (coordinator/lbagent.py).
+    assert {name for name, _ in containers} == {"modelcache-node", "modelcache-lb"}
     for name, container in containers:
         assert image_repository(container["image"]) == image["name"], name
     assert image["newName"] and image["newTag"]
@@ -238,13 +239,15 @@ def test_kustomize_renders_the_namespace_first_and_the_chosen_image(tmp_path: Pa
     assert docs[0]["kind"] == "Namespace"
     assert len(docs) == len(k8s_documents()) + 1  # the demo Job
     images = {
-        d["metadata"]["name"]: c["image"]
+        (d["metadata"]["name"], c["name"]): c["image"]
         for d in docs
         for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
     }
-    assert images["modelcache-node"] == "registry.example.com/modelcache:1.2.3"
-    assert images["modelcache-demo-models"] == "registry.example.com/modelcache:1.2.3"
-    assert images["modelcache-lb"].startswith("haproxy:")
+    by_workload = {name: image for (name, _), image in images.items()}
+    assert by_workload["modelcache-node"] == "registry.example.com/modelcache:1.2.3"
+    assert by_workload["modelcache-demo-models"] == "registry.example.com/modelcache:1.2.3"
+    assert images[("modelcache-lb", "haproxy")].startswith("haproxy:")
+    assert images[("modelcache-lb", "placement-agent")] == "registry.example.com/modelcache:1.2.3"
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
