@@ -20,10 +20,10 @@ import pytest
 import xgboost as xgb
 
 from coordinator.haproxy_api import RuntimeAPI
-from coordinator.lb import INSTALL, PLACEMENT_MAP, HAProxy
+from coordinator.lb import INSTALL, PLACEMENT_MAP, HAProxy, render
 from coordinator.lbagent import PlacementAgent
 from coordinator.link import Link
-from coordinator.placement import Assignment
+from coordinator.placement import SLOTS, Assignment
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from tests.deploy.test_lb import cache_stats, send_concurrently, skewed_sequence
@@ -298,3 +298,23 @@ def test_a_node_leaving_has_its_models_reassigned(
     assert gone not in {node for _, node, _ in results}
     held = Counter(placed.nodes_of(m)[0] for m in models)
     assert sorted(held.values()) == [3, 3], held
+
+
+def test_the_config_looks_each_model_up_in_the_map_before_the_ring() -> None:
+    text = render([f"127.0.0.1:{p}" for p in (1, 2, 3)], "127.0.0.1:0", 1, runtime_api="/tmp/x.sock")
+    front = text.split("frontend modelcache", 1)[1].split("\nbackend ", 1)[0]
+    lines = [line.strip() for line in front.splitlines()]
+    placed = lines.index("use_backend %[var(txn.place)] if { var(txn.place) -m found }")
+    assert placed < lines.index("use_backend nodes_hot if hot_model") < lines.index("default_backend nodes")
+    assert f"map({PLACEMENT_MAP})" in front and f"rand({SLOTS})" in front
+    assert "stats socket /tmp/x.sock level admin" in text
+    for k in (1, 2, 3):
+        backend = text.split(f"\nbackend place_node{k}\n", 1)[1].split("\nbackend ", 1)[0]
+        servers = [line.split()[1] for line in backend.splitlines() if line.strip().startswith("server ")]
+        assert servers[0] == f"node{k}" and sorted(servers) == ["node1", "node2", "node3"]
+        assert "balance first" in backend and "track nodes/" in backend
+    # Many nodes: each placed backend lists its node and at most 4 to fail over to.
+    many = render([f"127.0.0.1:{p}" for p in range(1, 21)], "127.0.0.1:0", 1)
+    backend = many.split("\nbackend place_node7\n", 1)[1].split("\nbackend ", 1)[0]
+    servers = [line.split()[1] for line in backend.splitlines() if line.strip().startswith("server ")]
+    assert servers == ["node7", "node8", "node9", "node1", "node2"]

@@ -79,6 +79,21 @@ def test_compose_has_the_whole_stack() -> None:
     assert {"registry", "redis-data"} <= set(doc["volumes"])
 
 
+def test_compose_runs_the_placement_agent_beside_haproxy_and_only_it_reaches_the_runtime_api() -> None:
+    services = compose()["services"]
+    agent = services["lb-agent"]
+    assert agent["network_mode"] == "service:lb" and agent["command"][:3] == [
+        "lb-agent",
+        "--haproxy",
+        "127.0.0.1:9999",
+    ]
+    assert agent["environment"]["MODELCACHE_REDIS_URL"] == f"redis://:{COMPOSE_PASSWORD}@redis:6379/0"
+    assert agent["depends_on"]["redis"]["condition"] == "service_healthy"
+    cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    assert "stats socket ipv4@127.0.0.1:9999 level admin" in cfg, "loopback only: not on the compose network"
+    assert "9999" not in " ".join(services["lb"]["ports"])
+
+
 KUSTOMIZATION = DEPLOY / "k8s" / "kustomization.yaml"
 
 
