@@ -123,8 +123,14 @@ _GRPC = """
 # same consistent ring as the REST backend (same servers in the same order, same hash, same
 # key), a model's gRPC calls go to its REST home node and find it cached. A call without
 # that metadata is balanced round robin, as a REST request without a model in its path is.
+# A placed model (the REST frontend's map, the same slots) goes to its holder's gRPC server.
 frontend modelcache_grpc
     bind {listen} proto h2{public_methods}
+    http-request set-var(txn.model) req.hdr(x-modelcache-model)
+    acl has_model var(txn.model) -m found
+    http-request set-var(txn.slot) rand({slots}) if has_model
+    http-request set-var(txn.place) var(txn.model),concat(/,txn.slot),map({placement_map}) if has_model
+    use_backend %[var(txn.place),regsub(^place_,place_grpc_)] if {{ var(txn.place) -m found }}
     default_backend nodes_grpc
 
 backend nodes_grpc
@@ -216,16 +222,19 @@ def render(
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     if grpc is not None:
-        text += _grpc_section(*grpc, count=len(lines), dns=dns, public=grpc_public)
+        text += _grpc_section(
+            *grpc, count=len(lines), dns=dns, public=grpc_public, placement_map=placement_map
+        )
     return text
 
 
 def placed_backend(k: int) -> str:
-    """The backend a placement map entry names for server node<k> (1-based)."""
+    """The backend a placement map entry names for server node<k> (1-based); its gRPC twin is
+    `place_grpc_node<k>` (the gRPC frontend rewrites the name)."""
     return f"place_node{k}"
 
 
-def _placed_backends(servers: Sequence[str], dns: str) -> str:
+def _placed_backends(servers: Sequence[str], dns: str, *, grpc: bool = False) -> str:
     """One backend per node for placed models: that node first, others only while it is down.
 
     `balance first` sends every request to the lowest-numbered server that is up, and a
@@ -237,16 +246,21 @@ def _placed_backends(servers: Sequence[str], dns: str) -> str:
     for k in range(1, n + 1):
         ring = [(k - 1 + j) % n + 1 for j in range(1, n)]
         others = ring if n - 1 <= PLACED_FALLBACKS else _some(ring, PLACED_FALLBACKS)
-        lines = [
-            "",
-            f"backend {placed_backend(k)}",
-            "    balance first",
-            "    http-request set-timeout server req.hdr(X-Modelcache-Timeout-Ms)"
-            " if { req.hdr(X-Modelcache-Timeout-Ms) -m int 1:60000 }",
-            "    default-server pool-purge-delay 2s",
+        name = placed_backend(k).replace("place_", "place_grpc_") if grpc else placed_backend(k)
+        lines = ["", f"backend {name}", "    balance first"]
+        if not grpc:
+            lines.append(
+                "    http-request set-timeout server req.hdr(X-Modelcache-Timeout-Ms)"
+                " if { req.hdr(X-Modelcache-Timeout-Ms) -m int 1:60000 }"
+            )
+            lines.append("    default-server pool-purge-delay 2s")
+        lines += [
             "    http-response set-header X-Modelcache-Upstream %si:%sp",
             "    http-response set-header X-Modelcache-Route placed",
-            *(f"    server node{i} {servers[i - 1]}{dns} track nodes/node{i}" for i in (k, *others)),
+        ]
+        proto = " proto h2" if grpc else ""
+        lines += [
+            f"    server node{i} {servers[i - 1]}{dns}{proto} track nodes/node{i}" for i in (k, *others)
         ]
         out.append("\n".join(lines))
     return "\n".join(out) + "\n"
@@ -293,14 +307,23 @@ def k8s_servers(max_nodes: int = K8S_MAX_NODES, port: int = 8000) -> list[str]:
     return [f"{K8S_NODE_SET}-{k}.{domain}:{port}" for k in range(max_nodes)]
 
 
-def _grpc_section(listen: str, grpc_servers: Sequence[str], count: int, dns: str, public: bool) -> str:
+def _grpc_section(
+    listen: str, grpc_servers: Sequence[str], count: int, dns: str, public: bool, placement_map: str
+) -> str:
     if count == 0 or len(grpc_servers) != count:
         raise ValueError("the gRPC frontend needs one gRPC address per REST server")
     lines = [
         f"    server node{i} {s}{dns} proto h2 track nodes/node{i}" for i, s in enumerate(grpc_servers, 1)
     ]
     methods = _grpc_public_methods() if public else ""
-    return _GRPC.format(listen=listen, public_methods=methods, servers="\n".join(lines))
+    text = _GRPC.format(
+        listen=listen,
+        public_methods=methods,
+        servers="\n".join(lines),
+        slots=SLOTS,
+        placement_map=placement_map,
+    )
+    return text + _placed_backends(grpc_servers, dns, grpc=True)
 
 
 def _grpc_public_methods() -> str:
@@ -445,7 +468,9 @@ class HAProxy:
         return self.proc is not None and self.proc.poll() is None
 
     def error_log(self) -> str:
-        return self.log.read_text()[-2000:] if self.log.exists() else ""
+        # The tail: each node going down logs one line per backend that tracks it (ring, hot,
+        # one placed backend per node it may fail over to), so keep room for many.
+        return self.log.read_text()[-20000:] if self.log.exists() else ""
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -60,6 +60,7 @@ def on_loopback(cfg: str, rest_port: int, grpc_port: int, nodes: dict[str, str])
     """Compose's config with loopback binds and `nodes` ("nodeN:port" -> "127.0.0.1:port")."""
     cfg = cfg.replace("bind :8080\n", f"bind 127.0.0.1:{rest_port}\n")
     cfg = cfg.replace("bind :8081 proto h2", f"bind 127.0.0.1:{grpc_port} proto h2")
+    cfg = cfg.replace("ipv4@127.0.0.1:9999", f"ipv4@127.0.0.1:{free_port()}")  # the runtime API
     return re.sub(r"\bnode\d:80[05]0\b", lambda m: nodes[m.group(0)], cfg)
 
 

@@ -318,3 +318,65 @@ def test_the_config_looks_each_model_up_in_the_map_before_the_ring() -> None:
     backend = many.split("\nbackend place_node7\n", 1)[1].split("\nbackend ", 1)[0]
     servers = [line.split()[1] for line in backend.splitlines() if line.strip().startswith("server ")]
     assert servers == ["node7", "node8", "node9", "node1", "node2"]
+
+
+def test_a_placed_models_grpc_calls_go_to_the_same_node_as_its_rest_calls(
+    node_process: Callable[..., NodeProcess],
+    registry: Registry,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    prefix: str,
+) -> None:
+    """gRPC names the model in x-modelcache-model: the same map, the holder's gRPC server."""
+    import grpc
+
+    from node.grpc import grpc_predict_v2_pb2 as pb
+    from node.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    require_binary("haproxy", INSTALL)
+    models = [f"g{i}" for i in range(6)]
+    for m in models:
+        publish_sized(registry, tmp_path, m)
+    env = {
+        "MODELCACHE_REDIS_URL": redis_server.url,
+        "MODELCACHE_REDIS_PREFIX": prefix,
+        "MODELCACHE_HEARTBEAT_S": "0.3",
+    }
+    grpc_ports = [free_port() for _ in range(3)]
+    nodes = [node_process(registry.root, MODELCACHE_GRPC_PORT=str(p), **env) for p in grpc_ports]
+    lb = HAProxy(
+        [f"127.0.0.1:{n.port}" for n in nodes],
+        free_port(),
+        grpc=(free_port(), [f"127.0.0.1:{p}" for p in grpc_ports]),
+    )
+    link = Link.from_url(redis_server.url, prefix)
+    with lb:
+        agent = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "grpc-test", interval_s=0.2)
+        _, stop = agent.start()
+        try:
+            assert {r[0] for r in send_concurrently(lb.url, models * 2, connections=2)} == {200}
+            deadline = time.monotonic() + 15
+            placed = None
+            while placed is None or len(placed.models) < 6 or agent.applied.generation != placed.generation:
+                assert time.monotonic() < deadline, placed
+                time.sleep(0.1)
+                raw = link.client.get(link.keys.placement)
+                placed = Assignment.from_json(raw) if raw else None
+            rest = {
+                m: node for m, (_, node, _) in zip(models, send_concurrently(lb.url, models, 1), strict=True)
+            }
+            with grpc.insecure_channel(f"127.0.0.1:{lb.grpc_port}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=[1, 4])
+                for m in models:
+                    request = pb.ModelInferRequest(
+                        model_name=m,
+                        inputs=[tensor],
+                        raw_input_contents=[np.zeros((1, 4), np.float32).tobytes()],
+                    )
+                    for _ in range(3):
+                        answer = stub.ModelInfer(request, metadata=(("x-modelcache-model", m),), timeout=30)
+                        assert answer.parameters["node_id"].string_param == rest[m] == placed.nodes_of(m)[0]
+        finally:
+            stop.set()
+            link.close()
