@@ -9,8 +9,8 @@ sidecar in Compose and Kubernetes). Every `interval_s` it:
    placement (coordinator.placement) from the live nodes, the models' popularity, sizes and
    summed rates, and publishes it when it changed, with the next generation;
 3. writes the published placement into its HAProxy's map (replaced whole, atomically)
-   whenever the placement, the node -> server mapping or the map itself (a restarted HAProxy
-   starts empty) differs from what it last wrote.
+   whenever the entries it makes of it (placement and node -> server mapping) or the map's
+   size (a restarted HAProxy starts empty) differ from what it last wrote.
 
 Failure is never an outage: HAProxy routes a model with no map entry on the hash ring, as
 before placement existed, and a map entry's backend fails over to other nodes when its node
@@ -66,11 +66,11 @@ return 0
 
 @dataclass
 class Applied:
-    """What the agent last wrote into its HAProxy's map."""
+    """What the agent last wrote into its HAProxy's map (compared by content: a Redis that lost
+    its data starts generations again at 1)."""
 
     generation: int = -1
-    backends: tuple[tuple[str, str], ...] = ()
-    entries: int = 0
+    entries: tuple[tuple[str, str], ...] = ()
 
 
 class PlacementAgent:
@@ -207,13 +207,13 @@ class PlacementAgent:
             table = placement.slot_table(model)
             if all(n in backends for n in table):  # else: the hash ring, until the node is known
                 entries += [(f"{model}/{i}", backends[n]) for i, n in enumerate(table)]
-        key = tuple(sorted(backends.items()))
-        if (placement.generation, key) == (self.applied.generation, self.applied.backends):
-            if self.api.map_size(self.map_name) == self.applied.entries:
+        if tuple(entries) == self.applied.entries:
+            if self.api.map_size(self.map_name) == len(entries):
+                self.applied.generation = placement.generation
                 return
             log.warning("HAProxy's placement map lost its entries (restarted?): writing them again")
         self.api.replace_map(self.map_name, entries)
-        self.applied = Applied(placement.generation, key, len(entries))
+        self.applied = Applied(placement.generation, tuple(entries))
 
     # -- the loop --------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -101,3 +101,12 @@ def test_junk_heartbeats_raise_wire_error(raw: str) -> None:
 def test_outcome_is_an_enum_that_serialises_as_its_value() -> None:
     assert Outcome("ok") is Outcome.OK and f"{Outcome.TIMEOUT}" == "timeout"
     assert json.dumps({"outcome": Outcome.FAILED}) == '{"outcome": "failed"}'
+
+
+def test_a_heartbeat_carries_cached_model_sizes_and_ignores_junk_ones() -> None:
+    beat = Heartbeat("n1", "http://n1", sizes={"m": 1234})
+    assert Heartbeat.from_json(beat.to_json()).sizes == {"m": 1234}
+    junk = '{"node_id": "n1", "sizes": {"a": -1, "b": "12", "c": true, "d": 5}}'
+    assert Heartbeat.from_json(junk).sizes == {"d": 5}
+    assert Heartbeat.from_json('{"node_id": "n1", "sizes": [1]}').sizes == {}
+    assert Heartbeat.from_json('{"node_id": "n1"}').sizes == {}  # an older node
