@@ -29,7 +29,8 @@ import numpy as np
 import xgboost as xgb
 from common import ROOT, report, start_nodes, stop_nodes
 
-from coordinator.lb import BALANCE_FACTOR, HAProxy
+from coordinator.haproxy_process import HAProxy
+from coordinator.lb import BALANCE_FACTOR
 from coordinator.processes import free_port
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry

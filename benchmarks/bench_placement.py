@@ -39,7 +39,7 @@ import xgboost as xgb
 from common import ROOT, report, start_nodes, stop_nodes
 
 from coordinator.haproxy_api import RuntimeAPI
-from coordinator.lb import HAProxy
+from coordinator.haproxy_process import HAProxy
 from coordinator.lbagent import PlacementAgent
 from coordinator.link import Link
 from coordinator.processes import free_port

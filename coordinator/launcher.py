@@ -18,7 +18,7 @@ from rich.console import Console
 
 from coordinator.errors import ModelCacheError
 from coordinator.haproxy_api import RuntimeAPI
-from coordinator.lb import INSTALL, HAProxy, find_haproxy
+from coordinator.haproxy_process import INSTALL, HAProxy, find_haproxy
 from coordinator.lbagent import PlacementAgent
 from coordinator.link import Link
 from coordinator.processes import port_free, stop_process

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from coordinator.cli import main
+from coordinator.haproxy_process import find_haproxy
 from coordinator.launcher import LB_OFFSET, PORT_SPAN
-from coordinator.lb import find_haproxy
 from coordinator.registry import Registry
 from tests.helpers import free_port, free_port_range, stop_process, train_booster
 

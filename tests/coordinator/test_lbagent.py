@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.haproxy_api import RuntimeAPI, Server
-from coordinator.lb import INSTALL, PLACEMENT_MAP, HAProxy
+from coordinator.haproxy_process import INSTALL, HAProxy
+from coordinator.lb import PLACEMENT_MAP
 from coordinator.lbagent import PlacementAgent
 from coordinator.link import Link
 from coordinator.membership import Membership

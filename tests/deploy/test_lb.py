@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from coordinator.lb import INSTALL, HAProxy, check_config, render, render_compose, render_k8s_configmap
+from coordinator.haproxy_process import INSTALL, HAProxy, check_config
+from coordinator.lb import render, render_compose, render_k8s_configmap
 from coordinator.registry import Registry
 from tests.conftest import CLUSTER_TOKEN
 from tests.helpers import NodeProcess, PublishFn, free_port, require_binary

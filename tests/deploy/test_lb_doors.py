@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from coordinator.lb import INSTALL, HAProxy, render
+from coordinator.haproxy_process import INSTALL, HAProxy
+from coordinator.lb import render
 from tests.conftest import CLUSTER_TOKEN
 from tests.helpers import NodeProcess, PublishFn, free_port, require_binary
 

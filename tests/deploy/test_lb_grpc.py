@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from coordinator.lb import GRPC_MODEL_HEADER, INSTALL, HAProxy, check_config, find_haproxy
+from coordinator.haproxy_process import INSTALL, HAProxy, check_config, find_haproxy
+from coordinator.lb import GRPC_MODEL_HEADER
 from coordinator.registry import Registry
 from node.grpc import grpc_predict_v2_pb2 as pb
 from node.grpc import grpc_predict_v2_pb2_grpc as pb_grpc

@@ -20,7 +20,8 @@ import pytest
 import xgboost as xgb
 
 from coordinator.haproxy_api import RuntimeAPI
-from coordinator.lb import INSTALL, PLACEMENT_MAP, HAProxy, render
+from coordinator.haproxy_process import INSTALL, HAProxy
+from coordinator.lb import PLACEMENT_MAP, render
 from coordinator.lbagent import PlacementAgent
 from coordinator.link import Link
 from coordinator.placement import SLOTS, Assignment

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from coordinator.lb import INSTALL, HAProxy, render
+from coordinator.haproxy_process import INSTALL, HAProxy
+from coordinator.lb import render
 from tests.helpers import NodeProcess, PublishFn, free_port, require_binary
 
 ROW = {"features": [0.1, 0.2, 0.3, 0.4]}

@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.lb import find_haproxy, render
+from coordinator.haproxy_process import find_haproxy
+from coordinator.lb import render
 from coordinator.redis_server import find_redis_server
 from testkit.s3_server import CREDENTIALS
 from tests.conftest import CLUSTER_TOKEN

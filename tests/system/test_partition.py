@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.lb import INSTALL as HAPROXY_INSTALL
+from coordinator.haproxy_process import INSTALL as HAPROXY_INSTALL
 from coordinator.lb import render
 from tests.helpers import eventually, require_binary, train_booster
 from tests.system.netns import Topology, remove_stale_namespaces, require_netns

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from coordinator.lb import INSTALL, HAProxy
+from coordinator.haproxy_process import INSTALL, HAProxy
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from tests.conftest import CLUSTER_TOKEN

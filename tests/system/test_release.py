@@ -22,8 +22,8 @@ import httpx
 import pytest
 import redis
 
+from coordinator.haproxy_process import find_haproxy
 from coordinator.launcher import LB_OFFSET, PORT_SPAN, REDIS_OFFSET
-from coordinator.lb import find_haproxy
 from coordinator.processes import stop_process
 from tests.helpers import free_port_range
 

@@ -9,7 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from coordinator.lb import GRPC_MODEL_HEADER, HAProxy, find_haproxy
+from coordinator.haproxy_process import HAProxy, find_haproxy
+from coordinator.lb import GRPC_MODEL_HEADER
 from coordinator.registry import Registry
 from node.grpc import grpc_predict_v2_pb2 as pb
 from node.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
