@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -101,3 +102,11 @@ def test_junk_heartbeats_raise_wire_error(raw: str) -> None:
 def test_outcome_is_an_enum_that_serialises_as_its_value() -> None:
     assert Outcome("ok") is Outcome.OK and f"{Outcome.TIMEOUT}" == "timeout"
     assert json.dumps({"outcome": Outcome.FAILED}) == '{"outcome": "failed"}'
+
+
+def test_a_change_carries_its_callers_traceparent_only_when_there_is_one() -> None:
+    traced = replace(CHANGE, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert Change.from_json(traced.to_json()) == traced
+    assert "traceparent" not in json.loads(CHANGE.to_json())  # as the Lua script writes it
+    with pytest.raises(WireError, match="traceparent"):
+        Change.from_json({**json.loads(CHANGE.to_json()), "traceparent": 5})
