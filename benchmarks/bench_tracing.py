@@ -1,0 +1,160 @@
+"""What tracing costs: the same node with tracing off and on (default sampling), driven by wrk.
+
+    python benchmarks/bench_tracing.py [--reps 3] [--duration 3] [--conns 1 16]
+        [--base-root DIR]  # also a node from another checkout (before tracing), to show "off" costs nothing
+
+Starts a real OTLP receiver process (testkit/otlp_receiver.py) and, on the demo model
+`churn`, nodes from this checkout:
+
+- `off`: MODELCACHE_TRACING unset;
+- `on`: MODELCACHE_TRACING=true, OTEL_TRACES_SAMPLER unset (node.otel's default:
+  parent-based, 10% of new traces), exporting over OTLP/HTTP to the receiver;
+- `on-all`: the same with OTEL_TRACES_SAMPLER=always_on (every request recorded and
+  exported: the cost of one traced request, for reference, not a setting to run with).
+
+wrk sends no `traceparent`, so the sampler decides. Servers take turns within each
+repetition (rotating who goes first) so noise hits all alike; the figure is each one's
+throughput as a ratio to `off`, medians over the repetitions. Writes
+`benchmarks/results/tracing.json` and `tracing.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from bench_http import ENDPOINTS, LUA, MODEL, run_wrk, start_server
+from common import ROOT, report
+
+from coordinator.demo import publish_demo_models
+from coordinator.processes import free_port, stop_process
+from coordinator.registry import Registry
+from testkit.otlp_receiver import OtlpReceiver
+
+
+def start_node(root: Path, registry: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    settings = {
+        "MODELCACHE_REGISTRY": str(registry),
+        "MODELCACHE_LOG_LEVEL": "warning",
+        "MODELCACHE_WARMUP": json.dumps([MODEL]),
+        "MODELCACHE_GRPC_PORT": "0",
+        "PYTHONPATH": str(root),
+        **env,
+    }
+    cmd = [sys.executable, "-m", "node", "--port", str(port)]
+    return start_server(cmd, root, settings, port, "/readyz"), f"http://127.0.0.1:{port}"
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    medians = {
+        name: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for name, rs in runs.items()
+    }
+    base = medians["off"]["req_per_s"]
+    for m in medians.values():
+        m["ratio_to_off"] = round(m["req_per_s"] / base, 3) if base else 0.0
+    return medians
+
+
+def plot(results: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(results)
+    servers = list(results[keys[0]])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4.5))
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        ratios = [results[k][server]["ratio_to_off"] for k in keys]
+        ax.bar([x + i * width for x in range(len(keys))], ratios, width, label=server)
+    ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="5% overhead")
+    ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(keys))], keys)
+    ax.set_ylabel("throughput / tracing off")
+    ax.set_ylim(0.5, 1.15)
+    ax.set_title("tracing overhead (same node, wrk over loopback, medians)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--conns", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--base-root", type=Path, help="also a node from this checkout, as off-base")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tracing.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Registry(Path(tmp) / "registry")
+        publish_demo_models(registry)
+        meta = registry.metadata(MODEL, registry.latest(MODEL))
+        scripts = {}
+        for ep, (_path, body) in ENDPOINTS.items():
+            scripts[ep] = Path(tmp) / f"{ep}.lua"
+            scripts[ep].write_text(LUA % json.dumps(body))
+        receiver = OtlpReceiver(Path(tmp)).start()
+        traced = {"MODELCACHE_TRACING": "true", **receiver.endpoint("http/protobuf")}
+        servers = {}
+        try:
+            servers["off"] = start_node(ROOT, registry.root, {})
+            servers["on"] = start_node(ROOT, registry.root, traced)
+            servers["on-all"] = start_node(
+                ROOT, registry.root, {**traced, "OTEL_TRACES_SAMPLER": "always_on"}
+            )
+            if args.base_root:
+                servers["off-base"] = start_node(args.base_root.resolve(), registry.root, {})
+            for name, (_proc, url) in servers.items():  # warm connections, model and code paths
+                for path, body in ENDPOINTS.values():
+                    for _ in range(200):
+                        httpx.post(url + path, json=body, timeout=5).raise_for_status()
+                print(f"{name}: {url} ready", file=sys.stderr)
+            runs: dict[str, dict[str, list]] = {}
+            names = list(servers)
+            for rep in range(args.reps):
+                order = names[rep % len(names) :] + names[: rep % len(names)]
+                for conns in args.conns:
+                    for ep, (path, _body) in ENDPOINTS.items():
+                        for name in order:
+                            r = run_wrk(servers[name][1] + path, scripts[ep], conns, args.duration)
+                            runs.setdefault(f"{ep}@{conns}", {}).setdefault(name, []).append(r)
+                            print(f"rep {rep} {ep}@{conns} {name}: {r}", file=sys.stderr)
+            spans = len(receiver.spans())
+        finally:
+            for proc, _url in servers.values():
+                stop_process(proc)
+            receiver.stop()
+    results = {key: summarise(by_server) for key, by_server in runs.items()}
+    report(
+        str(args.out),
+        {
+            "method": f"wrk, {args.reps} interleaved reps x {args.duration}s per point; medians; "
+            "no traceparent sent (the node's sampler decides)",
+            "model": f"{MODEL} {meta.version} ({meta.size_bytes} bytes)",
+            "default_sampler": "parentbased_traceidratio 0.1 (node.otel.DEFAULT_RATIO)",
+            "spans_received": spans,
+            "worst_ratio_on_to_off": min(r["on"]["ratio_to_off"] for r in results.values()),
+            "results": results,
+            "runs": runs,
+        },
+    )
+    try:
+        plot(results, args.out.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
