@@ -13,10 +13,11 @@ service name defaults to `modelcache` here), `OTEL_EXPORTER_OTLP_ENDPOINT` /
 - the exporter, by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`:
   `http/protobuf` (default, as the specification says) or `grpc`; `OTEL_TRACES_EXPORTER`
   `otlp` (default), `console` or `none`;
-- the sampler when `OTEL_TRACES_SAMPLER` is unset: `parentbased_traceidratio` at
-  `DEFAULT_RATIO` (or `OTEL_TRACES_SAMPLER_ARG`), so a request whose `traceparent` says
-  "sampled" is always recorded and a tenth of the others are
-  (benchmarks/bench_tracing.py measures what that costs).
+- the sampler when `OTEL_TRACES_SAMPLER` is unset: parent-based, recording `DEFAULT_RATIO`
+  (1%, or `OTEL_TRACES_SAMPLER_ARG`) of new traces, every request whose `traceparent` says
+  "sampled" and none whose `traceparent` says not. That decision is made by node.tracing
+  before the SDK is called (the SDK's sampler is then `parentbased_always_on`), so an
+  unrecorded request costs no span; benchmarks/bench_tracing.py measures the rest.
 
 Spans leave through the SDK's batch processor, on its own thread: an exporter that
 fails or a collector that is down costs log lines, never a request.
@@ -33,8 +34,10 @@ from node import tracing
 
 log = logging.getLogger("modelcache.tracing")
 
-DEFAULT_RATIO = 0.1
-"""Fraction of new traces recorded when OTEL_TRACES_SAMPLER is unset (parent-based)."""
+DEFAULT_RATIO = 0.01
+"""Fraction of new traces recorded when OTEL_TRACES_SAMPLER is unset (parent-based): what keeps
+tracing's cost under 5% of a prediction's (benchmarks/bench_tracing.py: a recorded request
+costs several times an unrecorded one: its spans are built and encoded in Python)."""
 PROTOCOLS = ("http/protobuf", "grpc")
 EXTRA_HINT = "MODELCACHE_TRACING=true needs the otel extra: pip install 'modelcache[otel]'"
 
@@ -52,6 +55,7 @@ def install(node_id: str) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError as exc:
         raise TracingUnavailable(f"{EXTRA_HINT} ({exc})") from None
@@ -59,28 +63,30 @@ def install(node_id: str) -> None:
     resource = Resource.create({"service.instance.id": node_id})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "modelcache"}))
-    provider = TracerProvider(resource=resource, sampler=_sampler(env))
+    ratio = _root_ratio(env)
+    # With the default, node.tracing drops the unrecorded requests first: what reaches the SDK
+    # is recorded when its parent (if any) was sampled.
+    sampler = None if ratio is None else ParentBased(ALWAYS_ON)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = _exporter(env)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     # W3C trace context only (what the issue asks for), whatever OTEL_PROPAGATORS says.
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
     tracer = provider.get_tracer("modelcache")
-    tracing.activate(tracer, provider.shutdown)
+    tracing.activate(tracer, provider.shutdown, ratio)
     log.info(
         "tracing on: %s exporter, sampler %s, service %s",
         _protocol(env) if exporter is not None else "no",
-        provider.sampler.get_description(),
+        f"parent-based, {ratio:g} of new traces" if ratio is not None else provider.sampler.get_description(),
         resource.attributes.get("service.name"),
     )
 
 
-def _sampler(env: Mapping[str, str]) -> Any:
-    """None lets the SDK read OTEL_TRACES_SAMPLER; unset, parent-based at DEFAULT_RATIO."""
+def _root_ratio(env: Mapping[str, str]) -> float | None:
+    """None lets the SDK read OTEL_TRACES_SAMPLER; unset, the ratio of new traces to record."""
     if env.get("OTEL_TRACES_SAMPLER"):
         return None
-    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-
     raw = env.get("OTEL_TRACES_SAMPLER_ARG", "")
     try:
         ratio = float(raw) if raw else DEFAULT_RATIO
@@ -88,7 +94,7 @@ def _sampler(env: Mapping[str, str]) -> Any:
         raise TracingUnavailable(f"OTEL_TRACES_SAMPLER_ARG must be a number in 0-1, not {raw!r}") from None
     if not 0.0 <= ratio <= 1.0:
         raise TracingUnavailable(f"OTEL_TRACES_SAMPLER_ARG must be a number in 0-1, not {raw!r}")
-    return ParentBasedTraceIdRatio(ratio)
+    return ratio
 
 
 def _protocol(env: Mapping[str, str]) -> str:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +42,16 @@ T = TypeVar("T")
 _tracer: Any = None
 """The OpenTelemetry tracer once `node.otel.install` ran; None while tracing is off."""
 _shutdown: Callable[[], None] | None = None
+_root_ratio: float | None = None
+"""With the default sampler (parent-based, a ratio of new traces): that ratio. The decision not
+to record is then made here, before the SDK is asked for anything, so an unrecorded request
+costs a random draw instead of a span (benchmarks/bench_tracing.py). None: the SDK's sampler
+(OTEL_TRACES_SAMPLER) decides every request."""
+_draw = random.random
+_trace_bits = random.getrandbits
+# W3C trace context: version-traceid-parentid-flags; a version other than 00 may add fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16  # invalid ids (W3C)
 
 
 @dataclass(slots=True)
@@ -63,10 +75,10 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def activate(tracer: Any, shutdown: Callable[[], None]) -> None:
-    """Turn tracing on with `tracer` (node.otel.install calls it)."""
-    global _tracer, _shutdown
-    _tracer, _shutdown = tracer, shutdown
+def activate(tracer: Any, shutdown: Callable[[], None], root_ratio: float | None = None) -> None:
+    """Turn tracing on with `tracer` (node.otel.install calls it); see `_root_ratio`."""
+    global _tracer, _shutdown, _root_ratio
+    _tracer, _shutdown, _root_ratio = tracer, shutdown, root_ratio
 
 
 def shutdown() -> None:
@@ -81,15 +93,45 @@ def shutdown() -> None:
 def start_request(
     name: str, traceparent: bytes | str | None, tracestate: bytes | str | None = None, **attributes: Any
 ) -> Traced:
-    """Open the server span of a request (a child of its `traceparent`) and make it current."""
+    """Open the server span of a request (a child of its `traceparent`) and make it current.
+
+    An invalid `traceparent` is ignored (W3C: start a new trace). With the default sampler,
+    a request that will not be recorded gets no span at all, only a trace id: its parent's
+    when it has one (flag "not sampled"), else a new one.
+    """
+    header = None
+    found = _valid(traceparent) if traceparent else None
+    if found is not None:
+        if _root_ratio is not None and not int(found[4], 16) & 1:
+            return _unrecorded(found[2])  # the caller decided: not sampled
+        header = found[0]
+    if header is None and _root_ratio is not None and _draw() >= _root_ratio:
+        return _unrecorded(f"{_trace_bits(128):032x}")
+    return _recorded(name, header, tracestate, attributes)
+
+
+def _valid(traceparent: bytes | str) -> re.Match[str] | None:
+    found = _TRACEPARENT.match(_text(traceparent))
+    if found is None or found[1] == "ff" or (found[1] == "00" and found[5] is not None):
+        return None
+    return found if found[2] != _ZERO_TRACE and found[3] != _ZERO_SPAN else None
+
+
+def _unrecorded(trace_id: str) -> Traced:
+    traced = Traced(None, trace_id, False)
+    _current.set(traced)
+    return traced
+
+
+def _recorded(name: str, header: str | None, tracestate: bytes | str | None, attributes: Any) -> Traced:
     from opentelemetry import context, propagate, trace
 
-    carrier: dict[str, str] = {}
-    if traceparent:
-        carrier["traceparent"] = _text(traceparent)
+    parent = None
+    if header is not None:
+        carrier = {"traceparent": header}
         if tracestate:
             carrier["tracestate"] = _text(tracestate)
-    parent = propagate.extract(carrier) if carrier else None
+        parent = propagate.extract(carrier)
     span = _tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
     span_context = span.get_span_context()
     traced = Traced(span, format(span_context.trace_id, "032x"), span.is_recording())
@@ -100,6 +142,9 @@ def start_request(
 
 def end_request(traced: Traced, status: int, route: str | None = None) -> None:
     """Close the request's span with its HTTP status (an error status from 500 on)."""
+    if traced.span is None:  # not recorded: nothing was opened
+        _current.set(None)
+        return
     from opentelemetry import context, trace
 
     span = traced.span

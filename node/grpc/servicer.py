@@ -47,6 +47,8 @@ from node.tensors import HEADER_LENGTH, TensorError
 log = logging.getLogger("modelcache.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+PROBES = frozenset({"ServerLive", "ServerReady"})
+"""Health probes: not traced (as /healthz and /readyz are not)."""
 Reply = TypeVar("Reply")
 
 
@@ -207,7 +209,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         call = Call(params={}, body=b"", headers=headers)
         route = f"/{SERVICE}/{method}"
         # The `traceparent` metadata is honoured as the header is on the REST door.
-        traced = self._trace(route, headers, rid) if self.observer.traced else None
+        traced = self._trace(route, headers, rid) if self.observer.traced and method not in PROBES else None
         status = 499  # the client went away
         try:
             try:
