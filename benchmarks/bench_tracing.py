@@ -8,9 +8,13 @@ Starts a real OTLP receiver process (testkit/otlp_receiver.py) and, on the demo 
 
 - `off`: MODELCACHE_TRACING unset;
 - `on`: MODELCACHE_TRACING=true, OTEL_TRACES_SAMPLER unset (node.otel's default:
-  parent-based, 1% of new traces), exporting over OTLP/HTTP to the receiver;
+  parent-based, 0.5% of new traces), exporting over OTLP/HTTP to the receiver;
+- `on-none`: the same recording no request (OTEL_TRACES_SAMPLER_ARG=0): the fixed cost;
 - `on-all`: the same with OTEL_TRACES_SAMPLER=always_on (every request recorded and
-  exported: the cost of one traced request, for reference, not a setting to run with).
+  exported: the cost of one recorded request, for reference, not a setting to run with).
+
+Besides the direct `on` figure, `model` predicts the CPU overhead at a sampling ratio r as
+(on-none - off) + r x (on-all - off), per request.
 
 wrk sends no `traceparent`, so the sampler decides. Servers take turns within each
 repetition (rotating who goes first) so noise hits all alike; the figures are each one's
@@ -76,18 +80,23 @@ def run_wrk(url: str, script: Path, conns: int, duration: int, pid: int) -> dict
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Medians per server; throughput and CPU per request as ratios to `off`.
+    """Medians per server; throughput and CPU per request as ratios to `off`, paired per repetition.
 
-    The machine may be shared: CPU time per request is what other processes disturb least,
-    throughput what a client sees.
+    Each ratio is taken within one repetition (the servers ran back to back) and the median
+    of those is reported: on a shared machine the load drifts between repetitions more than
+    within one. CPU time per request is what other processes disturb least, throughput what
+    a client sees.
     """
     medians = {
         name: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for name, rs in runs.items()
     }
-    base, base_cpu = medians["off"]["req_per_s"], medians["off"]["cpu_us_per_req"]
-    for m in medians.values():
-        m["ratio_to_off"] = round(m["req_per_s"] / base, 3) if base else 0.0
-        m["cpu_ratio_to_off"] = round(m["cpu_us_per_req"] / base_cpu, 3) if base_cpu else 0.0
+    off = runs["off"]
+    for name, m in medians.items():
+        pairs = list(zip(runs[name], off, strict=True))
+        m["ratio_to_off"] = round(statistics.median(r["req_per_s"] / o["req_per_s"] for r, o in pairs), 3)
+        m["cpu_ratio_to_off"] = round(
+            statistics.median(r["cpu_us_per_req"] / o["cpu_us_per_req"] for r, o in pairs), 3
+        )
     return medians
 
 
@@ -139,9 +148,10 @@ def main() -> None:
         try:
             servers["off"] = start_node(ROOT, registry.root, {})
             servers["on"] = start_node(ROOT, registry.root, traced)
-            servers["on-all"] = start_node(
-                ROOT, registry.root, {**traced, "OTEL_TRACES_SAMPLER": "always_on"}
-            )
+            none = {**traced, "OTEL_TRACES_SAMPLER_ARG": "0"}
+            servers["on-none"] = start_node(ROOT, registry.root, none)
+            every = {**traced, "OTEL_TRACES_SAMPLER": "always_on"}
+            servers["on-all"] = start_node(ROOT, registry.root, every)
             if args.base_root:
                 servers["off-base"] = start_node(args.base_root.resolve(), registry.root, {})
             for name, (_proc, url) in servers.items():  # warm connections, model and code paths
@@ -166,6 +176,16 @@ def main() -> None:
                 stop_process(proc)
             receiver.stop()
     results = {key: summarise(by_server) for key, by_server in runs.items()}
+    model = {
+        key: {
+            "fixed_us_per_req": round(r["on-none"]["cpu_us_per_req"] - r["off"]["cpu_us_per_req"], 1),
+            "recorded_us_per_req": round(r["on-all"]["cpu_us_per_req"] - r["off"]["cpu_us_per_req"], 1),
+            "predicted_cpu_ratio_at_default": round(
+                r["on-none"]["cpu_ratio_to_off"] + DEFAULT_RATIO * (r["on-all"]["cpu_ratio_to_off"] - 1), 3
+            ),
+        }
+        for key, r in results.items()
+    }
     report(
         str(args.out),
         {
@@ -176,6 +196,7 @@ def main() -> None:
             "spans_received": spans,
             "worst_throughput_ratio_on_to_off": min(r["on"]["ratio_to_off"] for r in results.values()),
             "worst_cpu_ratio_on_to_off": max(r["on"]["cpu_ratio_to_off"] for r in results.values()),
+            "cost_model": model,
             "results": results,
             "runs": runs,
         },
