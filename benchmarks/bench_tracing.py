@@ -13,7 +13,10 @@ Starts a real OTLP receiver process (testkit/otlp_receiver.py) and, on the demo 
 - `on-all`: the same with OTEL_TRACES_SAMPLER=always_on (every request recorded and
   exported: the cost of one recorded request, for reference, not a setting to run with).
 
-Besides the direct `on` figure, `model` predicts the CPU overhead at a sampling ratio r as
+Then the same three settings (off, on, on-none) in process: the node's ASGI app called
+directly for `--requests` requests per run, each run its own process, modes alternating,
+CPU time per request (no server, client or network to add noise). Besides the direct `on`
+figure, `cost_model` predicts the CPU overhead at a sampling ratio r as
 (on-none - off) + r x (on-all - off), per request.
 
 wrk sends no `traceparent`, so the sampler decides. Servers take turns within each
@@ -124,6 +127,69 @@ def plot(results: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
     fig.savefig(out, dpi=100)
 
 
+# -- in process: the node's ASGI app called directly, no server, client or network -------------
+DRIVE_MODES = {
+    "off": {},
+    "on": {"MODELCACHE_TRACING": "true"},
+    "on-none": {"MODELCACHE_TRACING": "true", "OTEL_TRACES_SAMPLER_ARG": "0"},
+}
+
+
+def drive(registry: Path, n: int) -> None:
+    """(In a child process, its env set by `in_process`.) CPU seconds per request, printed."""
+    import asyncio
+    import time
+
+    from node.app import build_app
+    from node.settings import NodeSettings
+
+    app = build_app(NodeSettings(registry=registry, grpc_port=0))
+    path, body = ENDPOINTS["v1"]
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+    }
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"status {message['status']}")
+
+    async def run(count: int) -> None:
+        for _ in range(count):
+            await app({**scope}, receive, send)
+
+    asyncio.run(run(500))  # load the model, warm the code paths
+    started = time.process_time()
+    asyncio.run(run(n))
+    print(json.dumps({"cpu_us_per_req": (time.process_time() - started) / n * 1e6}))
+
+
+def in_process(registry: Path, receiver: OtlpReceiver, reps: int, n: int) -> dict[str, object]:
+    """Each mode in its own process, modes alternating; CPU per request and paired ratios to off."""
+    runs: dict[str, list[float]] = {}
+    for rep in range(reps):
+        modes = list(DRIVE_MODES)
+        for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
+            env = {**os.environ, **receiver.endpoint("http/protobuf"), **DRIVE_MODES[mode]}
+            env["PYTHONPATH"] = str(ROOT)
+            cmd = [sys.executable, __file__, "--drive", str(registry), "--requests", str(n)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600)
+            runs.setdefault(mode, []).append(json.loads(out.stdout.splitlines()[-1])["cpu_us_per_req"])
+            print(f"in-process rep {rep} {mode}: {runs[mode][-1]:.1f} us/request", file=sys.stderr)
+    ratios = {
+        mode: round(statistics.median(v / o for v, o in zip(values, runs["off"], strict=True)), 3)
+        for mode, values in runs.items()
+    }
+    medians = {mode: round(statistics.median(values), 2) for mode, values in runs.items()}
+    return {"requests_per_run": n, "cpu_us_per_req": medians, "cpu_ratio_to_off": ratios, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -131,7 +197,12 @@ def main() -> None:
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--base-root", type=Path, help="also a node from this checkout, as off-base")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tracing.json")
+    parser.add_argument("--requests", type=int, default=20000, help="per in-process run")
+    parser.add_argument("--drive", type=Path, help=argparse.SUPPRESS)  # a child of in_process
     args = parser.parse_args()
+    if args.drive is not None:
+        drive(args.drive, args.requests)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,6 +242,9 @@ def main() -> None:
                             runs.setdefault(f"{ep}@{conns}", {}).setdefault(name, []).append(r)
                             print(f"rep {rep} {ep}@{conns} {name}: {r}", file=sys.stderr)
             spans = len(receiver.spans())
+            for _proc, _url in servers.values():
+                stop_process(_proc)  # the machine to the in-process runs alone
+            measured = in_process(registry.root, receiver, args.reps, args.requests)
         finally:
             for proc, _url in servers.values():
                 stop_process(proc)
@@ -197,6 +271,7 @@ def main() -> None:
             "worst_throughput_ratio_on_to_off": min(r["on"]["ratio_to_off"] for r in results.values()),
             "worst_cpu_ratio_on_to_off": max(r["on"]["cpu_ratio_to_off"] for r in results.values()),
             "cost_model": model,
+            "in_process": measured,
             "results": results,
             "runs": runs,
         },
