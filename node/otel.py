@@ -14,7 +14,7 @@ service name defaults to `modelcache` here), `OTEL_EXPORTER_OTLP_ENDPOINT` /
   `http/protobuf` (default, as the specification says) or `grpc`; `OTEL_TRACES_EXPORTER`
   `otlp` (default), `console` or `none`;
 - the sampler when `OTEL_TRACES_SAMPLER` is unset: parent-based, recording `DEFAULT_RATIO`
-  (0.5%, or `OTEL_TRACES_SAMPLER_ARG`) of new traces, every request whose `traceparent` says
+  (0.1%, or `OTEL_TRACES_SAMPLER_ARG`) of new traces, every request whose `traceparent` says
   "sampled" and none whose `traceparent` says not. That decision is made by node.tracing
   before the SDK is called (the SDK's sampler is then `parentbased_always_on`), so an
   unrecorded request costs no span; benchmarks/bench_tracing.py measures the rest.
@@ -34,7 +34,7 @@ from node import tracing
 
 log = logging.getLogger("modelcache.tracing")
 
-DEFAULT_RATIO = 0.005
+DEFAULT_RATIO = 0.001
 """Fraction of new traces recorded when OTEL_TRACES_SAMPLER is unset (parent-based): what keeps
 tracing's cost under 5% of a prediction's (benchmarks/bench_tracing.py: a recorded request
 costs several times an unrecorded one: its spans are built and encoded in Python)."""

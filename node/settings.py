@@ -121,7 +121,7 @@ class NodeSettings(BaseSettings):
     tracing: bool = False
     """OpenTelemetry traces of requests and cluster changes (needs `modelcache[otel]`), exported
     over OTLP as the standard OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, ..._PROTOCOL,
-    OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER; default: 0.5% of new traces, every sampled parent)."""
+    OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER; default: 0.1% of new traces, every sampled parent)."""
 
     @field_validator("registry")
     @classmethod

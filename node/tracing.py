@@ -60,7 +60,9 @@ class Traced:
 
     span: Any
     trace_id: str
-    """32 hex digits; the client's when it sent a valid `traceparent`."""
+    """32 hex digits; the client's when it sent a valid `traceparent`; "" until asked for when
+    the request is a new, unrecorded trace (`trace_id()` draws one then: only the access log
+    wants it)."""
     sampled: bool
     token: Any = None
     """The OpenTelemetry context token to detach when the request ends."""
@@ -91,13 +93,17 @@ def shutdown() -> None:
 
 # -- requests ---------------------------------------------------------------------
 def start_request(
-    name: str, traceparent: bytes | str | None, tracestate: bytes | str | None = None, **attributes: Any
+    name: str,
+    traceparent: bytes | str | None,
+    tracestate: bytes | str | None = None,
+    attributes: Callable[[], dict[str, Any]] | None = None,
 ) -> Traced:
     """Open the server span of a request (a child of its `traceparent`) and make it current.
 
     An invalid `traceparent` is ignored (W3C: start a new trace). With the default sampler,
     a request that will not be recorded gets no span at all, only a trace id: its parent's
-    when it has one (flag "not sampled"), else a new one.
+    when it has one (flag "not sampled"), else a new one. `attributes` is called only for a
+    recorded request.
     """
     header = None
     found = _valid(traceparent) if traceparent else None
@@ -106,8 +112,8 @@ def start_request(
             return _unrecorded(found[2])  # the caller decided: not sampled
         header = found[0]
     if header is None and _root_ratio is not None and _draw() >= _root_ratio:
-        return _unrecorded(f"{_trace_bits(128):032x}")
-    return _recorded(name, header, tracestate, attributes)
+        return _unrecorded("")
+    return _recorded(name, header, tracestate, attributes() if attributes is not None else None)
 
 
 def _valid(traceparent: bytes | str) -> re.Match[str] | None:
@@ -123,7 +129,9 @@ def _unrecorded(trace_id: str) -> Traced:
     return traced
 
 
-def _recorded(name: str, header: str | None, tracestate: bytes | str | None, attributes: Any) -> Traced:
+def _recorded(
+    name: str, header: str | None, tracestate: bytes | str | None, attributes: dict[str, Any] | None
+) -> Traced:
     from opentelemetry import context, propagate, trace
 
     parent = None
@@ -174,7 +182,11 @@ def recording() -> bool:
 def trace_id() -> str | None:
     """The trace id of the request in this context (for the access log)."""
     traced = _current.get()
-    return None if traced is None else traced.trace_id
+    if traced is None:
+        return None
+    if not traced.trace_id:
+        traced.trace_id = f"{_trace_bits(128):032x}"
+    return traced.trace_id
 
 
 def exemplar() -> dict[str, str] | None:

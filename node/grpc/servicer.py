@@ -243,7 +243,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             route.lstrip("/"),
             headers.get(b"traceparent"),
             headers.get(b"tracestate"),
-            **{"rpc.system": "grpc", "rpc.method": route, "modelcache.request_id": rid},
+            lambda: {"rpc.system": "grpc", "rpc.method": route, "modelcache.request_id": rid},
         )
 
 

@@ -171,7 +171,7 @@ class FastRoutes:
             f"POST {template}",
             headers.get(TRACEPARENT),
             headers.get(TRACESTATE),
-            **{"http.request.method": "POST", "http.route": template, "modelcache.request_id": rid},
+            lambda: {"http.request.method": "POST", "http.route": template, "modelcache.request_id": rid},
         )
 
     async def _answer(self, handler: Handler, call: Call, scope: Scope, receive: Receive) -> Reply | None:

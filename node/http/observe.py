@@ -183,5 +183,5 @@ class ObserveMiddleware:
             method,
             headers.get(b"traceparent"),
             headers.get(b"tracestate"),
-            **{"http.request.method": method, "modelcache.request_id": rid},
+            lambda: {"http.request.method": method, "modelcache.request_id": rid},
         )
