@@ -1,7 +1,8 @@
 """The Lua scripts that change and read the cluster state in Redis, each in one atomic step."""
 
 # KEYS: pins, generations, changes, seq, epoch, canaries.
-# ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token, canary JSON.
+# ARGV: kind, model_type, version, origin, ts, channel, a fresh epoch token, canary JSON,
+# the caller's W3C traceparent ('' for none: then the record has no such field).
 # `promote` takes its version from the canary and, in the same step, pins it and ends the
 # canary: no node can see the pin without the canary's end or the reverse.
 # The epoch is created here, with the counters, when absent: after Redis lost its data
@@ -38,8 +39,10 @@ if not epoch then
 end
 local gen = redis.call('HINCRBY', KEYS[2], mt, 1)
 local seq = redis.call('INCR', KEYS[4])
-local change = cjson.encode({kind=kind, model_type=mt, version=version, generation=gen, seq=seq,
-                             origin=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch})
+local record = {kind=kind, model_type=mt, version=version, generation=gen, seq=seq,
+                origin=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch}
+if ARGV[9] and ARGV[9] ~= '' then record.traceparent = ARGV[9] end
+local change = cjson.encode(record)
 redis.call('HSET', KEYS[3], mt, change)
 redis.call('PUBLISH', ARGV[6], change)
 return {change, replicas}

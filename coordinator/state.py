@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,12 +50,22 @@ class Snapshot:
 class ClusterState:
     """Reads and changes the cluster's desired state over one link (sync API, short timeouts)."""
 
-    def __init__(self, link: Link, origin: str = "cli", *, replica_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        link: Link,
+        origin: str = "cli",
+        *,
+        replica_timeout_s: float = 1.0,
+        trace_context: Callable[[], str] | None = None,
+    ) -> None:
         self.link = link
         self.origin = origin
         """Who publishes: recorded in every change (`cli@host`, a node id)."""
         self.replica_timeout_s = replica_timeout_s
         """How long a change waits for a replica to confirm it (only when the primary has one)."""
+        self.trace_context = trace_context
+        """The caller's W3C `traceparent` ("" for none), recorded in each change so every node's
+        apply joins the trace of the call that made it (a node passes node.tracing's)."""
         self._change = link.script(CHANGE)
 
     # -- changes -----------------------------------------------------------
@@ -81,6 +91,7 @@ class ClusterState:
                 k.events,
                 secrets.token_hex(8),
                 canary.to_json() if canary is not None else "",
+                self.trace_context() if self.trace_context is not None else "",
             ],
         )
         if not raw and kind is ChangeKind.PROMOTE:

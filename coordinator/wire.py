@@ -27,6 +27,7 @@ MAX_MESSAGE_BYTES = 256 * 1024
 """Larger messages are refused unread: nothing legitimate comes near this."""
 MAX_EPOCH_LEN = 64
 MAX_DETAIL_LEN = 2000
+MAX_TRACEPARENT_LEN = 128
 
 
 class WireError(ModelCacheError):
@@ -178,6 +179,9 @@ class Change:
     ts: float
     epoch: str = ""
     origin: str = ""
+    traceparent: str = ""
+    """The W3C trace context of the call that made the change ("" for none): each node's apply
+    is a span of that trace. Opaque here; a node that cannot parse it just starts no span."""
     replicated: bool | None = field(default=None, compare=False)
     """Set by the writer, never on the wire: None when the primary had no replica, else whether
     a replica confirmed the change (WAIT) in time; False means a failover now could lose it."""
@@ -200,11 +204,14 @@ class Change:
             ts=_num(w, data, "ts"),
             epoch=_str(w, data, "epoch", "", limit=MAX_EPOCH_LEN),
             origin=_str(w, data, "origin", ""),
+            traceparent=_str(w, data, "traceparent", "", limit=MAX_TRACEPARENT_LEN),
         )
 
     def to_json(self) -> str:
         data = {**asdict(self), "kind": self.kind.value}
         del data["replicated"]  # a fact about one write, not part of the change
+        if not self.traceparent:
+            del data["traceparent"]  # as the Lua script writes it
         return _dumps(data)
 
     def summary(self) -> str:

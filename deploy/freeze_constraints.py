@@ -1,9 +1,9 @@
 """Write deploy/constraints.txt: the exact versions the image installs, taken from a venv.
 
-    .venv/bin/pip install -e '.[sklearn,s3,lightgbm,onnx]'   # on Linux, Python 3.11 (the image's)
+    .venv/bin/pip install -e '.[sklearn,s3,lightgbm,onnx,otel]'   # on Linux, Python 3.11 (the image's)
     .venv/bin/python deploy/freeze_constraints.py > deploy/constraints.txt
 
-`pip freeze`, restricted to what `modelcache[sklearn,s3,lightgbm,onnx]` needs at run time: the project's
+`pip freeze`, restricted to what `modelcache[sklearn,s3,lightgbm,onnx,otel]` needs at run time: the project's
 dependencies and the extra's, and theirs, recursively (markers evaluated here, so run it
 on the image's platform and Python). Test tools installed in the same venv are left out.
 The Dockerfile installs with `-c deploy/constraints.txt`, so an upstream release cannot
@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-EXTRAS = ("sklearn", "s3", "lightgbm", "onnx")
+EXTRAS = ("sklearn", "s3", "lightgbm", "onnx", "otel")
 
 
 def roots() -> list[Requirement]:

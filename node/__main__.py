@@ -110,9 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.app import build_app
     from node.http.protocol import uvicorn_limits
     from node.logs import configure
+    from node.otel import TracingUnavailable
 
     config = configure(settings.log_format, settings.log_level, settings.resolved_node_id)
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except TracingUnavailable as exc:  # the otel extra missing, an OTEL_* value we cannot use
+        print(f"modelcache node: error: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         app,
         host=settings.host,

@@ -13,6 +13,7 @@ from coordinator.registry import AnyRegistry, open_registry
 from coordinator.registry.disk_tier import DiskTier
 from coordinator.registry.store import Timeouts, is_store_url
 from coordinator.state import ClusterState
+from node import tracing
 from node.http.app import create_app
 from node.loader import Loader
 from node.loads import Loads
@@ -66,7 +67,13 @@ def build_node(settings: NodeSettings, metrics: NodeMetrics | None = None) -> No
         return NodeParts(metrics, registry, loads, resolver, service, reloads, warmup=warm_alone)
     node_id = settings.resolved_node_id
     link = Link.from_url(settings.redis_url, settings.redis_prefix)
-    state = ClusterState(link, origin=node_id, replica_timeout_s=settings.redis_replica_wait_s)
+    # A change carries the trace of the admin call that made it (node.tracing.applied).
+    state = ClusterState(
+        link,
+        origin=node_id,
+        replica_timeout_s=settings.redis_replica_wait_s,
+        trace_context=tracing.traceparent,
+    )
     members = Membership(link)
     sync = ClusterSync(
         link,
@@ -102,7 +109,15 @@ def node_report(loads: Loads, resolver: Resolver, service: ModelService) -> Node
 
 
 def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
-    """A complete node: its parts behind the HTTP layer, and the gRPC door over the same V2 handler."""
+    """A complete node: its parts behind the HTTP layer, and the gRPC door over the same V2 handler.
+
+    With MODELCACHE_TRACING=true, tracing is installed first (node.otel, imported only then):
+    the parts built below check once, at construction, whether it is on.
+    """
+    if settings.tracing:
+        from node.otel import install
+
+        install(settings.resolved_node_id)
     parts = build_node(settings, NodeMetrics(registry))
     app = create_app(settings, parts)
     if settings.resolved_grpc_port is not None:

@@ -49,6 +49,7 @@ always: 0.95x/1.27x) and 1.80x/2.56x at 64 (thread always: 1.57x/2.71x).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
 from node.runtime import LoadedModel, Predictions, Row
@@ -68,6 +70,8 @@ class _Request:
     model: LoadedModel
     x: np.ndarray
     future: asyncio.Future[Predictions] | None
+    times: list[int] | None = None
+    """Traced requests only: [queued, predict start, predict end (ns), rows of that predict]."""
 
 
 class _Lane:
@@ -101,6 +105,8 @@ class Batcher:
         # Not the default executor: a predict must never queue behind a model load.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelcache-predict")
         self._lanes: dict[Hashable, _Lane] = {}
+        self.timed = tracing.enabled()
+        """Stamp predicts for the batch.wait and predict spans (fixed at construction: off, one check)."""
         self.calls = 0
         """Predict calls made so far (each may serve several requests)."""
 
@@ -112,11 +118,29 @@ class Batcher:
     ) -> Predictions:
         """The outputs for `rows`, predicted alone or together with concurrent requests for `key`."""
         x = _validated(model, rows)
+        if self.timed and tracing.recording():
+            return await self._traced(key, model, x)
+        return await self._predict(key, model, x)
+
+    async def _traced(self, key: Hashable, model: LoadedModel, x: np.ndarray) -> Predictions:
+        """`_predict`, then its wait for the predict and the predict itself as spans."""
+        times = [time.time_ns()]
+        out = await self._predict(key, model, x, times)
+        if len(times) == 4:
+            queued, start, end, rows = times
+            tracing.record("batch.wait", queued, start)
+            sizes = {"modelcache.batch_rows": rows, "modelcache.rows": len(x)}
+            tracing.record("predict", start, end, **sizes)
+        return out
+
+    async def _predict(
+        self, key: Hashable, model: LoadedModel, x: np.ndarray, times: list[int] | None = None
+    ) -> Predictions:
         lane = self._lanes.get(key)
         if lane is None and len(x) <= self.inline_max_rows:
-            return await self._lone(key, model, x)
+            return await self._lone(key, model, x, times)
         loop = asyncio.get_running_loop()
-        request = _Request(model, x, loop.create_future())
+        request = _Request(model, x, loop.create_future(), times)
         if lane is None:
             lane = self._lanes[key] = _Lane()
         elif lane.queue and lane.queued_rows + len(x) > self.max_queued_rows:
@@ -128,7 +152,9 @@ class Batcher:
             lane.task = loop.create_task(self._drain(key, lane))
         return await request.future  # type: ignore[misc]
 
-    async def _lone(self, key: Hashable, model: LoadedModel, x: np.ndarray) -> Predictions:
+    async def _lone(
+        self, key: Hashable, model: LoadedModel, x: np.ndarray, times: list[int] | None
+    ) -> Predictions:
         """A small request for an idle lane: yield once, then predict on the loop if still alone.
 
         The one yield lets requests that are already runnable reach the lane; if
@@ -137,7 +163,7 @@ class Batcher:
         """
         lane = self._lanes[key] = _Lane()
         lane.collecting = True
-        request = _Request(model, x, None)
+        request = _Request(model, x, None, times)
         try:
             await asyncio.sleep(0)  # a yield, not a timer: no deadline is set
         finally:
@@ -207,12 +233,15 @@ class Batcher:
         self.calls += 1
         if self.metrics is not None:
             self.metrics.observe_batch_rows(model.meta.model_type, len(x))
+        start = time.time_ns() if self.timed else 0
         try:
             whole = model.adapter.predict(x)
         except Exception as exc:
             if len(batch) == 1:
                 return [exc]
             return [self._alone(r) for r in batch]
+        if self.timed:
+            _stamp(batch, start, time.time_ns(), len(x))
         if len(batch) == 1:
             return [whole]
         out: list[Outcome] = []
@@ -225,6 +254,12 @@ class Batcher:
 
     def _alone(self, request: _Request) -> Outcome:
         return self._run([request])[0]
+
+
+def _stamp(batch: list[_Request], start: int, end: int, rows: int) -> None:
+    for request in batch:
+        if request.times is not None:
+            request.times += (start, end, rows)
 
 
 def _single(outcomes: list[Outcome]) -> Predictions:

@@ -19,7 +19,7 @@ from prometheus_client import Gauge
 from coordinator.errors import ModelNotFound
 from coordinator.registry import ModelMetadata
 from coordinator.versions import normalize_version
-from node import memory
+from node import memory, tracing
 from node.cache import ModelCache
 from node.errors import LoadTimeout, ModelTooLarge
 from node.loader import Loader, LoadPool
@@ -91,8 +91,25 @@ class Loads:
     async def lookup(self, key: Key, timeout: float | None = None) -> tuple[LoadedModel, bool]:
         """The cached model, or one load of it (single flight); (model, hit). Counts hits and misses."""
         timeout = self.load_timeout_s if timeout is None else timeout
+        if tracing.recording():
+            return await self._traced_lookup(key, timeout)
+        return await self._lookup(key, timeout, lambda: self.load(key))
+
+    async def _traced_lookup(self, key: Key, timeout: float) -> tuple[LoadedModel, bool]:
+        """`lookup` as a `cache.hit` or `cache.miss` span; a load it starts is its child span."""
+        attributes = {"modelcache.model_type": key[0], "modelcache.version": key[1]}
+        with tracing.cache_lookup(**attributes) as hit:
+            model, was_hit = await self._lookup(
+                key, timeout, tracing.stage_in_thread("load", lambda: self.load(key))
+            )
+            hit(was_hit)
+        return model, was_hit
+
+    async def _lookup(
+        self, key: Key, timeout: float, load: Callable[[], tuple[LoadedModel, int]]
+    ) -> tuple[LoadedModel, bool]:
         try:
-            model, hit = await self.cache.aget_or_load(key, lambda: self.load(key), timeout)
+            model, hit = await self.cache.aget_or_load(key, load, timeout)
         except TimeoutError:
             self.metrics.cache_misses.labels(key[0]).inc()
             self.metrics.model_load_failures.labels(key[0], "timeout").inc()

@@ -31,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from node import tracing
+
 # Every counter and histogram would otherwise carry a `<name>_created` gauge per label set:
 # ten extra families that no dashboard or rule reads. Process-wide by design in
 # client_python; the node is the process.
@@ -317,7 +319,8 @@ class NodeMetrics:
 
         `version` is bounded: only versions that were loaded (cached) and answered get here.
         """
-        self.predict_seconds.labels(model_type, version).observe(seconds)
+        # With tracing on, a sampled request's trace id is the exemplar (node.tracing).
+        self.predict_seconds.labels(model_type, version).observe(seconds, tracing.exemplar())
         self.predictions.labels(model_type, version).inc(rows)
 
     def observe_prediction_error(self, model_type: str, rows: int, version: str) -> None:

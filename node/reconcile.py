@@ -22,6 +22,7 @@ from coordinator.errors import ClusterUnavailable
 from coordinator.keys import ALL
 from coordinator.state import Snapshot
 from coordinator.wire import Ack, Canary, Change, ChangeKind, ModelAck, Outcome
+from node import tracing
 from node.metrics import NodeMetrics
 from node.reloads import Applied, Reloads
 
@@ -211,6 +212,19 @@ class Reconciler:
         ts = change.ts if change else applied_at
         if observe:  # not at start-up: a node's start is no measure of propagation
             self.metrics.reload_propagation_seconds.observe(max(0.0, applied_at - ts))
+        if observe and change is not None and change.traceparent:
+            tracing.applied(
+                change.traceparent,
+                f"apply {change.kind.value}",
+                applied_at,
+                **{
+                    "modelcache.node_id": self.node_id,
+                    "modelcache.model_type": name,
+                    "modelcache.change_seq": change.seq,
+                    "modelcache.outcome": outcome.outcome.value,
+                    "modelcache.detail": outcome.detail,
+                },
+            )
         self.outcomes[name] = outcome.to_ack(
             epoch=change.epoch if change else snap.epoch,
             seq=change.seq if change else snap.seq,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from coordinator.errors import ModelCacheError, VersionNotFound
 from coordinator.versions import normalize_version
+from node import tracing
 from node.errors import LoadRateLimited, ModelLoadError
 from node.loader import LoadBudget
 from node.loads import Loads
@@ -75,11 +76,14 @@ class ModelService:
         A request that names no version may go to the model type's canary: by the
         stable hash of `routing_key`, else by a random draw (node.resolver.in_canary).
         """
-        resolved = None
-        if version is None:
-            resolved = await self._canary(model_type, routing_key)
-        if resolved is None:
-            resolved = await self._get(model_type, version, limit_loads)
+        with tracing.stage("resolve", **{"modelcache.model_type": model_type}) as span:
+            resolved = None
+            if version is None:
+                resolved = await self._canary(model_type, routing_key)
+            if resolved is None:
+                resolved = await self._get(model_type, version, limit_loads)
+            if span is not None:
+                span.set_attribute("modelcache.version", resolved.version)
         self._requests[model_type] += 1
         return resolved
 

@@ -117,7 +117,11 @@ class NodeSettings(BaseSettings):
     """Log format of the node and of uvicorn: `text` lines, or one JSON object per line."""
     access_log: bool = False
     """Log one line per request (request id, method, route, status, duration; model, version,
-    cache hit and rows for a prediction) on the `modelcache.access` logger."""
+    cache hit and rows for a prediction; the trace id with tracing on) on the `modelcache.access` logger."""
+    tracing: bool = False
+    """OpenTelemetry traces of requests and cluster changes (needs `modelcache[otel]`), exported
+    over OTLP as the standard OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, ..._PROTOCOL,
+    OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER; default: 0.1% of new traces, every sampled parent)."""
 
     @field_validator("registry")
     @classmethod

@@ -12,7 +12,8 @@ metadata, echoed in the trailing metadata), `modelcache_http_requests_total`
 and `modelcache_http_request_seconds` with `route` = the gRPC method path
 (`/inference.GRPCInferenceService/ModelInfer`) and `method` POST (what gRPC is
 on the wire), `status` the HTTP status the REST route would have answered,
-and the access log line.
+the access log line, and with tracing on a server span continuing the
+`traceparent` metadata (node.tracing).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 
 from coordinator.errors import InvalidName, ModelCacheError
 from coordinator.registry import AnyRegistry
+from node import tracing
 from node.grpc import codec
 from node.grpc import grpc_predict_v2_pb2 as pb
 from node.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -45,6 +47,8 @@ from node.tensors import HEADER_LENGTH, TensorError
 log = logging.getLogger("modelcache.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+PROBES = frozenset({"ServerLive", "ServerReady"})
+"""Health probes: not traced (as /healthz and /readyz are not)."""
 Reply = TypeVar("Reply")
 
 
@@ -204,6 +208,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         token = bind_request_id(rid)
         call = Call(params={}, body=b"", headers=headers)
         route = f"/{SERVICE}/{method}"
+        # The `traceparent` metadata is honoured as the header is on the REST door.
+        traced = self._trace(route, headers, rid) if self.observer.traced and method not in PROBES else None
+        status = 499  # the client went away
         try:
             try:
                 reply = await handler(call)
@@ -216,6 +223,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log.exception("%s failed", route)
                 status, message, code, extra = 500, INTERNAL_ERROR, "internal_error", {}
             else:
+                status = 200
                 context.set_trailing_metadata((("x-request-id", rid),))
                 self.observer.done(route, "POST", 200, time.perf_counter() - started, rid, call.prediction)
                 return reply
@@ -226,6 +234,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
         finally:
             reset_request_id(token)
+            if traced is not None:
+                tracing.end_request(traced, status)
+
+    @staticmethod
+    def _trace(route: str, headers: dict[bytes, bytes], rid: str) -> tracing.Traced:
+        return tracing.start_request(
+            route.lstrip("/"),
+            headers.get(b"traceparent"),
+            headers.get(b"tracestate"),
+            lambda: {"rpc.system": "grpc", "rpc.method": route, "modelcache.request_id": rid},
+        )
 
 
 def _tensor_metadata(doc: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from node import tracing
 from node.batching import Batcher
 from node.http.admin import Admin
 from node.http.canary import Canaries
@@ -58,6 +59,7 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
                 await cluster.stop()
             batcher.close()
             parts.close()  # the idle-TTL sweep thread
+            tracing.shutdown()  # flush the spans still queued (no-op with tracing off)
 
     async def _warm() -> None:
         started = time.perf_counter()

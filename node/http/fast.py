@@ -13,7 +13,9 @@ guards (node.http.guards):
   internals (logged with its traceback);
 - `X-Modelcache-Node` and `X-Request-ID` on every answer, the request id bound
   to the log context meanwhile, the HTTP metrics and the access log
-  (`node.http.observe`).
+  (`node.http.observe`);
+- with tracing on, the request's server span, continuing its `traceparent`
+  (node.tracing; off, one boolean check).
 
 The same handlers are registered with FastAPI as ordinary routes (`document`),
 so `/docs` and `/openapi.json` describe them and a request the table does not
@@ -37,6 +39,7 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from coordinator.errors import ModelCacheError
+from node import tracing
 from node.errors import InvalidInput
 from node.http.common import map_error
 from node.http.guards import INTERNAL, Refusal, node_header, read_bounded, refusal
@@ -47,6 +50,9 @@ from node.resolver import MAX_ROUTING_KEY
 log = logging.getLogger("modelcache.api")
 
 JSON = b"application/json"
+TRACEPARENT, TRACESTATE = b"traceparent", b"tracestate"
+CLIENT_GONE = 499
+"""The status a traced request records when the client left before its answer (nginx's code)."""
 
 
 class Reply(NamedTuple):
@@ -98,6 +104,8 @@ class FastRoutes:
         self.node_header = node_header(node_id)
         self.max_body_bytes, self.registry_root = max_body_bytes, registry_root
         self.observer = observer
+        self.traced = tracing.enabled()
+        """Fixed at construction (node.app installs tracing before building the routes)."""
         self.in_flight = 0
         """Requests inside `serve` now (the batcher asks whether anyone else is)."""
         self._exact: dict[str, tuple[str, Handler]] = {}
@@ -138,12 +146,16 @@ class FastRoutes:
         headers = dict(scope["headers"])
         rid = request_id(headers.get(REQUEST_ID))
         token = bind_request_id(rid)
+        # Off, tracing costs this one check (node.tracing).
+        traced = self._trace(template, headers, rid) if self.traced else None
         self.in_flight += 1
+        status = CLIENT_GONE
         try:
             call = Call(params, b"", headers)
             reply = await self._answer(handler, call, scope, receive)
             if reply is None:
                 return  # the client went away
+            status = reply.status
             await self._send(send, reply, rid)
             self.observer.done(
                 template, "POST", reply.status, time.perf_counter() - started, rid, call.prediction
@@ -151,6 +163,16 @@ class FastRoutes:
         finally:
             self.in_flight -= 1
             reset_request_id(token)
+            if traced is not None:
+                tracing.end_request(traced, status)
+
+    def _trace(self, template: str, headers: dict[bytes, bytes], rid: str) -> tracing.Traced:
+        return tracing.start_request(
+            f"POST {template}",
+            headers.get(TRACEPARENT),
+            headers.get(TRACESTATE),
+            lambda: {"http.request.method": "POST", "http.route": template, "modelcache.request_id": rid},
+        )
 
     async def _answer(self, handler: Handler, call: Call, scope: Scope, receive: Receive) -> Reply | None:
         try:

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from coordinator.errors import InvalidName
+from node import tracing
 from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import FastJSON, json_document, off_loop_if_big, refused_input, require_json
@@ -119,7 +120,8 @@ class KServeV1:
         name = call.params["name"]
         content_type = call.headers.get(b"content-type")
         require_json(None if content_type is None else content_type.decode("latin-1"))
-        instances = await off_loop_if_big(len(call.body), self._instances, call.body)
+        with tracing.stage("parse"):
+            instances = await off_loop_if_big(len(call.body), self._instances, call.body)
         try:
             resolved = await self.service.get(name, None, routing_key=routing_key(call))
         except InvalidName as exc:
@@ -144,7 +146,8 @@ class KServeV1:
             headers.append(
                 (b"x-modelcache-fallback", f"{resolved.fallback_from} -> {resolved.version}".encode())
             )
-        return Reply(orjson.dumps(payload), headers)
+        with tracing.stage("serialize"):
+            return Reply(orjson.dumps(payload), headers)
 
     def _instances(self, body: bytes) -> list[Any]:
         """The body's rows, each a list of numbers/null or an object of them; bounded before checked."""

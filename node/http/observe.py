@@ -13,7 +13,10 @@
   whatever clients send.
 - **Access log** (`MODELCACHE_ACCESS_LOG=true`): one line per request on
   `modelcache.access` with the fields above and, for a prediction, the model
-  type, version, whether it was a cache hit and its rows.
+  type, version, whether it was a cache hit and its rows; with tracing on
+  (node.tracing), its `trace_id`.
+- **Exemplars.** With tracing on, a sampled request's trace id is an exemplar
+  on `modelcache_http_request_seconds` (shown in the OpenMetrics exposition).
 
 The fast path (`node.http.fast`) calls `Observer` itself; `ObserveMiddleware`
 does the same for the FastAPI routes.
@@ -31,11 +34,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from node import tracing
 from node.logs import ACCESS_LOGGER, bind_request_id, reset_request_id
 from node.metrics import NodeMetrics
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+"""Probes and scrapes: traced, they would be most of the traces and say nothing."""
 REQUEST_ID = b"x-request-id"
 PREDICTION = "modelcache.prediction"
 """Scope key under which a prediction route leaves its `Prediction` for the middleware."""
@@ -72,6 +78,7 @@ class Observer:
 
     def __init__(self, metrics: NodeMetrics, access_log: bool = False) -> None:
         self.access_log = access_log
+        self.traced = tracing.enabled()
         self._requests, self._seconds = metrics.http_requests, metrics.http_request_seconds
         # Labelled children resolved once: `.labels()` costs more than the increment itself.
         self._counters: dict[tuple[str, str, int], Any] = {}
@@ -97,7 +104,10 @@ class Observer:
         histogram = self._histograms.get(route)
         if histogram is None:
             histogram = self._histograms[route] = self._seconds.labels(route)
-        histogram.observe(seconds)
+        if self.traced:
+            histogram.observe(seconds, tracing.exemplar())
+        else:
+            histogram.observe(seconds)
         if self.access_log:
             self._log(route, method, status, seconds, rid, prediction)
 
@@ -112,6 +122,10 @@ class Observer:
             "status": status,
             "duration_ms": ms,
         }
+        if self.traced:
+            trace_id = tracing.trace_id()
+            if trace_id is not None:
+                fields["trace_id"] = trace_id
         if prediction is not None:
             fields["model_type"] = prediction.model_type
             fields["version"] = prediction.version
@@ -149,6 +163,7 @@ class ObserveMiddleware:
             await send(message)
 
         token = bind_request_id(rid)
+        traced = self._trace(scope, rid) if self.observer.traced and scope["path"] not in UNTRACED else None
         try:
             await self.app(scope, receive, sending)
         finally:
@@ -156,3 +171,17 @@ class ObserveMiddleware:
             seconds = time.perf_counter() - started
             self.observer.done(route, scope["method"], status, seconds, rid, scope.get(PREDICTION))
             reset_request_id(token)
+            if traced is not None:
+                tracing.end_request(traced, status, route)
+
+    @staticmethod
+    def _trace(scope: Scope, rid: str) -> tracing.Traced:
+        """The request's server span; named `<method> <route>` once routing matched."""
+        headers = dict(scope["headers"])
+        method = scope["method"]
+        return tracing.start_request(
+            method,
+            headers.get(b"traceparent"),
+            headers.get(b"tracestate"),
+            lambda: {"http.request.method": method, "modelcache.request_id": rid},
+        )

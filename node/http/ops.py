@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from node.http.common import FastJSON, error_response
 from node.loads import Loads
@@ -68,7 +68,10 @@ class Ops:
         self.metrics.degraded.set(1 if found else 0)
         return found
 
-    async def prometheus_metrics(self) -> Response:
-        """Prometheus text exposition of this node's metrics."""
+    async def prometheus_metrics(self, request: Request) -> Response:
+        """Prometheus text exposition of this node's metrics; OpenMetrics (with exemplars: the
+        trace ids of sampled requests on the latency histograms) when the scraper's `Accept`
+        asks for `application/openmetrics-text`."""
         self._degraded()  # fresh at every scrape, whether or not anyone polls /readyz
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.metrics.registry), headers={"content-type": content_type})

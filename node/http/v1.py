@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from coordinator.registry import Registry
+from node import tracing
 from node.batching import Batcher
 from node.errors import BatchTooLarge, InvalidInput
 from node.http.common import body_doc, parse_body, refused_input, require_json
@@ -165,9 +166,10 @@ class V1:
 
 async def _body(call: Call, model: type[M], max_rows: int | None = None) -> M:
     """The v1 body as `model` (a JSON object; a declared non-JSON type is a 415)."""
-    content_type = call.headers.get(b"content-type")
-    require_json(None if content_type is None else content_type.decode("latin-1"))
-    return await parse_body(call.body, model, max_rows)
+    with tracing.stage("parse"):
+        content_type = call.headers.get(b"content-type")
+        require_json(None if content_type is None else content_type.decode("latin-1"))
+        return await parse_body(call.body, model, max_rows)
 
 
 def _probabilities(matrix: np.ndarray) -> np.ndarray:
@@ -181,4 +183,5 @@ def _reply(payload: dict[str, Any], resolved: Resolved) -> Reply:
         payload["fallback_from"] = resolved.fallback_from
         fallback = f"{resolved.fallback_from} -> {resolved.version}"
         headers.append((b"x-modelcache-fallback", fallback.encode()))
-    return Reply(orjson.dumps(payload), headers)
+    with tracing.stage("serialize"):
+        return Reply(orjson.dumps(payload), headers)

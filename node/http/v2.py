@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from coordinator.errors import InvalidName
 from coordinator.registry import Registry
 from coordinator.versions import normalize_version
+from node import tracing
 from node.batching import Batcher
 from node.errors import InvalidInput
 from node.http.common import FastJSON, off_loop_if_big, refused_input
@@ -186,19 +187,20 @@ class V2:
 
     async def _infer(self, name: str, version: str | None, call: Call) -> Reply:
         body = call.body
-        header_length = call.headers.get(HEADER_LENGTH)
+        raw_length = call.headers.get(HEADER_LENGTH)
+        header_length = None if raw_length is None else raw_length.decode("latin-1")
         # A big body is parsed and decoded in a worker thread: the event loop keeps serving.
-        parsed = await off_loop_if_big(
-            len(body), parse_request, body, None if header_length is None else header_length.decode("latin-1")
-        )
+        with tracing.stage("parse"):
+            parsed = await off_loop_if_big(len(body), parse_request, body, header_length)
         try:
             resolved = await self.service.get(name, version, routing_key=routing_key(call))
         except InvalidName as exc:
             raise TensorError(str(exc)) from None
         model = resolved.model
-        x = await off_loop_if_big(
-            len(body), decode_input, parsed, model.n_features, self.max_batch, model.feature_names
-        )
+        with tracing.stage("decode"):
+            x = await off_loop_if_big(
+                len(body), decode_input, parsed, model.n_features, self.max_batch, model.feature_names
+            )
         call.prediction = Prediction(name, resolved.version, resolved.cached, len(x))
         started = time.perf_counter()
         try:
@@ -228,9 +230,10 @@ class V2:
         if resolved.fallback_from:
             params["fallback_from"] = resolved.fallback_from
         header["parameters"] = params
-        content, header_len = encode_response(
-            header, [(n, available[n]) for n in wanted], binary_outputs(parsed, wanted)
-        )
+        with tracing.stage("serialize"):
+            content, header_len = encode_response(
+                header, [(n, available[n]) for n in wanted], binary_outputs(parsed, wanted)
+            )
         headers = [(b"x-modelcache-version", resolved.version.encode())]
         if header_len is None:
             return Reply(content, [(b"content-type", JSON), *headers])

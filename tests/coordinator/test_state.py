@@ -18,7 +18,7 @@ from coordinator.membership import Membership
 from coordinator.redis_server import RedisServer
 from coordinator.registry import Registry
 from coordinator.state import ClusterState
-from coordinator.wire import Ack, Heartbeat, ModelAck, Outcome
+from coordinator.wire import Ack, Change, ChangeKind, Heartbeat, ModelAck, Outcome
 from tests.helpers import PublishFn
 
 
@@ -136,3 +136,22 @@ def test_a_state_key_of_the_wrong_type_is_corrupt_state_not_an_outage(
     link.client.set(link.keys.seq, "notanumber")  # the change script's INCR fails
     with pytest.raises(ClusterStateCorrupt):
         control.pin("m", "1.0")
+
+
+def test_a_change_records_the_callers_trace_context(
+    link: Link, registry: Registry, publish: PublishFn
+) -> None:
+    """Both where a node reads it (the change record) and what wakes it (the event) carry it."""
+    publish("churn", "1.0.0")
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = ClusterState(link, origin="n1", trace_context=lambda: parent)
+    with link.client.pubsub() as sub:
+        sub.subscribe(link.keys.events)
+        sub.get_message(timeout=1)  # the subscribe confirmation
+        change = traced.publish(ChangeKind.PIN, "churn", "1.0.0")
+        event = sub.get_message(timeout=5)
+    assert change.traceparent == parent
+    assert Change.from_json(event["data"]).traceparent == parent
+    assert traced.read().changes["churn"].traceparent == parent
+    untraced = ClusterState(link, origin="cli").publish(ChangeKind.PIN, "churn", "1.0.0")
+    assert untraced.traceparent == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -110,3 +111,11 @@ def test_a_heartbeat_carries_cached_model_sizes_and_ignores_junk_ones() -> None:
     assert Heartbeat.from_json(junk).sizes == {"d": 5}
     assert Heartbeat.from_json('{"node_id": "n1", "sizes": [1]}').sizes == {}
     assert Heartbeat.from_json('{"node_id": "n1"}').sizes == {}  # an older node
+
+
+def test_a_change_carries_its_callers_traceparent_only_when_there_is_one() -> None:
+    traced = replace(CHANGE, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert Change.from_json(traced.to_json()) == traced
+    assert "traceparent" not in json.loads(CHANGE.to_json())  # as the Lua script writes it
+    with pytest.raises(WireError, match="traceparent"):
+        Change.from_json({**json.loads(CHANGE.to_json()), "traceparent": 5})

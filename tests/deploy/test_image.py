@@ -30,4 +30,4 @@ def test_the_image_copies_every_package_and_installs_every_serving_extra() -> No
     copied = set(re.findall(r"^COPY (\S+) \./\1$", DOCKERFILE.read_text(), re.M))
     assert packages <= copied, f"not copied into the build stage: {sorted(packages - copied)}"
     installs = re.findall(r"'modelcache\[([^\]]*)\]'", DOCKERFILE.read_text())
-    assert installs and {"sklearn", "s3", "lightgbm", "onnx"} <= set(installs[0].split(","))
+    assert installs and {"sklearn", "s3", "lightgbm", "onnx", "otel"} <= set(installs[0].split(","))
