@@ -29,6 +29,19 @@ def rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def settled_rss(pid: int, timeout_s: float = 20.0) -> int:
+    """RSS once it has stopped growing: a ready node still imports its model libraries."""
+    deadline = time.monotonic() + timeout_s
+    last = rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = rss(pid)
+        if now - last < MB:
+            return now
+        last = now
+    return last
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--code", type=Path, default=ROOT)
@@ -80,7 +93,7 @@ def main() -> None:
                     except httpx.HTTPError:
                         pass
                     time.sleep(0.1)
-                idle = rss(proc.pid)
+                idle = settled_rss(proc.pid)
                 worst = worst_bytes = 0
                 for _ in range(args.rounds):
                     for name in names:

@@ -14,6 +14,7 @@ from coordinator.registry.disk_tier import DiskTier
 from coordinator.registry.store import Timeouts, is_store_url
 from coordinator.state import ClusterState
 from node import tracing
+from node.cache_state import state_path
 from node.http.app import create_app
 from node.loader import Loader
 from node.loads import Loads
@@ -22,6 +23,7 @@ from node.parts import NodeParts
 from node.reconcile import Reconciler
 from node.reloads import Reloads
 from node.resolver import Resolver
+from node.restore import WarmRestart
 from node.service import ModelService
 from node.settings import NodeSettings
 from node.sync import ClusterSync, NodeReport, SyncTiming
@@ -59,13 +61,33 @@ def build_node(settings: NodeSettings, metrics: NodeMetrics | None = None) -> No
     resolver = Resolver(registry, metrics, pins=settings.pins, failure_ttl_s=settings.load_failure_ttl_s)
     service = ModelService(loads, resolver, metrics, ondemand_loads_per_min=settings.ondemand_loads_per_min)
     reloads = Reloads(loads, resolver, metrics)
+    node_id = settings.resolved_node_id
+    restart = None
+    if settings.state_dir is not None:
+        restart = WarmRestart(
+            state_path(settings.state_dir, node_id),
+            node_id,
+            loads,
+            resolver,
+            metrics,
+            budget_s=settings.restore_budget_s,
+            save_interval_s=settings.state_save_interval_s,
+        )
+
+    def preload(model_types: list[str]) -> list[str]:
+        # The node's own hottest models first (once pins are known), then the warm-up list
+        # into the room that is left.
+        restored = restart.restore() if restart is not None else []
+        return restored + service.warm(model_types)
+
     if not settings.redis_url:
 
         def warm_alone() -> list[str]:
-            return service.warm(settings.warmup)
+            return preload(settings.warmup)
 
-        return NodeParts(metrics, registry, loads, resolver, service, reloads, warmup=warm_alone)
-    node_id = settings.resolved_node_id
+        return NodeParts(
+            metrics, registry, loads, resolver, service, reloads, warmup=warm_alone, restart=restart
+        )
     link = Link.from_url(settings.redis_url, settings.redis_prefix)
     # A change carries the trace of the admin call that made it (node.tracing.applied).
     state = ClusterState(
@@ -88,11 +110,20 @@ def build_node(settings: NodeSettings, metrics: NodeMetrics | None = None) -> No
     popular = loads.cache.capacity if settings.warmup_popular else 0
 
     def warm_from_cluster() -> list[str]:
-        return sync.warm(service.warm, settings.warmup, popular)
+        return sync.warm(preload, settings.warmup, popular)
 
     control = Control(state, members, registry)
     return NodeParts(
-        metrics, registry, loads, resolver, service, reloads, control, sync, warmup=warm_from_cluster
+        metrics,
+        registry,
+        loads,
+        resolver,
+        service,
+        reloads,
+        control,
+        sync,
+        warmup=warm_from_cluster,
+        restart=restart,
     )
 
 

@@ -60,7 +60,7 @@ import numpy as np
 from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
-from node.runtime import LoadedModel, Predictions, Row
+from node.runtimes import LoadedModel, Predictions, Row
 
 Outcome = Predictions | BaseException
 

@@ -12,6 +12,9 @@ where to run it (`submit`, e.g. a bounded load pool) and how long a caller
 waits for it (`timeout`); the cache never performs I/O itself. The cache
 times each load (the cost policy weighs it) and feeds every lookup to a
 hit-ratio curve (`node.curve`: ghost caches at 2x and 4x the capacity).
+Each entry counts its uses (the load and every hit, carried over a reload), so a
+warm restart (`node.restore`) can save them and `prefetch` can seed the policy
+with them: a restored model is ranked by its record, not as a newcomer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class EntryStats:
     hits: int = 0
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
+    uses: int = 1
+    """The load and every hit since, inherited by a reload and restored by a warm restart."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class ModelCache(Generic[K, V]):
                 self.hits += 1
                 stats = self._entry_stats[key]
                 stats.hits += 1
+                stats.uses += 1
                 stats.last_used = time.time()
                 result: tuple[V | None, Future[V] | None, bool] = (value, None, False)
             else:
@@ -194,7 +200,9 @@ class ModelCache(Generic[K, V]):
             self.curve.drain()  # outside the lock: no hit waits on the ghost caches
         return result
 
-    def _run_load(self, key: K, future: Future[V], load: Callable[[], tuple[V, int]]) -> None:
+    def _run_load(
+        self, key: K, future: Future[V], load: Callable[[], tuple[V, int]], uses: int | None = None
+    ) -> None:
         started = time.perf_counter()
         try:
             value, cost = load()
@@ -212,7 +220,7 @@ class ModelCache(Generic[K, V]):
             self._reserved.pop(key, None)
             self._reserved_at.pop(key, None)
             self.loads += 1
-            evicted = self._insert(key, value, cost, load_s=load_s)
+            evicted = self._insert(key, value, cost, load_s=load_s, uses=uses)
         future.set_result(value)
         self._notify(evicted)
 
@@ -238,6 +246,37 @@ class ModelCache(Generic[K, V]):
             self._reserved.pop(key, None)
             self._reserved_at.pop(key, None)
 
+    def prefetch(self, key: K, load: Callable[[], tuple[V, int]], uses: int = 1) -> Future[V]:
+        """Start loading `key` without a lookup (a warm restart); the future ends with the load.
+
+        Counts no hit or miss and feeds no curve: no request asked. Joins a load of `key` in
+        flight; a cached `key` is done at once. The new entry starts with `uses` (its record
+        before the restart), and the policy ranks it by that record (`Cache.seed`).
+        """
+        with self._lock:
+            value = self._cache.peek(key)
+            pending = self._pending.get(key)
+            if value is None and pending is None:
+                future: Future[V] = Future()
+                future.set_running_or_notify_cancel()
+                self._pending[key] = future
+        if value is not None:
+            done: Future[V] = Future()
+            done.set_result(value)
+            return done
+        if pending is not None:
+            return pending
+        if self._submit is None:
+            self._run_load(key, future, load, uses)
+        else:
+            self._submit(key, lambda: self._run_load(key, future, load, uses))
+        return future
+
+    def arrange(self, keys: list[K]) -> None:
+        """Cached `keys` were last used in this order before a restart (least recent first)."""
+        with self._lock:
+            self._cache.arrange([k for k in keys if k in self._cache])
+
     # -- direct changes (reload, pin, unload) ------------------------------
     def replace(self, key: K, value: V, cost: int, remove: tuple[K, ...] = ()) -> None:
         """Atomically insert `key` (a freshly loaded model) and drop `remove`.
@@ -253,6 +292,7 @@ class ModelCache(Generic[K, V]):
             reserved_at = self._reserved_at.pop(key, None)
             load_s = None if reserved_at is None else time.perf_counter() - reserved_at
             like = next((old for old in remove if old != key), None)
+            inherited = self._entry_stats.get(key if like is None else like)  # a reload keeps the record
             if like is not None:
                 self.curve.replaced(like, key)
             for old in remove:
@@ -260,6 +300,8 @@ class ModelCache(Generic[K, V]):
                     self._cache.pop(old)  # the policy keeps its usage history for `like`
                     self._entry_stats.pop(old, None)
             evicted = self._insert(key, value, cost, like, load_s)
+            if inherited is not None:
+                self._entry_stats[key].uses = inherited.uses
         self._notify(evicted)
 
     def evict(self, key: K) -> bool:
@@ -282,11 +324,19 @@ class ModelCache(Generic[K, V]):
         return [e.key for e in expired]
 
     def _insert(
-        self, key: K, value: V, cost: int, like: K | None = None, load_s: float | None = None
+        self,
+        key: K,
+        value: V,
+        cost: int,
+        like: K | None = None,
+        load_s: float | None = None,
+        uses: int | None = None,
     ) -> list[Evicted[K, V]]:
+        if uses is not None:
+            self._cache.seed(key, uses)
         evicted = self._cache.put(key, value, cost, like, load_s)
         self.curve.learn(key, cost, load_s)
-        self._entry_stats[key] = EntryStats()
+        self._entry_stats[key] = EntryStats(uses=max(1, uses or 1))
         self._forget(evicted)
         return evicted
 
@@ -309,6 +359,7 @@ class ModelCache(Generic[K, V]):
                     "value": self._cache.peek(key),
                     "resident_bytes": self._cache.cost(key),
                     "hits": self._entry_stats[key].hits,
+                    "uses": self._entry_stats[key].uses,
                     "loaded_at": self._entry_stats[key].loaded_at,
                     "last_used": self._entry_stats[key].last_used,
                 }

@@ -27,7 +27,7 @@ from coordinator.errors import MetadataError, ModelNotFound, RegistryError, Stor
 from coordinator.registry import AnyRegistry, ModelMetadata
 from node import memory
 from node.errors import ChecksumMismatch, ModelLoadError
-from node.runtime import LoadedModel, deserialize
+from node.runtimes import LoadedModel, deserialize
 
 log = logging.getLogger("modelcache.loader")
 

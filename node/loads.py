@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from prometheus_client import Gauge
@@ -27,7 +28,7 @@ from node.metrics import NodeMetrics
 from node.periodic import Periodic
 from node.policies import Reason
 from node.resolver import Key
-from node.runtime import LoadedModel
+from node.runtimes import LoadedModel
 from node.views import cache_stats_view
 
 log = logging.getLogger("modelcache.service")
@@ -128,6 +129,10 @@ class Loads:
         except TimeoutError:
             self.metrics.model_load_failures.labels(key[0], "timeout").inc()
             raise LoadTimeout(*key, self.load_timeout_s) from None
+
+    def prefetch(self, key: Key, uses: int = 1) -> Future[LoadedModel]:
+        """Start loading `key` on the load pool, no request counted (a warm restart, node.restore)."""
+        return self.cache.prefetch(key, lambda: self.load(key), uses)
 
     def bounded(self, key: Key, fn: Callable[[], Any]) -> Any:
         """Run `fn` (a load or a check of `key`) on the load pool; LoadTimeout beyond the bound."""

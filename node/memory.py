@@ -117,6 +117,11 @@ def _parse_here(raw: bytes) -> bytes:
 
 
 def _parse_in_child(raw: bytes, timeout_s: float) -> bytes | None:
+    # Imported here first: the node imports XGBoost lazily (node.runtimes.import_libraries, on
+    # a background thread), and a child forked while another thread holds that import's lock
+    # would wait on it for ever; once imported, the child finds the module ready.
+    import xgboost  # noqa: F401
+
     read_fd, write_fd = os.pipe()
     try:
         with warnings.catch_warnings():

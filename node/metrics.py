@@ -276,6 +276,25 @@ class NodeMetrics:
             ["thread"],
             registry=r,
         )
+        # -- warm restart (node.restore) --
+        self.restored_models = Counter(
+            "modelcache_restored_models_total",
+            "Models loaded at start from the warm-restart state file (MODELCACHE_STATE_DIR).",
+            registry=r,
+        )
+        self.restore_skipped = Counter(
+            "modelcache_restore_skipped_total",
+            "Saved models not restored, by reason: gone (not in the registry), failed (load failed), "
+            "room (beyond the cache's capacity or byte budget), budget (MODELCACHE_RESTORE_BUDGET_S "
+            "ran out; the load finishes after /readyz turned ready).",
+            ["reason"],
+            registry=r,
+        )
+        self.restore_seconds = Gauge(
+            "modelcache_restore_seconds",
+            "How long the last warm restart's restore held /readyz back.",
+            registry=r,
+        )
         self.served_version = _CachedTypesGauge(
             "modelcache_served_version_info",
             "1 for the version this node serves by default for each model type it has cached.",

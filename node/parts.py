@@ -12,6 +12,7 @@ from node.loads import Loads
 from node.metrics import NodeMetrics
 from node.reloads import Reloads
 from node.resolver import Resolver
+from node.restore import WarmRestart
 from node.service import ModelService
 
 
@@ -41,7 +42,11 @@ class NodeParts:
     """Operator commands over Redis; None on a node without MODELCACHE_REDIS_URL."""
     sync: Background | None = None
     warmup: Callable[[], list[str]] | None = None
+    restart: WarmRestart | None = None
+    """Saves and restores the cache across restarts; None without MODELCACHE_STATE_DIR."""
 
     def close(self) -> None:
-        """Stop what runs beside the app (the cache sweep)."""
+        """Stop what runs beside the app (the cache sweep), saving the cache state last."""
+        if self.restart is not None:
+            self.restart.stop()
         self.loads.close()

@@ -22,7 +22,7 @@ from node.loader import LoadBudget
 from node.loads import Loads
 from node.metrics import NodeMetrics
 from node.resolver import Key, Resolver
-from node.runtime import LoadedModel
+from node.runtimes import LoadedModel
 
 log = logging.getLogger("modelcache.service")
 
@@ -164,11 +164,20 @@ class ModelService:
 
     # -- warm-up, load, unload -------------------------------------------------
     def warm(self, model_types: Iterable[str]) -> list[str]:
-        """Load the default version of each type (up to capacity); return what loaded."""
+        """Load the default version of each type into the free slots; return what loaded.
+
+        What is cached already (restored by a warm restart, loaded for a pin) stays: warm-up
+        loads only while a slot is free, so it does not push those models out.
+        """
         loaded = []
-        for model_type in list(model_types)[: self.loads.cache.capacity]:
+        cache = self.loads.cache
+        for model_type in list(model_types)[: cache.capacity]:
+            if len(cache) >= cache.capacity:
+                break
             try:
                 version = self.resolver.default_version(model_type)
+                if (model_type, version) in cache:
+                    continue
                 self.loads.get_or_load((model_type, version))
                 loaded.append(f"{model_type}:{version}")
             except Exception as exc:

@@ -89,6 +89,13 @@ class NodeSettings(BaseSettings):
     """Model types to load before /readyz turns ready (JSON list)."""
     warmup_popular: bool = False
     """Also warm the cluster's most requested model types, up to the cache capacity."""
+    state_dir: Path | None = None
+    """Warm restart: a directory where the node saves what it caches (model, version, uses) at
+    shutdown and every STATE_SAVE_INTERVAL_S, and restores the hottest of it from at start."""
+    state_save_interval_s: float = Field(30.0, gt=0)
+    """How often the warm-restart state is saved (besides at shutdown)."""
+    restore_budget_s: float = Field(10.0, ge=0)
+    """Longest a warm restart holds /readyz back; loads still running then finish afterwards."""
     reconcile_interval_s: float = Field(5.0, gt=0)
     """How often the node re-reads cluster state from Redis, in case it missed an event."""
     heartbeat_s: float = Field(2.0, gt=0)

@@ -44,6 +44,7 @@ def cache_stats_view(s: CacheStats) -> dict[str, Any]:
                 "size_bytes": e["value"].meta.size_bytes,
                 "resident_bytes": e["resident_bytes"],
                 "hits": e["hits"],
+                "uses": e["uses"],  # the load and every hit, across reloads and warm restarts
                 "loaded_at": _iso(e["loaded_at"]),
                 "last_used": _iso(e["last_used"]),
             }

@@ -28,6 +28,7 @@ from node.http.ops import Ops
 from node.http.v1 import V1
 from node.http.v2 import V2
 from node.parts import NodeParts
+from node.runtimes import import_libraries
 from node.schemas import BatchBody, BatchRequest, PinRequest, PredictBody, PredictRequest, ReloadRequest
 from node.settings import NodeSettings
 
@@ -71,6 +72,10 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
             # A node that cannot warm still serves (models load on use); never stay unready.
             log.exception("warm-up failed; serving with a cold cache")
         state["ready"] = True
+        # Ready first: the model libraries a first request may need are imported afterwards.
+        started = time.perf_counter()
+        imported = await asyncio.to_thread(import_libraries)
+        log.info("model libraries imported: %s in %.2fs", ", ".join(imported), time.perf_counter() - started)
 
     def problems() -> list[str]:
         """Why this node cannot answer predictions now; empty when it can (docs/design.md, Readiness).
@@ -83,6 +88,9 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
     def degraded() -> list[str]:
         """What is wrong while the node still serves: in /readyz's body, metrics and alerts."""
         found = parts.loads.health()
+        saving = parts.restart.problem() if parts.restart is not None else None
+        if saving:
+            found.append(saving)
         if cluster is not None:
             found += cluster.problems()
         return found

@@ -21,7 +21,7 @@ from node.http.observe import Prediction
 from node.loads import Loads
 from node.metrics import NodeMetrics
 from node.resolver import Resolver
-from node.runtime import Predictions, Row
+from node.runtimes import Predictions, Row
 from node.schemas import (
     ERRORS,
     BatchBody,

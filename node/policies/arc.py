@@ -85,6 +85,14 @@ class ARCCache(Cache[K, V]):
         (self._t2 if seen_twice else self._t1)[key] = None
         self._trim_ghosts()
 
+    def _on_seed(self, key: K, uses: int) -> None:
+        if uses >= 2:  # seen twice or more: it goes to T2, as a hit on a ghost of B2 would put it
+            self._b2[key] = None
+
+    def _on_arrange(self, keys: list[K]) -> None:
+        for key in keys:
+            (self._t2 if key in self._t2 else self._t1).move_to_end(key)
+
     def _on_remove(self, key: K) -> None:
         # Evicted, expired or replaced: the key is remembered as a ghost of its list.
         if key in self._t1:

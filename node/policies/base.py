@@ -118,6 +118,16 @@ class Cache(ABC, Generic[K, V]):
         self._on_update(key, load_s)
         return self._evict_until_fits(0, 0, protect=(key,))
 
+    def seed(self, key: K, uses: int) -> None:
+        """Before `put`: `key` was used `uses` times before a restart (node.restore), so the
+        policy ranks it by that record, not as a newcomer (LRU has no record to keep)."""
+        self._on_seed(key, max(1, uses))
+
+    def arrange(self, keys: Collection[K]) -> None:
+        """Resident `keys` were last used in this order before a restart, least recent first:
+        a recency policy orders them so (counts no use)."""
+        self._on_arrange([k for k in keys if k in self._data])
+
     def make_room(self, cost: int, slots: int = 1, protect: Collection[K] = ()) -> list[Evicted[K, V]]:
         """Evict until `slots` more entries costing `cost` in all would fit (never `protect`)."""
         return self._evict_until_fits(cost, slots, protect)
@@ -177,6 +187,12 @@ class Cache(ABC, Generic[K, V]):
 
     def _on_insert(self, key: K, like: K | None, load_s: float | None) -> None:
         """`key` was just inserted."""
+
+    def _on_seed(self, key: K, uses: int) -> None:
+        """`key`, about to be inserted, was used `uses` times before a restart."""
+
+    def _on_arrange(self, keys: list[K]) -> None:
+        """Resident `keys`, least recently used first before a restart."""
 
     def _on_update(self, key: K, load_s: float | None) -> None:
         """`key`'s cost (already changed) or load time was corrected."""

@@ -46,6 +46,10 @@ class LRUCache(Cache[K, V]):
     def _on_insert(self, key: K, like: K | None, load_s: float | None) -> None:
         self._recency[key] = None
 
+    def _on_arrange(self, keys: list[K]) -> None:
+        for key in keys:
+            self._recency.move_to_end(key)
+
     def _on_remove(self, key: K) -> None:
         self._recency.pop(key, None)
 
@@ -81,6 +85,9 @@ class LFUCache(Cache[K, V]):
             # Halving keeps the ranking but lets new popularity overtake old; dropping
             # zeros keeps the history of non-resident keys bounded.
             self._freq = {k: n // 2 for k, n in self._freq.items() if n // 2 or k in self._data}
+
+    def _on_seed(self, key: K, uses: int) -> None:
+        self._freq[key] = max(self._freq.get(key, 0), uses)
 
     def _on_insert(self, key: K, like: K | None, load_s: float | None) -> None:
         inherited = self._freq.get(like, 0) if like is not None else 0

@@ -102,6 +102,9 @@ class CostAwareCache(Cache[K, V]):
         self._freq[key] = max(self._freq.get(key, 0), inherited, 1)
         self._reprice(key)
 
+    def _on_seed(self, key: K, uses: int) -> None:
+        self._freq[key] = max(self._freq.get(key, 0), uses)
+
     def _on_update(self, key: K, load_s: float | None) -> None:
         if load_s is not None:
             self._load_s[key] = max(load_s, MIN_LOAD_S)

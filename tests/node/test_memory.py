@@ -17,7 +17,7 @@ import xgboost as xgb
 
 from coordinator.registry import Registry
 from node import memory
-from tests.helpers import NodeProcess, metric, write_slow_model
+from tests.helpers import NodeProcess, eventually, metric, write_slow_model
 
 MB = 1 << 20
 BUDGET = 40 * MB
@@ -48,6 +48,8 @@ def test_churn_keeps_rss_and_cache_bytes_within_the_budget(
     cost = memory.estimate_cost(registry.metadata("ubj0", "1.0"))  # what each is charged once loaded
     assert 2 * cost < BUDGET < 4 * cost  # the budget holds a few models, not all six
     node = node_process(registry.root, MODELCACHE_CACHE_MAX_BYTES=str(BUDGET), MODELCACHE_CACHE_SIZE="10")
+    # Idle means with XGBoost and scikit-learn imported: the node imports them once it is ready.
+    assert eventually(lambda: "model libraries imported" in node.log.read_text(), timeout=60)
     with httpx.Client(timeout=60) as c:
         idle = metric(node.url, "process_resident_memory_bytes")
         assert idle

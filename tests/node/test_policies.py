@@ -127,6 +127,17 @@ class CacheContract:
             assert len(c) <= 4 and c.total_cost <= 1000
             assert c.total_cost == sum(c.cost(k) for k in c)
 
+    def test_a_restored_hot_entry_is_not_the_next_victim(self) -> None:
+        """A warm restart inserts the hottest first, seeded with its uses, then restores the saved
+        recency: a newcomer then pushes out the cold entry, not the hot one (node.restore)."""
+        c = self.make(2)
+        c.seed("hot", 50)
+        c.put("hot", "H", load_s=0.01)
+        c.seed("cold", 1)
+        c.put("cold", "C", load_s=0.01)
+        c.arrange(["cold", "hot"])  # least recently used first, as saved
+        assert keys(c.put("new", "N", load_s=0.01)) == ["cold"]
+
     def test_rejects_zero_capacity_and_bad_ttl(self) -> None:
         with pytest.raises(ValueError):
             self.make(0)
@@ -165,7 +176,20 @@ class TestLRUCache(CacheContract):
         assert "h1" not in lru and "h2" not in lru
 
 
-class TestLFUCache(CacheContract):
+class SeededFrequencyContract(CacheContract):
+    """LFU, ARC and the cost policy keep a restored entry's record, not only its place."""
+
+    def test_a_seeded_entry_survives_a_scan_of_one_offs(self) -> None:
+        c = self.make(2)
+        c.seed("hot", 50)
+        c.put("hot", "H", load_s=0.01)
+        for one_off in ("x1", "x2", "x3", "x4"):
+            c.get(one_off)
+            c.put(one_off, one_off, load_s=0.01)
+        assert "hot" in c
+
+
+class TestLFUCache(SeededFrequencyContract):
     policy = LFUCache
 
     def test_hot_entries_survive_a_scan_of_one_offs(self) -> None:
@@ -234,7 +258,7 @@ def test_make_policy_names() -> None:
         make_policy("fifo", 2)
 
 
-class TestARCCache(CacheContract):
+class TestARCCache(SeededFrequencyContract):
     policy = ARCCache
 
     def test_hot_entries_survive_a_scan_of_one_offs(self) -> None:
@@ -297,7 +321,7 @@ class TestARCCache(CacheContract):
         assert arc.lists[1] == ["m2"] and "m1" not in arc.lists[3]
 
 
-class TestCostAwareCache(CacheContract):
+class TestCostAwareCache(SeededFrequencyContract):
     policy = CostAwareCache
 
     def test_a_slow_model_is_not_thrown_out_for_a_cheap_one(self) -> None:
