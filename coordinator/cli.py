@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import NoReturn
 
 from coordinator.client import AdminRequestInvalid
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--lb-port", type=int, help="HAProxy load balancer port (default PORT+80)")
     p.add_argument("--no-lb", action="store_true", help="do not start HAProxy even if it is installed")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="warm restart: each node saves what it caches here and restores it when `up` "
+        "starts it again on the same port (MODELCACHE_STATE_DIR; default off)",
+    )
     _registry_arg(p)
     _redis_arg(p)
 

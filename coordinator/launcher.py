@@ -110,6 +110,7 @@ def start_node(
     prefix: str,
     log_dir: Path,
     grpc_port: int | None = None,
+    state_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -121,6 +122,10 @@ def start_node(
     }
     if redis_url:
         env["MODELCACHE_REDIS_URL"] = redis_url
+    if state_dir is not None:
+        # One directory for all: each node's file is named after its id (node-PORT), so a
+        # node started again on the same port restores what it held (node/restore.py).
+        env["MODELCACHE_STATE_DIR"] = str(state_dir)
     log = (log_dir / f"node-{port}.log").open("ab")
     return subprocess.Popen(
         # -P: never let a `node/` folder in the current directory shadow the installed package.
@@ -198,6 +203,7 @@ def run_up(args: argparse.Namespace) -> int:
                 args.redis_prefix,
                 log_dir,
                 grpc_port,
+                args.state_dir,
             )
             stack.add(f"node-{port}", proc)
             urls.append((f"http://{args.host}:{port}", proc))

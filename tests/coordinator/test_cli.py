@@ -19,7 +19,7 @@ from coordinator.cli import main
 from coordinator.haproxy_process import find_haproxy
 from coordinator.launcher import LB_OFFSET, PORT_SPAN
 from coordinator.registry import Registry
-from tests.helpers import free_port, free_port_range, stop_process, train_booster
+from tests.helpers import PublishFn, free_port, free_port_range, stop_process, train_booster
 
 CLI = [sys.executable, "-m", "modelcache"]
 
@@ -203,6 +203,38 @@ def test_up_starts_a_node_and_its_printed_curls_work(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
         proc.stdout.close()
+
+
+def test_up_with_a_state_dir_gives_each_node_a_warm_restart(
+    registry: Registry, publish: PublishFn, tmp_path: Path
+) -> None:
+    """`up --state-dir D`: stopped, each node leaves D/cache-state-node-PORT.json; started again
+    on the same ports, it is ready with those models (no demo models: the registry has one)."""
+    publish("churn", "1.0.0")
+    port = free_port_range(PORT_SPAN, start=33000)
+    up = [*CLI, "up", "--nodes", "1", "--no-lb", "--port", str(port), "--registry", str(registry.root)]
+    up += ["--state-dir", str(tmp_path / "state")]
+    url = f"http://127.0.0.1:{port}"
+    for run in range(2):
+        proc = subprocess.Popen(up, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        try:
+            assert proc.stdout is not None
+            lines = []
+            while not lines or "Ctrl-C stops everything" not in lines[-1]:
+                lines.append(proc.stdout.readline())
+                assert lines[-1], "up exited early:\n" + "".join(lines)
+            cached = httpx.get(f"{url}/api/v1/cache/stats", timeout=10).json()["models"]
+            body = {"features": [0.1, 0.2, 0.3, 0.4]}
+            answer = httpx.post(f"{url}/api/v1/models/churn/predict", json=body, timeout=30).json()
+            # The first run loads on the request; the second restored churn before it was ready.
+            expected = ([], False) if run == 0 else (["churn"], True)
+            assert ([m["model_type"] for m in cached], answer["cached"]) == expected
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            stop_process(proc)
+            proc.stdout.close()  # type: ignore[union-attr]
+        assert (tmp_path / "state" / f"cache-state-node-{port}.json").is_file()
 
 
 # -- the second phase: --url/--token, --json, exit codes ---------------------------

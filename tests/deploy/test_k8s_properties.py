@@ -388,6 +388,11 @@ def test_the_object_store_is_the_default_registry_and_the_demo_job_is_an_option(
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in node["volumes"]}
     assert "emptyDir" in volumes[mounts[config["MODELCACHE_LOCAL_CACHE_DIR"]]]
+    # Warm restart: its own emptyDir (outlives a container restart; the disk tier's byte budget
+    # never touches it), and still no volume claims: the state is a hint, nodes stay stateless.
+    state = mounts[config["MODELCACHE_STATE_DIR"]]
+    assert "emptyDir" in volumes[state] and state != mounts[config["MODELCACHE_LOCAL_CACHE_DIR"]]
+    assert "volumeClaimTemplates" not in base[("StatefulSet", "modelcache-node")]["spec"]
 
     (tmp_path / "shared").mkdir()
     shared = render(tmp_path / "shared", "demo-models", "shared-volume")
