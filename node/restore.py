@@ -151,6 +151,9 @@ class WarmRestart:
         started = self._clock()
         try:
             return self._restore(started)
+        except Exception:  # a restore that breaks must not stop the warm-up after it
+            log.exception("warm restart failed; starting with what is cached")
+            return []
         finally:
             self._restored = True
             self.metrics.restore_seconds.set(self._clock() - started)

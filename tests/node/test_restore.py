@@ -235,3 +235,24 @@ def test_a_restarted_cluster_node_restores_the_versions_the_cluster_now_wants(
     body = httpx.post(f"{again.url}/api/v1/models/churn/predict", json={"features": ROW}, timeout=30).json()
     assert body["version"] == "1.0.0" and body["cached"] is True
     assert "warm restart: restored 2 of 2 saved models" in again.log.read_text()
+
+
+def test_the_state_is_saved_periodically_so_a_killed_node_restores_too(
+    registry: Registry, publish: PublishFn, node_process: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """SIGKILL (an OOM kill) leaves no time to save: the periodic save is what is restored."""
+    publish("churn", "1.0.0")
+    env = {
+        "MODELCACHE_STATE_DIR": str(tmp_path / "state"),
+        "MODELCACHE_NODE_ID": "n1",
+        "MODELCACHE_STATE_SAVE_INTERVAL_S": "0.2",
+    }
+    path = state_path(tmp_path / "state", "n1")
+    first = node_process(registry.root, **env)
+    assert serve(first, "churn", 2) == [False, True]
+    assert eventually(lambda: (s := read_state(path)) is not None and [e.uses for e in s.entries] == [2])
+    first.kill()
+
+    second = node_process(registry.root, **env)
+    assert [m["model_type"] for m in stats(second)["models"]] == ["churn"]  # type: ignore[attr-defined]
+    assert serve(second, "churn", 1) == [True]
