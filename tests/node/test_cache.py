@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -164,3 +165,50 @@ def test_a_waiter_timing_out_leaves_the_shared_load_to_the_others() -> None:
     finally:
         release.set()
         pool.shutdown()
+
+
+# -- uses, and prefetch (the warm restart's way in) --------------------------------------------
+def uses(cache: ModelCache[str, str]) -> dict[str, int]:
+    return {e["key"]: e["uses"] for e in cache.stats().entries}
+
+
+def test_uses_count_the_load_and_every_hit_and_survive_a_reload() -> None:
+    cache: ModelCache[str, str] = ModelCache(3)
+    for _ in range(3):
+        cache.get_or_load("a", loaded("A"))
+    assert uses(cache) == {"a": 3}
+    cache.replace("a2", "A2", 1, remove=("a",))  # a reload: the new version keeps the record
+    cache.replace("a2", "A2'", 1, remove=("a2",))  # reloading the same version too
+    assert uses(cache) == {"a2": 3}
+
+
+def test_prefetch_counts_no_lookup_and_seeds_the_uses() -> None:
+    cache: ModelCache[str, str] = ModelCache(3, policy="lfu")
+    assert cache.prefetch("a", loaded("A"), uses=7).result(5) == "A"
+    s = cache.stats()
+    assert (s.hits, s.misses, s.loads) == (0, 0, 1) and uses(cache) == {"a": 7}
+    assert cache.prefetch("a", loaded("X")).result(5) == "A"  # cached: no second load
+    assert cache.stats().loads == 1
+    assert cache._cache.frequency("a") == 7  # type: ignore[attr-defined]  # the policy has the record too
+
+
+def test_prefetch_joins_a_load_in_flight_and_a_lookup_joins_a_prefetch() -> None:
+    gate = threading.Event()
+    calls = 0
+
+    def slow() -> tuple[str, int]:
+        nonlocal calls
+        calls += 1
+        gate.wait(5)
+        return "A", 1
+
+    with ThreadPoolExecutor(2) as pool:
+        cache: ModelCache[str, str] = ModelCache(3, submit=lambda key, run: pool.submit(run))
+        first = cache.prefetch("a", slow, uses=4)
+        again = cache.prefetch("a", slow)
+        looked_up = pool.submit(cache.get_or_load, "a", slow, 5)
+        while cache.misses == 0:  # the lookup has joined (a miss) before the load may finish
+            time.sleep(0.001)
+        gate.set()
+        assert first.result(5) == again.result(5) == "A" and looked_up.result(5) == ("A", False)
+    assert calls == 1 and cache.stats().loads == 1 and uses(cache) == {"a": 4}
