@@ -204,8 +204,9 @@ def plot(medians: dict[str, dict[str, float]], out: Path) -> None:
     except ImportError:
         print("matplotlib is not installed (pip install 'modelcache[bench]'): no plot")
         return
-    names = list(medians)
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    # Each scenario's contenders side by side: this code, the other checkout, then the state dir.
+    names = sorted(medians, key=lambda n: (n.split(": ", 1)[1].split(",")[0], "STATE_DIR" in n, n))
+    fig, ax = plt.subplots(figsize=(10, 5.2))
     ys = range(len(names))
     ready = [medians[n]["ready_s"] for n in names]
     after = [medians[n].get("first_answer_s", medians[n].get("all_answered_s", 0.0)) for n in names]
@@ -219,7 +220,8 @@ def plot(medians: dict[str, dict[str, float]], out: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds from spawn (median); dotted: 1 s empty-node target, dashed: 3 s restart target")
     ax.set_title("Node start: empty, and a restart holding 3 small models")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    ax.set_xlim(0, max(after) * 1.45)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"plot: {out}")
