@@ -100,6 +100,7 @@ class WarmRestart:
         self._clock = clock
         self._saver: Periodic | None = None
         self._restored = False  # until then a save would overwrite the file with a cold cache
+        self._stopped = False
 
     # -- saving --------------------------------------------------------------------
     def snapshot(self) -> CacheState:
@@ -126,13 +127,14 @@ class WarmRestart:
         return True
 
     def start_saving(self) -> None:
-        if self._saver is None:
+        if self._saver is None and not self._stopped:  # a restore ending after shutdown starts none
             errors = self.metrics.background_errors
             self._saver = Periodic("state-save", self.save, self.save_interval_s, errors)
             self._saver.start()
 
     def stop(self) -> None:
         """The node's shutdown: stop the periodic save, then save one last time."""
+        self._stopped = True
         if self._saver is not None:
             self._saver.stop()
         try:
