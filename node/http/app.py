@@ -74,7 +74,11 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
         state["ready"] = True
         # Ready first: the model libraries a first request may need are imported afterwards.
         started = time.perf_counter()
-        imported = await asyncio.to_thread(import_libraries)
+        try:
+            imported = await asyncio.to_thread(import_libraries)
+        except Exception:  # a broken library fails its own models' loads, not the node
+            log.exception("importing the model libraries failed; each model's load will retry it")
+            return
         log.info("model libraries imported: %s in %.2fs", ", ".join(imported), time.perf_counter() - started)
 
     def problems() -> list[str]:

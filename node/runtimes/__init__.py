@@ -52,8 +52,8 @@ def import_libraries(formats: tuple[str, ...] = ("xgboost-ubj", "joblib")) -> li
     """Import the runtimes of `formats` (and their libraries) now; return those that imported.
 
     The node starts without them (XGBoost pulls in scikit-learn and SciPy: ~1 s, half of a
-    start) and imports them on a background thread once it is ready, so a first request
-    rarely waits for them; one that arrives sooner waits on Python's import lock, no longer.
+    start) and imports them on a background thread once it is ready; a request that needs
+    one before that import ends waits for it on Python's import lock, no longer.
     """
     done = []
     for fmt in formats:
