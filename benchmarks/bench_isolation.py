@@ -5,8 +5,9 @@ model raised a small model's p99 from a few ms to 100-200 ms. Per configuration,
 side by side in one run, three phases of `--duration` seconds each:
 
 - small alone: `--small-conns` wrk connections predicting one row of the small model;
-- big alone: `--big-conns` wrk connections posting 1,000-row batches of the big model;
-- together: both at once (two wrk processes).
+- together: the same beside `--big-conns` wrk connections posting 1,000-row batches of
+  the big model (two wrk processes);
+- big alone: the big batches without the small traffic.
 
 Reported per configuration (medians over `--reps`): the small model's p99 alone and
 beside the big batches and their ratio (the target is <= 3x), and the big model's rows
@@ -142,14 +143,16 @@ def result(proc: subprocess.Popen[str], duration: int) -> dict[str, float]:
 def one_rep(url: str, lua: dict[str, Path], args: argparse.Namespace) -> dict[str, float]:
     small, big = f"{url}/api/v1/models/small/predict", f"{url}/api/v1/models/big/batch_predict"
     d = args.duration
+    # Small alone, then beside the big load, back to back: the machine's other load (it is
+    # shared) changes less between the two halves of the ratio than over a whole repetition.
     alone = result(wrk(small, lua["small"], args.small_conns, d), d)
-    big_alone = result(wrk(big, lua["big"], args.big_conns, d), d)
-    time.sleep(SETTLE_S)
     # The big load starts first and ends last, so every small request meets it.
     load = wrk(big, lua["big"], args.big_conns, d + 1)
     time.sleep(0.5)
     beside = result(wrk(small, lua["small"], args.small_conns, d), d)
     big_beside = result(load, d + 1)
+    time.sleep(SETTLE_S)
+    big_alone = result(wrk(big, lua["big"], args.big_conns, d), d)
     time.sleep(SETTLE_S)
     return {
         "small_p99_alone_ms": alone["p99_ms"],
@@ -195,6 +198,7 @@ def main() -> None:
         publish(registry, work, "big", rounds=3000, depth=6)
         lua = scripts(work)
         nodes = {name: start_node(root, registry.root, env) for name, (root, env) in configs.items()}
+        load_before = os.getloadavg()[0]
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
         try:
             for rep in range(args.reps):
@@ -205,12 +209,14 @@ def main() -> None:
         finally:
             for proc, _ in nodes.values():
                 stop_process(proc)
-    results = {
+    results: dict[str, dict[str, object]] = {
         name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for name, rs in runs.items()
     }
     for name, rs in runs.items():
         results[name]["p99_ratio_each_rep"] = [round(r["p99_ratio"], 2) for r in rs]
     shape = {
+        # The machine is shared: its load average (1 min) says how much else ran meanwhile.
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "reps": args.reps,
         "duration_s": args.duration,
         "small_conns": args.small_conns,
