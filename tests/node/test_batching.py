@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -337,8 +338,9 @@ class Burner:
 
 
 def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_and_never_on_the_loop(
-    model: LoadedModel,
+    model: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="modelcache.batching")
     heavy_adapter, light_adapter = Burner(model.adapter, 0.02), Burner(model.adapter, 0.0)
     heavy, light = LoadedModel(model.meta, heavy_adapter), LoadedModel(model.meta, light_adapter)
     batcher = Batcher(64, inline_max_rows=1, heavy_predict_s=0.005, heavy_nice=5)
@@ -361,10 +363,12 @@ def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_an
     assert light_adapter.seen[0][0] == loop_thread  # a light lone row stays on the loop
     assert any(t != loop_thread for t, _ in light_adapter.seen)  # the concurrent ones took a thread
     assert all(nice == base_nice for _, nice in light_adapter.seen)  # never a lowered thread
+    assert "model heavy 1 is heavy: low-priority predicts" in caplog.text
 
     # Cheap again (say a new version behind the same key): light after a few predicts.
     heavy_adapter.cost_s = 0.0
     for _ in range(10):
         _run(lambda: batcher.predict(("heavy", "1"), heavy, row))
     assert not batcher.is_heavy(("heavy", "1"))
+    assert "model heavy 1 is light again" in caplog.text
     batcher.close()
