@@ -167,6 +167,36 @@ def one_rep(url: str, lua: dict[str, Path], args: argparse.Namespace) -> dict[st
     }
 
 
+def plot(result: dict[str, object], out: Path) -> None:
+    """Small-model p99 alone and beside the big batches, and the big model's rows/s, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in result.items() if isinstance(v, dict)]
+    figures = [result[n] for n in names]
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, key, label in (
+        (-0.2, "small_p99_alone_ms", "alone"),
+        (0.2, "small_p99_beside_big_ms", "beside the big batches"),
+    ):
+        left.bar(x + offset, [f[key] for f in figures], 0.4, label=label)  # type: ignore[index]
+    left.set(xticks=x, xticklabels=names, ylabel="small model p99 (ms)", title="small model p99")
+    left.legend()
+    for offset, key, label in (
+        (-0.2, "big_rows_per_s_alone", "alone"),
+        (0.2, "big_rows_per_s_beside_small", "beside small traffic"),
+    ):
+        right.bar(x + offset, [f[key] for f in figures], 0.4, label=label)  # type: ignore[index]
+    right.set(xticks=x, xticklabels=names, ylabel="rows/s", title="big model throughput")
+    right.legend()
+    fig.suptitle("1,000-row batches of a 3,000-tree model beside a small model (one node, wrk)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,6 +254,7 @@ def main() -> None:
         "big_rows": BIG_ROWS,
     }
     report(args.out, {**shape, **results})
+    plot(results, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":
