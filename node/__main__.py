@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = configure(settings.log_format, settings.log_level, settings.resolved_node_id)
     try:
-        app = build_app(settings)
+        app = build_app(settings, freeze_heap=True)
     except TracingUnavailable as exc:  # the otel extra missing, an OTEL_* value we cannot use
         print(f"modelcache node: error: {exc}", file=sys.stderr)
         return 2

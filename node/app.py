@@ -15,6 +15,7 @@ from coordinator.registry.store import Timeouts, is_store_url
 from coordinator.state import ClusterState
 from node import tracing
 from node.cache_state import state_path
+from node.heap import freeze_startup_heap
 from node.http.app import create_app
 from node.loader import Loader
 from node.loads import Loads
@@ -139,18 +140,22 @@ def node_report(loads: Loads, resolver: Resolver, service: ModelService) -> Node
     )
 
 
-def build_app(settings: NodeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+def build_app(
+    settings: NodeSettings, registry: CollectorRegistry | None = None, *, freeze_heap: bool = False
+) -> FastAPI:
     """A complete node: its parts behind the HTTP layer, and the gRPC door over the same V2 handler.
 
     With MODELCACHE_TRACING=true, tracing is installed first (node.otel, imported only then):
     the parts built below check once, at construction, whether it is on.
+    `freeze_heap` (the node process, not tests that build many apps in one process): once warm,
+    the start-up heap is exempted from garbage-collector passes (node.heap).
     """
     if settings.tracing:
         from node.otel import install
 
         install(settings.resolved_node_id)
     parts = build_node(settings, NodeMetrics(registry))
-    app = create_app(settings, parts)
+    app = create_app(settings, parts, on_ready=freeze_startup_heap if freeze_heap else None)
     if settings.resolved_grpc_port is not None:
         from node.grpc.server import GrpcServer
 

@@ -34,6 +34,12 @@ Semantics of `predict(key, model, rows)`:
   C predict releases the GIL, so they really run side by side. A lane's backlog
   is bounded by `max_queued_rows`: beyond it the caller gets `ModelOverloaded`
   (429) at once instead of a queue that delays its own callers for seconds.
+- Heavy lanes: each lane's CPU seconds per predict call are averaged (EWMA, measured
+  with `time.thread_time` where the predict runs). A lane over `heavy_predict_s` runs on
+  a second pool whose threads lowered their OS priority by `heavy_nice` at start
+  (node.priority), and a lone row of it is never predicted on the loop: under
+  contention the kernel serves the loop and the light models first, and an idle
+  machine still gives the heavy model every spare cycle (docs/design.md, Isolation).
 
 Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
 run was committed as `benchmarks/results/http_batching.json`, now in git history): a
@@ -49,6 +55,7 @@ always: 0.95x/1.27x) and 1.80x/2.56x at 64 (thread always: 1.57x/2.71x).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -60,7 +67,17 @@ import numpy as np
 from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
+from node.priority import lower_this_thread
 from node.runtimes import LoadedModel, Predictions, Row
+
+log = logging.getLogger("modelcache.batching")
+
+HEAVY_PREDICT_S = 0.005
+"""A lane whose predict calls average more CPU than this (EWMA) is heavy: it runs on the low-priority pool."""
+HEAVY_NICE = 10
+"""How much the heavy pool's threads lower their priority (nice +10: ~1/10 of a nice-0 thread's share)."""
+_EWMA = 0.25
+_MAX_COSTS = 4096  # lanes whose cost is remembered (one per model version served lately)
 
 Outcome = Predictions | BaseException
 
@@ -97,6 +114,8 @@ class Batcher:
         inline_max_rows: int = 1,
         threads: int = 2,
         max_queued_rows: int | None = None,
+        heavy_predict_s: float = HEAVY_PREDICT_S,
+        heavy_nice: int = HEAVY_NICE,
     ) -> None:
         if max_rows < 1 or threads < 1:
             raise ValueError("max_rows and threads must be at least 1")
@@ -104,6 +123,16 @@ class Batcher:
         self.max_queued_rows = max_queued_rows if max_queued_rows is not None else 8 * max_rows
         # Not the default executor: a predict must never queue behind a model load.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="modelcache-predict")
+        # Heavy lanes' predicts: threads at a lower OS priority (node.priority), so a heavy model
+        # gets the CPU the loop and the light models leave, and never delays them for long.
+        self._heavy = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="modelcache-predict-heavy",
+            initializer=lower_this_thread,
+            initargs=(heavy_nice,),
+        )
+        self.heavy_predict_s = heavy_predict_s
+        self._costs: dict[Hashable, float] = {}  # EWMA of CPU seconds per predict call, per lane
         self._lanes: dict[Hashable, _Lane] = {}
         self.timed = tracing.enabled()
         """Stamp predicts for the batch.wait and predict spans (fixed at construction: off, one check)."""
@@ -112,6 +141,24 @@ class Batcher:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._heavy.shutdown(wait=False, cancel_futures=True)
+
+    def is_heavy(self, key: Hashable) -> bool:
+        """Whether `key`'s predicts have lately cost more CPU than `heavy_predict_s` each."""
+        return self._costs.get(key, 0.0) > self.heavy_predict_s
+
+    def _observe_cost(self, key: Hashable, seconds: float) -> None:
+        before = self._costs.get(key)
+        was_heavy = before is not None and before > self.heavy_predict_s
+        cost = seconds if before is None else before + _EWMA * (seconds - before)
+        # One assignment (atomic under the GIL): the loop reading is_heavy never misses the key.
+        self._costs[key] = cost
+        if len(self._costs) > _MAX_COSTS:  # forget the longest-known lane; it re-learns in one call
+            self._costs.pop(next(iter(self._costs)), None)
+        if (cost > self.heavy_predict_s) != was_heavy:
+            state = "heavy: low-priority predicts" if not was_heavy else "light again"
+            name = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+            log.info("model %s is %s (%.1f ms of CPU per predict)", name, state, cost * 1e3)
 
     async def predict(
         self, key: Hashable, model: LoadedModel, rows: Sequence[Row] | np.ndarray
@@ -137,7 +184,7 @@ class Batcher:
         self, key: Hashable, model: LoadedModel, x: np.ndarray, times: list[int] | None = None
     ) -> Predictions:
         lane = self._lanes.get(key)
-        if lane is None and len(x) <= self.inline_max_rows:
+        if lane is None and len(x) <= self.inline_max_rows and not self.is_heavy(key):
             return await self._lone(key, model, x, times)
         loop = asyncio.get_running_loop()
         request = _Request(model, x, loop.create_future(), times)
@@ -173,7 +220,7 @@ class Batcher:
             elif lane.task is None:  # company arrived (or this caller was cancelled): drain it
                 lane.task = asyncio.get_running_loop().create_task(self._drain(key, lane))
         if lane.task is None:
-            return _single(self._run([request]))
+            return _single(self._run(key, [request]))
         request.future = asyncio.get_running_loop().create_future()
         lane.queue.appendleft(request)
         lane.queued_rows += len(x)
@@ -187,7 +234,8 @@ class Batcher:
                 batch = self._take(lane)
                 if not batch:
                     continue
-                outcomes = await loop.run_in_executor(self._executor, self._run, batch)
+                executor = self._heavy if self.is_heavy(key) else self._executor
+                outcomes = await loop.run_in_executor(executor, self._run, key, batch)
                 for request, outcome in zip(batch, outcomes, strict=True):
                     future = request.future
                     if future is None or future.done():  # the caller gave up
@@ -226,7 +274,7 @@ class Batcher:
         lane.queued_rows -= rows
         return batch
 
-    def _run(self, batch: list[_Request]) -> list[Outcome]:
+    def _run(self, key: Hashable, batch: list[_Request]) -> list[Outcome]:
         """One predict for the whole batch; on failure, one per request (runs in the predict thread)."""
         model = batch[0].model
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
@@ -234,12 +282,14 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.observe_batch_rows(model.meta.model_type, len(x))
         start = time.time_ns() if self.timed else 0
+        cpu = time.thread_time()  # CPU time: what the model costs, whatever the contention
         try:
             whole = model.adapter.predict(x)
         except Exception as exc:
             if len(batch) == 1:
                 return [exc]
-            return [self._alone(r) for r in batch]
+            return [self._alone(key, r) for r in batch]
+        self._observe_cost(key, time.thread_time() - cpu)
         if self.timed:
             _stamp(batch, start, time.time_ns(), len(x))
         if len(batch) == 1:
@@ -252,8 +302,8 @@ class Batcher:
             start = stop
         return out
 
-    def _alone(self, request: _Request) -> Outcome:
-        return self._run([request])[0]
+    def _alone(self, key: Hashable, request: _Request) -> Outcome:
+        return self._run(key, [request])[0]
 
 
 def _stamp(batch: list[_Request], start: int, end: int, rows: int) -> None:

@@ -56,6 +56,9 @@ class NodeSettings(BaseSettings):
     """Port of the Open Inference Protocol over gRPC; default the HTTP port + 50 (8050); 0 turns gRPC off."""
     grpc_workers: int = Field(0, ge=0, le=1024)
     """gRPC server threads (each call still runs on the node's event loop); 0: grpc.aio on the loop."""
+    grpc_max_concurrent_rpcs: int | None = Field(None, ge=1)
+    """gRPC calls in progress before a new one is answered RESOURCE_EXHAUSTED at once (default
+    MAX_CONNECTIONS; with GRPC_WORKERS, at most that many); node/grpc/limits.py lists the other bounds."""
     node_id: str = ""
     """Name of this node in the cluster; default `<hostname>-<port>`."""
     public_url: str = ""
@@ -109,6 +112,11 @@ class NodeSettings(BaseSettings):
     predict_threads: int = Field(2, ge=1, le=64)
     """Threads that run predictions; one model holds at most one, so a slow model leaves the
     others theirs (2 on a 2-core node; more only helps with more cores)."""
+    heavy_predict_ms: float = Field(5.0, gt=0)
+    """A model whose predict calls average more CPU than this (EWMA) is heavy: its predicts run on
+    threads at a lower OS priority (HEAVY_PREDICT_NICE), and never on the event loop."""
+    heavy_predict_nice: int = Field(10, ge=0, le=19)
+    """How much heavy models' predict threads lower their priority (Linux nice; 0: not at all)."""
     model_queue_max_rows: int | None = Field(None, ge=1)
     """Rows one model may have waiting to be predicted before it answers 429 model_overloaded
     (default 8 x BATCH_MAX_ROWS)."""

@@ -50,9 +50,16 @@ class LoopContext:
 
 
 def thread_pool_server(
-    servicer: InferenceServicer, loop: asyncio.AbstractEventLoop, workers: int, options: list[tuple[str, Any]]
+    servicer: InferenceServicer,
+    loop: asyncio.AbstractEventLoop,
+    workers: int,
+    options: list[tuple[str, Any]],
+    max_rpcs: int | None = None,
 ) -> grpc.Server:
-    """A `grpc.server` with `workers` threads whose every RPC runs `servicer`'s coroutine on `loop`."""
+    """A `grpc.server` with `workers` threads whose every RPC runs `servicer`'s coroutine on `loop`.
+
+    At most `max_rpcs` calls (default `workers`) are in progress; more are refused.
+    """
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -65,7 +72,7 @@ def thread_pool_server(
         handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
         options=options,
         # Calls beyond the threads are refused (RESOURCE_EXHAUSTED), not queued without bound.
-        maximum_concurrent_rpcs=workers,
+        maximum_concurrent_rpcs=min(workers, max_rpcs or workers),
     )
     return server
 

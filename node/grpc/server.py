@@ -6,9 +6,10 @@ predicts) is asyncio code on that loop, so gRPC requests join the same batches
 as REST ones, and no request pays a hop between threads. Measured in
 benchmarks/bench_grpc.py (see its docstring).
 
-Bounds as on the REST door: a message larger than MODELCACHE_MAX_BODY_BYTES is
-refused by gRPC itself (RESOURCE_EXHAUSTED) before it is parsed; batches are
-bounded by MODELCACHE_MAX_BATCH in the shared decoder.
+Bounds as on the REST door (node.grpc.limits): calls in progress, connections,
+streams per connection, connection set-up and idle time; a message larger than
+MODELCACHE_MAX_BODY_BYTES is refused by gRPC itself (RESOURCE_EXHAUSTED) before
+it is parsed; batches are bounded by MODELCACHE_MAX_BATCH in the shared decoder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 
 from node.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from node.grpc.limits import max_concurrent_rpcs, server_options
 from node.grpc.servicer import InferenceServicer
 from node.http.observe import Observer
 from node.http.v2 import V2
@@ -48,7 +50,8 @@ class GrpcServer:
         # A port derived from the HTTP port may be taken by something else: then the node serves
         # REST alone (logged). A port set explicitly that cannot be bound stops the node.
         self.required = settings.grpc_port is not None
-        self.max_message_bytes = settings.max_body_bytes
+        self.options = server_options(settings)
+        self.max_rpcs = max_concurrent_rpcs(settings)
         self.workers = settings.grpc_workers
         self.servicer = InferenceServicer(
             v2,
@@ -66,17 +69,16 @@ class GrpcServer:
         """Bind and serve on the running loop (see `required` for a port that cannot be bound)."""
         if self.port is None:
             return
-        options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a busy port is an error, never a second listener
-        ]
+        options = self.options
         if self.workers:
             from node.grpc.bridge import thread_pool_server
 
             loop = asyncio.get_running_loop()
-            server: Any = thread_pool_server(self.servicer, loop, self.workers, options)
+            rpcs = min(self.workers, self.max_rpcs)
+            server: Any = thread_pool_server(self.servicer, loop, self.workers, options, rpcs)
         else:
-            server = grpc.aio.server(options=options)
+            # Calls beyond the bound are refused at once (RESOURCE_EXHAUSTED), not queued.
+            server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.max_rpcs)
             pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:

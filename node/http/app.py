@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -35,8 +35,13 @@ from node.settings import NodeSettings
 log = logging.getLogger("modelcache.api")
 
 
-def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
-    """Build the node's ASGI app over its parts (built by node.app); each route table gets what it uses."""
+def create_app(
+    settings: NodeSettings, parts: NodeParts, on_ready: Callable[[], object] | None = None
+) -> FastAPI:
+    """Build the node's ASGI app over its parts (built by node.app); each route table gets what it uses.
+
+    `on_ready` runs once warm-up is over, just before the node reports ready.
+    """
     node_id = settings.resolved_node_id
     metrics, cluster, warmup = parts.metrics, parts.sync, parts.warmup
     state = {"ready": False}
@@ -45,6 +50,8 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
         metrics,
         threads=settings.predict_threads,
         max_queued_rows=settings.model_queue_max_rows,
+        heavy_predict_s=settings.heavy_predict_ms / 1e3,
+        heavy_nice=settings.heavy_predict_nice,
     )
 
     @asynccontextmanager
@@ -71,6 +78,8 @@ def create_app(settings: NodeSettings, parts: NodeParts) -> FastAPI:
         except Exception:
             # A node that cannot warm still serves (models load on use); never stay unready.
             log.exception("warm-up failed; serving with a cold cache")
+        if on_ready is not None:
+            on_ready()
         state["ready"] = True
         # Ready first: the model libraries a first request may need are imported afterwards.
         started = time.perf_counter()

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,7 @@ from coordinator.registry import Registry
 from node.batching import Batcher
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
+from node.priority import thread_nice
 from node.runtime import LoadedModel, Predictions, deserialize
 from tests.helpers import FEATURES, PublishFn
 
@@ -315,4 +318,57 @@ def test_one_request_larger_than_the_queue_bound_is_still_admitted_to_an_empty_q
         return await batcher.predict(KEY, model, rows)
 
     _same(_run(main), model.predict(rows))
+    batcher.close()
+
+
+class Burner:
+    """An adapter whose predict burns `cost_s` of CPU; records the thread and its nice value."""
+
+    def __init__(self, real: Any, cost_s: float) -> None:
+        self.real, self.cost_s = real, cost_s
+        self.task, self.n_features = real.task, real.n_features
+        self.seen: list[tuple[int, int]] = []
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        self.seen.append((threading.get_ident(), thread_nice()))
+        end = time.thread_time() + self.cost_s
+        while time.thread_time() < end:
+            pass
+        return self.real.predict(x)
+
+
+def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_and_never_on_the_loop(
+    model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelcache.batching")
+    heavy_adapter, light_adapter = Burner(model.adapter, 0.02), Burner(model.adapter, 0.0)
+    heavy, light = LoadedModel(model.meta, heavy_adapter), LoadedModel(model.meta, light_adapter)
+    batcher = Batcher(64, inline_max_rows=1, heavy_predict_s=0.005, heavy_nice=5)
+    base_nice = thread_nice()
+    row = [[0.1, 0.2, 0.3, 0.4]]
+
+    async def main() -> int:
+        await batcher.predict(("heavy", "1"), heavy, row)  # cost unknown yet: inline, like any lone row
+        for _ in range(2):
+            await batcher.predict(("heavy", "1"), heavy, row)
+            await batcher.predict(("light", "1"), light, row)
+        await asyncio.gather(*(batcher.predict(("light", "1"), light, row) for _ in range(4)))
+        return threading.get_ident()
+
+    loop_thread = _run(main)
+    assert batcher.is_heavy(("heavy", "1")) and not batcher.is_heavy(("light", "1"))
+    first, *later = heavy_adapter.seen
+    assert first == (loop_thread, base_nice)
+    assert later and all(t != loop_thread and nice == min(base_nice + 5, 19) for t, nice in later)
+    assert light_adapter.seen[0][0] == loop_thread  # a light lone row stays on the loop
+    assert any(t != loop_thread for t, _ in light_adapter.seen)  # the concurrent ones took a thread
+    assert all(nice == base_nice for _, nice in light_adapter.seen)  # never a lowered thread
+    assert "model heavy 1 is heavy: low-priority predicts" in caplog.text
+
+    # Cheap again (say a new version behind the same key): light after a few predicts.
+    heavy_adapter.cost_s = 0.0
+    for _ in range(10):
+        _run(lambda: batcher.predict(("heavy", "1"), heavy, row))
+    assert not batcher.is_heavy(("heavy", "1"))
+    assert "model heavy 1 is light again" in caplog.text
     batcher.close()
