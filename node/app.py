@@ -147,15 +147,16 @@ def build_app(
 
     With MODELCACHE_TRACING=true, tracing is installed first (node.otel, imported only then):
     the parts built below check once, at construction, whether it is on.
-    `freeze_heap` (the node process, not tests that build many apps in one process): once warm,
-    the start-up heap is exempted from garbage-collector passes (node.heap).
+    `freeze_heap` (the node process, not tests that build many apps in one process): once warm
+    and the model libraries imported (XGBoost, scikit-learn and SciPy bring ~100k objects), the
+    start-up heap is exempted from garbage-collector passes (node.heap).
     """
     if settings.tracing:
         from node.otel import install
 
         install(settings.resolved_node_id)
     parts = build_node(settings, NodeMetrics(registry))
-    app = create_app(settings, parts, on_ready=freeze_startup_heap if freeze_heap else None)
+    app = create_app(settings, parts, after_start=freeze_startup_heap if freeze_heap else None)
     if settings.resolved_grpc_port is not None:
         from node.grpc.server import GrpcServer
 

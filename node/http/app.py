@@ -36,11 +36,12 @@ log = logging.getLogger("modelcache.api")
 
 
 def create_app(
-    settings: NodeSettings, parts: NodeParts, on_ready: Callable[[], object] | None = None
+    settings: NodeSettings, parts: NodeParts, after_start: Callable[[], object] | None = None
 ) -> FastAPI:
     """Build the node's ASGI app over its parts (built by node.app); each route table gets what it uses.
 
-    `on_ready` runs once warm-up is over, just before the node reports ready.
+    `after_start` runs once the node is ready and the model libraries are imported (or failed
+    to): the end of start-up, when what is alive is what stays alive.
     """
     node_id = settings.resolved_node_id
     metrics, cluster, warmup = parts.metrics, parts.sync, parts.warmup
@@ -78,17 +79,17 @@ def create_app(
         except Exception:
             # A node that cannot warm still serves (models load on use); never stay unready.
             log.exception("warm-up failed; serving with a cold cache")
-        if on_ready is not None:
-            on_ready()
         state["ready"] = True
         # Ready first: the model libraries a first request may need are imported afterwards.
         started = time.perf_counter()
         try:
             imported = await asyncio.to_thread(import_libraries)
+            took = time.perf_counter() - started
+            log.info("model libraries imported: %s in %.2fs", ", ".join(imported), took)
         except Exception:  # a broken library fails its own models' loads, not the node
             log.exception("importing the model libraries failed; each model's load will retry it")
-            return
-        log.info("model libraries imported: %s in %.2fs", ", ".join(imported), time.perf_counter() - started)
+        if after_start is not None:
+            after_start()
 
     def problems() -> list[str]:
         """Why this node cannot answer predictions now; empty when it can (docs/design.md, Readiness).
