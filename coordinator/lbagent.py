@@ -132,7 +132,7 @@ class PlacementAgent:
             return None
         try:
             return Assignment.from_json(raw)
-        except ValueError as exc:
+        except ValueError as exc:  # from_json turns every junk shape into ValueError
             self.throttle.warning("junk", "ignoring the placement in Redis: %s", exc, logger=log)
             return None
 
@@ -167,8 +167,8 @@ class PlacementAgent:
                 if now - float(report["ts"]) > self.rate_ttl_s:
                     continue
                 for name, rate in dict(report["rates"]).items():
-                    rates[str(name)] = rates.get(str(name), 0.0) + float(rate)
-            except (ValueError, TypeError, KeyError) as exc:
+                    rates[str(name)] = rates.get(str(name), 0.0) + _rate(rate)
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 self.throttle.warning(
                     f"rates:{agent}", "ignoring rates reported by %s: %s", agent, exc, logger=log
                 )
@@ -177,11 +177,8 @@ class PlacementAgent:
         seen = {name: size for b in beats for name, size in b.sizes.items()}
         if seen:
             self.link.call("record model sizes", lambda: client.hset(k.placement_sizes, mapping=seen))
-        sizes = {
-            name: int(v)
-            for name, v in self.link.call("read model sizes", client.hgetall, k.placement_sizes).items()
-            if str(v).isdigit()
-        }
+        stored = self.link.call("read model sizes", client.hgetall, k.placement_sizes)
+        sizes = {name: n for name, v in stored.items() if (n := _size(v)) is not None}
         names = list(dict.fromkeys([*popular, *(c["model_type"] for b in beats for c in b.cached)]))
         out = []
         for name in names[:MAX_MODELS]:
@@ -239,6 +236,26 @@ class PlacementAgent:
 
 def _int(value: object, default: int | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+MAX_RATE = 1e9
+"""Requests per 10 s a report may claim for one model: a finite bound keeps the sums finite."""
+MAX_SIZE = 1 << 50
+"""Bytes a model may weigh (1 PiB): beyond, the float arithmetic of the placement overflows."""
+
+
+def _rate(value: object) -> float:
+    """A reported rate clamped to 0..MAX_RATE (NaN: 0); ValueError/TypeError when not a number."""
+    rate = float(value)  # type: ignore[arg-type]
+    return min(MAX_RATE, rate) if rate > 0 else 0.0
+
+
+def _size(value: object) -> int | None:
+    """A stored size, or None for junk: ASCII digits only ('²'.isdigit() is true), at most MAX_SIZE."""
+    text = str(value)
+    if not 0 < len(text) <= 16 or not text.isascii() or not text.isdigit():
+        return None
+    return min(int(text), MAX_SIZE)
 
 
 def _differs(old: Assignment, new: dict[str, tuple[tuple[str, int], ...]]) -> bool:

@@ -28,6 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.errors import InvalidName
+from coordinator.versions import validate_model_type
+
 __all__ = ["HOT_MARGIN", "SLOTS", "Assignment", "ModelInfo", "NodeInfo", "assign"]
 
 SLOTS = 16
@@ -81,8 +84,17 @@ class Assignment:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Assignment:
-        """Parse a published assignment; ValueError when it is not one."""
-        data: Any = json.loads(raw)
+        """Parse a published assignment; ValueError when it is not one.
+
+        Anyone with Redis access can write this key, and every agent turns its names into
+        runtime API commands: a name with a space or a newline would be an injected command."""
+        try:
+            return cls._parse(json.loads(raw))
+        except (TypeError, RecursionError, InvalidName) as exc:
+            raise ValueError(f"not an assignment: {str(exc)[:200]}") from exc
+
+    @classmethod
+    def _parse(cls, data: Any) -> Assignment:
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise ValueError("an assignment is a JSON object with 'models'")
         slots, generation = data.get("slots", SLOTS), data.get("generation", 0)
@@ -90,7 +102,8 @@ class Assignment:
             raise ValueError("'slots' must be 1..256 and 'generation' an integer")
         models: dict[str, Holders] = {}
         for name, holders in data["models"].items():
-            pairs = tuple((str(n), int(k)) for n, k in holders)
+            validate_model_type(name)
+            pairs = tuple((_node_id(n), int(k)) for n, k in holders)
             if sum(k for _, k in pairs) != slots or any(k < 1 for _, k in pairs):
                 raise ValueError(f"model {name!r}: holders' slots must be positive and add up to {slots}")
             models[str(name)] = pairs
@@ -261,3 +274,9 @@ def _to_slots(pieces: Mapping[str, float], model: str, home: str, slots: int) ->
         whole[n] += 1
     ordered = [home, *sorted(n for n in whole if n != home)]
     return tuple((n, whole[n]) for n in ordered if whole[n] > 0)
+
+
+def _node_id(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable() or " " in value:
+        raise ValueError(f"not a node id: {str(value)[:40]!r}")
+    return value

@@ -164,3 +164,63 @@ def test_a_placement_that_starts_again_at_generation_one_is_applied(
     link.client.set(link.keys.placement, Assignment({"m": (("nb", 16),)}, 1).to_json())
     agent.tick()
     assert set(entries(lb).values()) == {"place_node2"}
+
+
+def maintained(lb: HAProxy) -> list[str]:
+    """Servers of backend `nodes` an operator (or an injected command) put in maintenance."""
+    [text] = RuntimeAPI(str(lb.runtime_api)).run(["show servers state nodes"])
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [f[3] for f in rows if len(f) > 5 and f[1] == "nodes" and f[5] != "0"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["m1\nset server nodes/node1 state maint\nx", "a b", "m1/0 place_node2", "x" * 300],
+)
+def test_a_junk_model_name_in_the_placement_never_reaches_the_runtime_api(
+    lb: HAProxy, link: Link, members: Membership, name: str
+) -> None:
+    # Every agent turns the published names into runtime API lines: a newline would be a command.
+    a, _ = lb.node_ports  # type: ignore[attr-defined]
+    beat(members, "na", a)
+    link.client.set(link.keys.placement_leader, "someone-else")
+    good = {"generation": 1, "slots": 16, "models": {"m1": [["na", 16]]}}
+    link.client.set(link.keys.placement, json.dumps(good))
+    agent = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "agent")
+    agent.tick()
+    before = entries(lb)
+    bad = {"generation": 2, "slots": 16, "models": {name: [["na", 16]], "m1": [["na", 16]]}}
+    link.client.set(link.keys.placement, json.dumps(bad))
+    agent.tick()
+    assert maintained(lb) == []
+    assert entries(lb) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value"),
+    [
+        ("placement", None, '{"generation": 1, "slots": 16, "models": {"m1": 5}}'),
+        ("placement", None, "[" * 100_000),
+        ("placement_rates", "other", "[" * 100_000),
+        ("placement_rates", "other", '{"ts": 1e300, "rates": {"m1": 1e308}}'),
+        ("placement_sizes", "m1", "\u00b2"),  # '²'.isdigit() is true, int('²') fails
+        ("placement_sizes", "m1", "9" * 5000),  # past Python's int-from-string limit
+        ("placement_sizes", "m1", "9" * 400),  # an int too large for a float
+    ],
+)
+def test_junk_in_a_key_the_agent_reads_does_not_stop_the_placement(
+    lb: HAProxy, link: Link, members: Membership, key: str, field: str | None, value: str
+) -> None:
+    a, b = lb.node_ports  # type: ignore[attr-defined]
+    beat(members, "na", a)
+    beat(members, "nb", b)
+    link.client.zadd(link.keys.popularity, {"m1": 5, "m2": 3, "m3": 1})
+    name = getattr(link.keys, key)
+    if field is None:
+        link.client.set(name, value)
+    else:
+        link.client.hset(name, field, value)
+    agent = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "agent", clock=lambda: 1e300)
+    agent.tick()
+    assert sorted(Assignment.from_json(link.client.get(link.keys.placement)).models) == ["m1", "m2", "m3"]
+    assert len(entries(lb)) == 3 * 16
