@@ -73,5 +73,8 @@ class Ops:
         trace ids of sampled requests on the latency histograms) when the scraper's `Accept`
         asks for `application/openmetrics-text`."""
         self._degraded()  # fresh at every scrape, whether or not anyone polls /readyz
-        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        try:
+            encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        except (TypeError, ValueError):  # prometheus_client compares a junk `version=abc` and raises
+            encode, content_type = choose_encoder("")
         return Response(encode(self.metrics.registry), headers={"content-type": content_type})
