@@ -63,6 +63,16 @@ end
 return 0
 """
 
+# Publish only while still the leader: a round that stalled past the lock's TTL (slow Redis, a
+# paused process) must not overwrite the newer placement of the agent that took over.
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
 
 @dataclass
 class Applied:
@@ -92,6 +102,7 @@ class PlacementAgent:
         self.members = Membership(link)
         self.interval_s, self.rate_ttl_s, self.map_name, self.clock = interval_s, rate_ttl_s, map_name, clock
         self._lead = link.script(_LEAD)
+        self._publish_if_leader = link.script(_PUBLISH)
         self.applied = Applied()
         self.leader = False
         self.throttle = LogThrottle()
@@ -150,7 +161,12 @@ class PlacementAgent:
             return current
         generation = (current.generation if current is not None else 0) + 1
         new = Assignment(placed, generation, SLOTS)
-        self.link.call("publish the placement", self.link.client.set, self.link.keys.placement, new.to_json())
+        k = self.link.keys
+        keys, args = [k.placement_leader, k.placement], [self.agent_id, new.to_json()]
+        if not self.link.call("publish the placement", self._publish_if_leader, keys, args):
+            self.leader = False
+            log.warning("lost the placement lock during the round: generation %d not published", generation)
+            return self._published()
         log.info("placement generation %d: %d models on %d nodes", generation, len(placed), len(nodes))
         return new
 

@@ -224,3 +224,27 @@ def test_junk_in_a_key_the_agent_reads_does_not_stop_the_placement(
     agent.tick()
     assert sorted(Assignment.from_json(link.client.get(link.keys.placement)).models) == ["m1", "m2", "m3"]
     assert len(entries(lb)) == 3 * 16
+
+
+def test_a_leader_whose_lock_expired_mid_round_does_not_overwrite_the_new_leaders_placement(
+    lb: HAProxy, link: Link, members: Membership
+) -> None:
+    a, b = lb.node_ports  # type: ignore[attr-defined]
+    beat(members, "na", a)
+    beat(members, "nb", b)
+    link.client.zadd(link.keys.popularity, {"m1": 5, "m2": 3})
+    slow = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "slow")
+    other = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "other")
+    read_models = slow._models
+
+    def stalled(beats: list[Heartbeat]) -> list:
+        models = read_models(beats)  # `slow` has read the world; then it stalls past its lock's TTL
+        link.client.zadd(link.keys.popularity, {"m3": 9})
+        link.client.delete(link.keys.placement_leader)
+        other.tick()  # the new leader publishes what it sees now
+        assert other.leader
+        return models
+
+    slow._models = stalled  # type: ignore[method-assign]
+    slow.tick()
+    assert sorted(Assignment.from_json(link.client.get(link.keys.placement)).models) == ["m1", "m2", "m3"]
