@@ -70,7 +70,11 @@ def install(node_id: str) -> None:
     provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = _exporter(env)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        try:
+            processor = BatchSpanProcessor(exporter)
+        except ValueError as exc:  # OTEL_BSP_* out of range: the SDK's bare ValueError
+            raise TracingUnavailable(f"an OTEL_BSP_* setting is out of range: {exc}") from None
+        provider.add_span_processor(processor)
     # W3C trace context only (what the issue asks for), whatever OTEL_PROPAGATORS says.
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
     tracer = provider.get_tracer("modelcache")
@@ -85,11 +89,18 @@ def install(node_id: str) -> None:
 
 def _root_ratio(env: Mapping[str, str]) -> float | None:
     """None lets the SDK read OTEL_TRACES_SAMPLER; unset, the ratio of new traces to record."""
-    if env.get("OTEL_TRACES_SAMPLER"):
-        return None
+    sampler = (env.get("OTEL_TRACES_SAMPLER") or "").strip().lower()
     raw = env.get("OTEL_TRACES_SAMPLER_ARG", "")
+    if sampler:
+        if sampler.endswith("traceidratio") and raw:
+            _ratio(raw)  # the SDK would warn and record every trace (rate 1.0) on a junk one
+        return None
+    return _ratio(raw) if raw else DEFAULT_RATIO
+
+
+def _ratio(raw: str) -> float:
     try:
-        ratio = float(raw) if raw else DEFAULT_RATIO
+        ratio = float(raw)
     except ValueError:
         raise TracingUnavailable(f"OTEL_TRACES_SAMPLER_ARG must be a number in 0-1, not {raw!r}") from None
     if not 0.0 <= ratio <= 1.0:

@@ -91,12 +91,18 @@ def test_off_the_hooks_do_nothing() -> None:
         ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG"),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/protobuf, grpc"),
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "otlp, console or none"),
+        # The SDK would trace every request (rate 1.0) on a junk argument to a ratio sampler.
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "junk"}, "0-1"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "-1"}, "0-1"),
+        # The SDK raised a bare ValueError: a traceback, not a sentence.
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "-5"}, "OTEL_BSP_"),
     ],
 )
 def test_settings_it_cannot_use_stop_the_start_with_a_sentence(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ) -> None:
     monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(otel.TracingUnavailable, match=message):
