@@ -179,9 +179,13 @@ def write_state(path: Path, state: CacheState) -> None:
 def read_state(path: Path) -> CacheState | None:
     """The saved state; None when there is none; StateFileError when it cannot be used."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the open, a directory fail it
+        # Non-blocking open, then check what was opened: a FIFO (checked before the open, it
+        # could be swapped in after the check) would block a plain open for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise StateFileError(path, "not a regular file")
-        with path.open("rb") as f:
+        with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None

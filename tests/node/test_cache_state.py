@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,41 @@ def test_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) -> None:
     (tmp_path / "dir.json").mkdir()
     with pytest.raises(StateFileError, match="not a regular file"):
         read_state(tmp_path / "dir.json")
+
+
+def test_a_fifo_swapped_in_after_the_check_does_not_block_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: a regular file when checked, a FIFO when opened (an operator's `mkfifo`, a
+    # misbehaving sidecar). The node's start must not wait for a writer that never comes.
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    real = os.stat
+
+    def regular_at_first(path: object, *args: object, **kw: object) -> os.stat_result:
+        found = real(path, *args, **kw)  # type: ignore[arg-type]
+        if str(path) == str(fifo):
+            return os.stat_result((stat.S_IFREG | 0o644, *tuple(found)[1:]))
+        return found
+
+    monkeypatch.setattr(os, "stat", regular_at_first)
+    outcome: list[object] = []
+    reader = threading.Thread(target=lambda: outcome.append(_try(fifo)), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # unblock the stuck open so the thread ends
+        with open(fifo, "wb"):
+            pass
+        reader.join(5)
+        pytest.fail("read_state blocked opening a FIFO")
+    assert isinstance(outcome[0], StateFileError) and "not a regular file" in outcome[0].reason
+
+
+def _try(path: Path) -> object:
+    try:
+        return read_state(path)
+    except StateFileError as exc:
+        return exc
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
