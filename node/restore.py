@@ -41,6 +41,9 @@ log = logging.getLogger("modelcache.restore")
 
 __all__ = ["Planned", "WarmRestart", "plan_restore"]
 
+LOGGED_SKIPS = 10
+"""Skipped entries logged one by one; the rest only in the summary line's count."""
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -183,7 +186,8 @@ class WarmRestart:
             try:
                 key = self._resolve(entry)
             except (ModelNotFound, RegistryError, ModelCacheError) as exc:
-                log.info("warm restart: skipping %s %s: %s", entry.model_type, entry.version, exc)
+                if gone < LOGGED_SKIPS:  # a file of thousands must not flood the log: the summary counts all
+                    log.info("warm restart: skipping %s %s: %s", entry.model_type, entry.version, exc)
                 gone += 1
                 return None
             return key

@@ -256,3 +256,16 @@ def test_the_state_is_saved_periodically_so_a_killed_node_restores_too(
     second = node_process(registry.root, **env)
     assert [m["model_type"] for m in stats(second)["models"]] == ["churn"]  # type: ignore[attr-defined]
     assert serve(second, "churn", 1) == [True]
+
+
+def test_thousands_of_gone_entries_cost_a_few_log_lines_not_thousands(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    write_state(path, CacheState("n1", 0, [entry(f"gone{i}", 5) for i in range(4000)]))
+    node = make_node(registry)
+    with caplog.at_level(logging.INFO, "modelcache.restore"):
+        assert warm_restart(node, path).restore() == []
+    assert sample(node, "modelcache_restore_skipped_total", reason="gone") == 4000
+    assert len(caplog.records) < 20
+    assert "4000 gone" in caplog.text
