@@ -34,9 +34,11 @@ Semantics of `predict(key, model, rows)`:
   C predict releases the GIL, so they really run side by side. A lane's backlog
   is bounded by `max_queued_rows`: beyond it the caller gets `ModelOverloaded`
   (429) at once instead of a queue that delays its own callers for seconds.
-- Heavy lanes: each lane's CPU seconds per predict call are averaged (EWMA, measured
-  with `time.thread_time` where the predict runs). A lane over `heavy_predict_s` runs on
-  a second pool whose threads lowered their OS priority by `heavy_nice` at start
+- Heavy lanes: each lane's CPU seconds per predict call, and per row, are averaged (EWMA,
+  measured with `time.thread_time` where the predict runs). A lane over `heavy_predict_s`
+  per call runs on a second pool (except a predict whose rows would cost less than
+  `heavy_predict_s` at the lane's cost per row: a light model's lone rows while some client
+  sends it large batches) whose threads lowered their OS priority by `heavy_nice` at start
   (node.priority), and a lone row of it is never predicted on the loop: under
   contention the kernel serves the loop and the light models first, and an idle
   machine still gives the heavy model every spare cycle (docs/design.md, Isolation).
@@ -132,7 +134,8 @@ class Batcher:
             initargs=(heavy_nice,),
         )
         self.heavy_predict_s = heavy_predict_s
-        self._costs: dict[Hashable, float] = {}  # EWMA of CPU seconds per predict call, per lane
+        # Per lane: EWMAs of CPU seconds per predict call and per row.
+        self._costs: dict[Hashable, tuple[float, float]] = {}
         self._lanes: dict[Hashable, _Lane] = {}
         self.timed = tracing.enabled()
         """Stamp predicts for the batch.wait and predict spans (fixed at construction: off, one check)."""
@@ -143,16 +146,26 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._heavy.shutdown(wait=False, cancel_futures=True)
 
-    def is_heavy(self, key: Hashable) -> bool:
-        """Whether `key`'s predicts have lately cost more CPU than `heavy_predict_s` each."""
-        return self._costs.get(key, 0.0) > self.heavy_predict_s
+    def is_heavy(self, key: Hashable, rows: int = 1) -> bool:
+        """Whether a predict of `rows` rows for `key` belongs on the low-priority pool: the lane's
+        predicts have lately cost more CPU than `heavy_predict_s` each, and so would `rows` rows
+        at its recent cost per row. The second half keeps a light model's small requests off
+        that pool while some client sends it large batches (one 1,000-row batch used to make
+        every request of the model low-priority for the next few predicts)."""
+        cost = self._costs.get(key)
+        return cost is not None and cost[0] > self.heavy_predict_s and cost[1] * rows > self.heavy_predict_s
 
-    def _observe_cost(self, key: Hashable, seconds: float) -> None:
+    def _observe_cost(self, key: Hashable, seconds: float, rows: int) -> None:
         before = self._costs.get(key)
-        was_heavy = before is not None and before > self.heavy_predict_s
-        cost = seconds if before is None else before + _EWMA * (seconds - before)
+        was_heavy = before is not None and before[0] > self.heavy_predict_s
+        per_row = seconds / max(1, rows)
+        if before is None:
+            cost = seconds
+        else:
+            cost = before[0] + _EWMA * (seconds - before[0])
+            per_row = before[1] + _EWMA * (per_row - before[1])
         # One assignment (atomic under the GIL): the loop reading is_heavy never misses the key.
-        self._costs[key] = cost
+        self._costs[key] = (cost, per_row)
         if len(self._costs) > _MAX_COSTS:  # forget the longest-known lane; it re-learns in one call
             self._costs.pop(next(iter(self._costs)), None)
         if (cost > self.heavy_predict_s) != was_heavy:
@@ -184,7 +197,7 @@ class Batcher:
         self, key: Hashable, model: LoadedModel, x: np.ndarray, times: list[int] | None = None
     ) -> Predictions:
         lane = self._lanes.get(key)
-        if lane is None and len(x) <= self.inline_max_rows and not self.is_heavy(key):
+        if lane is None and len(x) <= self.inline_max_rows and not self.is_heavy(key, len(x)):
             return await self._lone(key, model, x, times)
         loop = asyncio.get_running_loop()
         request = _Request(model, x, loop.create_future(), times)
@@ -234,7 +247,8 @@ class Batcher:
                 batch = self._take(lane)
                 if not batch:
                     continue
-                executor = self._heavy if self.is_heavy(key) else self._executor
+                rows = sum(len(r.x) for r in batch)
+                executor = self._heavy if self.is_heavy(key, rows) else self._executor
                 outcomes = await loop.run_in_executor(executor, self._run, key, batch)
                 for request, outcome in zip(batch, outcomes, strict=True):
                     future = request.future
@@ -289,7 +303,7 @@ class Batcher:
             if len(batch) == 1:
                 return [exc]
             return [self._alone(key, r) for r in batch]
-        self._observe_cost(key, time.thread_time() - cpu)
+        self._observe_cost(key, time.thread_time() - cpu, len(x))
         if self.timed:
             _stamp(batch, start, time.time_ns(), len(x))
         if len(batch) == 1:

@@ -372,3 +372,40 @@ def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_an
     assert not batcher.is_heavy(("heavy", "1"))
     assert "model heavy 1 is light again" in caplog.text
     batcher.close()
+
+
+class PerRowBurner(Burner):
+    """A light model: `cost_s` of CPU per row (a lone row is cheap, 1,000 rows are not)."""
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        self.seen.append((threading.get_ident(), thread_nice()))
+        end = time.thread_time() + self.cost_s * len(x)
+        while time.thread_time() < end:
+            pass
+        return self.real.predict(x)
+
+
+def test_large_batches_of_a_light_model_do_not_send_its_small_requests_to_the_low_priority_pool(
+    model: LoadedModel,
+) -> None:
+    # A client sending 1,000-row batches must not make every other client's lone rows of that
+    # model low-priority: those batches go to the low-priority pool, the lone rows do not.
+    adapter = PerRowBurner(model.adapter, 20e-6)  # 20 us a row: 1,000 rows = 20 ms
+    light = LoadedModel(model.meta, adapter)
+    batcher = Batcher(1024, inline_max_rows=1, heavy_predict_s=0.005, heavy_nice=5)
+    base_nice = thread_nice()
+    row, batch = [[0.1, 0.2, 0.3, 0.4]], [[0.1, 0.2, 0.3, 0.4]] * 1000
+    key = ("light", "1")
+
+    async def main() -> int:
+        for _ in range(3):
+            await batcher.predict(key, light, batch)
+            await batcher.predict(key, light, row)
+        return threading.get_ident()
+
+    loop_thread = _run(main)
+    batches, rows = adapter.seen[0::2], adapter.seen[1::2]
+    assert all(nice == min(base_nice + 5, 19) for _, nice in batches[1:])  # known heavy: lowered
+    assert all((t, nice) == (loop_thread, base_nice) for t, nice in rows)
+    assert batcher.is_heavy(key, 1000) and not batcher.is_heavy(key, 1)
+    batcher.close()
