@@ -135,7 +135,11 @@ class PlacementAgent:
             self.throttle.warning("rates", "cannot read HAProxy's request rates: %s", exc, logger=log)
             return None
         rates.pop("__all__", None)
-        return rates
+        # The table's keys are whatever model names clients put in their paths (100k of them at
+        # most): report only names a model can have, the MAX_MODELS busiest, or every agent
+        # writes, and the leader parses, megabytes a round.
+        valid = [(n, r) for n, r in rates.items() if _model_name(n)]
+        return dict(sorted(valid, key=lambda item: -item[1])[:MAX_MODELS])
 
     def _published(self) -> Assignment | None:
         raw = self.link.call("read the placement", self.link.client.get, self.link.keys.placement)
@@ -258,6 +262,14 @@ MAX_RATE = 1e9
 """Requests per 10 s a report may claim for one model: a finite bound keeps the sums finite."""
 MAX_SIZE = 1 << 50
 """Bytes a model may weigh (1 PiB): beyond, the float arithmetic of the placement overflows."""
+
+
+def _model_name(name: str) -> bool:
+    try:
+        validate_model_type(name)
+    except InvalidName:
+        return False
+    return True
 
 
 def _rate(value: object) -> float:

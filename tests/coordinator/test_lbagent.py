@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from coordinator import lbagent
 from coordinator.haproxy_api import RuntimeAPI, Server
 from coordinator.haproxy_process import INSTALL, HAProxy
 from coordinator.lb import PLACEMENT_MAP
@@ -248,3 +250,21 @@ def test_a_leader_whose_lock_expired_mid_round_does_not_overwrite_the_new_leader
     slow._models = stalled  # type: ignore[method-assign]
     slow.tick()
     assert sorted(Assignment.from_json(link.client.get(link.keys.placement)).models) == ["m1", "m2", "m3"]
+
+
+def test_an_agent_reports_only_valid_names_and_the_busiest_few(
+    lb: HAProxy, link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stick table keys are what clients put in their paths: thousands of junk names must not
+    # make every agent write (and the leader parse) all of them every round.
+    monkeypatch.setattr(lbagent, "MAX_MODELS", 5)
+    names = [f"junk{i}" for i in range(12)] + ["bad%20name", "..%2Fetc"]
+    with httpx.Client(base_url=f"http://127.0.0.1:{lb.port}", timeout=5) as client:
+        for i, name in enumerate(names):
+            for _ in range(1 + (i < 3)):  # junk0..2 twice: the busiest
+                client.post(f"/api/v1/models/{name}/predict", json={"features": [1]})
+    agent = PlacementAgent(link, RuntimeAPI(str(lb.runtime_api)), "agent")
+    agent.tick()
+    report = json.loads(link.client.hget(link.keys.placement_rates, "agent"))
+    assert len(report["rates"]) == 5 and {"junk0", "junk1", "junk2"} <= set(report["rates"])
+    assert all(name.startswith("junk") for name in report["rates"])
