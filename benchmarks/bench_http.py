@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, report
+from common import ROOT, WRK_RESULT_LUA, report
 
 from coordinator.demo import publish_demo_models
 from coordinator.processes import free_port, stop_process
@@ -45,18 +45,14 @@ ENDPOINTS = {
 }
 
 # wrk prints this one JSON line at the end; latencies are in microseconds.
-LUA = """
+LUA = (
+    """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '\\nRESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+    + WRK_RESULT_LUA
+)
 
 
 def start_server(cmd: list[str], cwd: Path, env: dict[str, str], port: int, ready: str) -> subprocess.Popen:

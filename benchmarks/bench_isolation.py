@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import xgboost as xgb
-from common import ROOT, report
+from common import ROOT, WRK_RESULT_LUA, report
 
 from coordinator.processes import free_port, stop_process
 from coordinator.registry import Registry
@@ -50,7 +50,8 @@ SETTLE_S = 0.5
 """Pause after a big phase: batches of wrk's closed connections still queued would answer 429."""
 
 # wrk prints this one JSON line at the end; latencies are in microseconds.
-LUA = """
+LUA = (
+    """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[%s]==]
@@ -61,14 +62,9 @@ response = function(status, headers, body)
     io.write("STATUS " .. status .. " " .. string.sub(body, 1, 200) .. "\\n")
   end
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '\\nRESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+    + WRK_RESULT_LUA
+)
 
 
 def publish(registry: Registry, work: Path, name: str, rounds: int, depth: int) -> None:

@@ -20,6 +20,17 @@ from testkit.model_files import write_slow_model as write_slow_model  # noqa: E4
 
 Node = tuple[subprocess.Popen[bytes], str]
 
+WRK_RESULT_LUA = """done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nRESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+"""The end of a wrk Lua script (to be %-formatted with it): one `RESULT {json}` line with
+requests, duration, errors and p50/p99 in microseconds, which the benchmarks parse."""
+
 
 def start_nodes(
     registry: Path, n: int = 1, redis_url: str | None = None, env: dict[str, str] | None = None
