@@ -12,8 +12,13 @@ side by side in one run, three phases of `--duration` seconds each:
 Reported per configuration (medians over `--reps`): the small model's p99 alone and
 beside the big batches and their ratio (the target is <= 3x), and the big model's rows
 per second alone and beside the small traffic. Configurations: `one_thread`
-(`MODELCACHE_PREDICT_THREADS=1`, the old single thread), `default`, and with
-`--base-root DIR` a node from another checkout (e.g. main before a change).
+(`MODELCACHE_PREDICT_THREADS=1`, the old single thread), `default` (heavy predicts
+under SCHED_IDLE), `heavy_nice` (at nice +10, the default before), `heavy_not_lowered`,
+and with `--base-root DIR` a node from another checkout (e.g. main before a change).
+
+`--hogs N` runs N busy-looping processes at normal priority through every phase: the
+bad day where other work on the node's CPUs (same cgroup) competes with it, which is
+where SCHED_IDLE's small share of the CPU shows in the big model's rows per second.
 
 The load comes from wrk (C, its own processes), not from Python in this process: an
 httpx client here spent milliseconds of its own event loop encoding each 1,000-row
@@ -203,6 +208,7 @@ def main() -> None:
     parser.add_argument("--big-conns", type=int, default=2)
     parser.add_argument("--base-root", type=Path, help="also run a node from this checkout")
     parser.add_argument("--configs", nargs="+", help="only these configurations")
+    parser.add_argument("--hogs", type=int, default=0, help="busy-looping processes beside the node")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "isolation.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -210,8 +216,12 @@ def main() -> None:
     configs: dict[str, tuple[Path, dict[str, str]]] = {
         "one_thread": (ROOT, {"MODELCACHE_PREDICT_THREADS": "1"}),
         "default": (ROOT, {}),
-        "heavy_nice_0": (ROOT, {"MODELCACHE_HEAVY_PREDICT_NICE": "0"}),
-        "heavy_nice_19": (ROOT, {"MODELCACHE_HEAVY_PREDICT_NICE": "19"}),
+        # Heavy predicts at nice +10 instead of SCHED_IDLE (the default before), and not lowered at all.
+        "heavy_nice": (ROOT, {"MODELCACHE_HEAVY_PREDICT_SCHED": "nice"}),
+        "heavy_not_lowered": (
+            ROOT,
+            {"MODELCACHE_HEAVY_PREDICT_SCHED": "nice", "MODELCACHE_HEAVY_PREDICT_NICE": "0"},
+        ),
     }
     if args.base_root:
         configs["base_default"] = (args.base_root.resolve(), {})
@@ -226,6 +236,8 @@ def main() -> None:
         nodes = {name: start_node(root, registry.root, env) for name, (root, env) in configs.items()}
         load_before = os.getloadavg()[0]
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+        spin = [sys.executable, "-c", "while True: pass"]
+        hogs = [subprocess.Popen(spin) for _ in range(args.hogs)]
         try:
             for rep in range(args.reps):
                 # Configurations take turns within each repetition, so machine noise hits all alike.
@@ -233,7 +245,7 @@ def main() -> None:
                 for name in order:
                     runs[name].append(one_rep(nodes[name][1], lua, args))
         finally:
-            for proc, _ in nodes.values():
+            for proc in [*hogs, *(proc for proc, _ in nodes.values())]:
                 stop_process(proc)
     results: dict[str, dict[str, object]] = {
         name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for name, rs in runs.items()
@@ -248,6 +260,7 @@ def main() -> None:
         "small_conns": args.small_conns,
         "big_conns": args.big_conns,
         "big_rows": BIG_ROWS,
+        "hogs": args.hogs,
     }
     report(args.out, {**shape, **results})
     plot(results, Path(args.out).with_suffix(".png"))

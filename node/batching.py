@@ -38,10 +38,11 @@ Semantics of `predict(key, model, rows)`:
   measured with `time.thread_time` where the predict runs). A lane over `heavy_predict_s`
   per call runs on a second pool (except a predict whose rows would cost less than
   `heavy_predict_s` at the lane's cost per row: a light model's lone rows while some client
-  sends it large batches) whose threads lowered their OS priority by `heavy_nice` at start
-  (node.priority), and a lone row of it is never predicted on the loop: under
-  contention the kernel serves the loop and the light models first, and an idle
-  machine still gives the heavy model every spare cycle (docs/design.md, Isolation).
+  sends it large batches) whose threads lowered their OS priority at start (`heavy_sched`:
+  SCHED_IDLE, or nice +`heavy_nice`; node.priority), and a lone row of it is never
+  predicted on the loop: under contention the kernel serves the loop and the light
+  models first, and an idle machine still gives the heavy model every spare cycle
+  (docs/design.md, Isolation).
 
 Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
 run was committed as `benchmarks/results/http_batching.json`, now in git history): a
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -69,15 +71,17 @@ import numpy as np
 from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
-from node.priority import lower_this_thread
+from node.priority import HeavySched, lower_this_thread
 from node.runtimes import LoadedModel, Predictions, Row
 
 log = logging.getLogger("modelcache.batching")
 
 HEAVY_PREDICT_S = 0.005
 """A lane whose predict calls average more CPU than this (EWMA) is heavy: it runs on the low-priority pool."""
+HEAVY_SCHED: HeavySched = "idle"
+"""How the heavy pool's threads lower their priority: SCHED_IDLE, preempted whenever normal work wakes."""
 HEAVY_NICE = 10
-"""How much the heavy pool's threads lower their priority (nice +10: ~1/10 of a nice-0 thread's share)."""
+"""With `heavy_sched="nice"`: how much they raise their nice value (+10: ~1/10 of a nice-0 thread's share)."""
 _EWMA = 0.25
 _MAX_COSTS = 4096  # lanes whose cost is remembered (one per model version served lately)
 
@@ -117,6 +121,7 @@ class Batcher:
         threads: int = 2,
         max_queued_rows: int | None = None,
         heavy_predict_s: float = HEAVY_PREDICT_S,
+        heavy_sched: HeavySched = HEAVY_SCHED,
         heavy_nice: int = HEAVY_NICE,
     ) -> None:
         if max_rows < 1 or threads < 1:
@@ -130,8 +135,8 @@ class Batcher:
         self._heavy = ThreadPoolExecutor(
             threads,
             thread_name_prefix="modelcache-predict-heavy",
-            initializer=lower_this_thread,
-            initargs=(heavy_nice,),
+            initializer=_lower_heavy_thread,
+            initargs=(heavy_sched, heavy_nice),
         )
         self.heavy_predict_s = heavy_predict_s
         # Per lane: EWMAs of CPU seconds per predict call and per row.
@@ -318,6 +323,10 @@ class Batcher:
 
     def _alone(self, key: Hashable, request: _Request) -> Outcome:
         return self._run(key, [request])[0]
+
+
+def _lower_heavy_thread(sched: HeavySched, nice: int) -> None:
+    log.debug("heavy predict thread %s runs as %s", threading.get_native_id(), lower_this_thread(sched, nice))
 
 
 def _stamp(batch: list[_Request], start: int, end: int, rows: int) -> None:

@@ -1,14 +1,25 @@
-"""Lower the OS scheduling priority of the calling thread (Linux: a thread's own nice value).
+"""Lower the OS scheduling priority of the calling thread (Linux: each thread has its own).
 
-Used by the batcher's pool for heavy models (node.batching): its threads run at a
-higher nice value, so when the CPU is contended the kernel hands it first to the
-event loop and to light models' predicts, and the heavy model gets what is left
-(all of an otherwise idle machine). Raising nice needs no privilege; lowering it
-again would, so a thread is lowered once, at start, and stays in that pool.
+Used by the batcher's pool for heavy models (node.batching): its threads run below
+the event loop and the light models' predicts, so when the CPU is contended the
+kernel hands it to those first and the heavy model gets what is left (all of an
+otherwise idle machine). Two ways, chosen by `HEAVY_PREDICT_SCHED`:
 
-On Linux each thread has its own nice value, set through `setpriority` with the
-thread's id (`threading.get_native_id`). Elsewhere the call would renice the
-whole process, so it is skipped there.
+- `idle` (default): the `SCHED_IDLE` policy. The kernel preempts such a thread as
+  soon as a normal thread wakes on its CPU (the event loop on a new request, a
+  light predict), so a 3,000-tree predict never holds a core the loop wants.
+  Under contention it gets the smallest share of all.
+- `nice`: the thread's nice value raised by `HEAVY_PREDICT_NICE`. The kernel (EEVDF)
+  lets a nice thread run out its slice first (1.4 ms on a 2-core machine), which a
+  small request then waits out; in exchange it keeps ~1/10 of a nice-0 thread's
+  share (nice +10) when other processes fill the CPU (docs/design.md, Isolation).
+
+Both only lower: no privilege is needed (a seccomp profile may still forbid it:
+then the thread falls back to nice, or stays at normal priority, and a warning
+says so), and since going back would need one, a thread is lowered once, at
+start, and stays in its pool. On Linux `sched_setscheduler(0, ...)` and
+`setpriority(PRIO_PROCESS, tid, ...)` act on the calling thread; elsewhere they
+would change the whole process, so they are skipped there.
 """
 
 from __future__ import annotations
@@ -17,26 +28,42 @@ import logging
 import os
 import sys
 import threading
+from typing import Literal
 
 log = logging.getLogger("modelcache.priority")
 
+HeavySched = Literal["idle", "nice"]
+LINUX = sys.platform.startswith("linux")
 
-def lower_this_thread(nice: int) -> int | None:
-    """Add `nice` to the calling thread's nice value; its new value, or None where not possible."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return None
+
+def lower_this_thread(sched: HeavySched, nice: int) -> str:
+    """Lower the calling thread as `sched` says; what it now runs as ("SCHED_IDLE", "nice 10", "normal")."""
+    if not LINUX:
+        return "normal"
+    if sched == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError as exc:
+            log.warning("cannot run heavy predicts as SCHED_IDLE (%s): using nice +%d", exc, nice)
+    return _raise_nice(nice)
+
+
+def _raise_nice(nice: int) -> str:
+    if nice <= 0:
+        return "normal"
     tid = threading.get_native_id()
     try:
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        target = min(current + nice, 19)
+        target = min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19)
         os.setpriority(os.PRIO_PROCESS, tid, target)
-    except OSError as exc:  # a seccomp profile may forbid it: run at normal priority
+    except OSError as exc:
         log.warning("cannot lower the priority of thread %s: %s", tid, exc)
-        return None
-    return target
+        return "normal"
+    return f"nice {target}"
 
 
-def thread_nice() -> int:
-    """The calling thread's nice value (Linux; the process's elsewhere)."""
-    tid = threading.get_native_id() if sys.platform.startswith("linux") else 0
-    return os.getpriority(os.PRIO_PROCESS, tid)
+def thread_priority() -> tuple[str, int]:
+    """The calling thread's policy ("idle" or "normal") and nice value (Linux; the process's elsewhere)."""
+    tid = threading.get_native_id() if LINUX else 0
+    idle = LINUX and os.sched_getscheduler(tid) == os.SCHED_IDLE
+    return ("idle" if idle else "normal"), os.getpriority(os.PRIO_PROCESS, tid)

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from coordinator.errors import InvalidName
 from coordinator.redis_url import parse_redis_url
 from coordinator.registry.store import StoreLocation, is_store_url
+from node.priority import HeavySched
 
 GRPC_PORT_OFFSET = 50
 """The default gRPC port is the HTTP port + 50: `modelcache up --port B` gives node i B+i and B+50+i."""
@@ -114,9 +115,12 @@ class NodeSettings(BaseSettings):
     others theirs (2 on a 2-core node; more only helps with more cores)."""
     heavy_predict_ms: float = Field(5.0, gt=0)
     """A model whose predict calls average more CPU than this (EWMA) is heavy: its predicts run on
-    threads at a lower OS priority (HEAVY_PREDICT_NICE), and never on the event loop."""
+    threads at a lower OS priority (HEAVY_PREDICT_SCHED), and never on the event loop."""
+    heavy_predict_sched: HeavySched = "idle"
+    """How heavy models' predict threads yield the CPU (Linux): idle (SCHED_IDLE, preempted as soon
+    as other work wakes; the least share under contention) or nice (HEAVY_PREDICT_NICE)."""
     heavy_predict_nice: int = Field(10, ge=0, le=19)
-    """How much heavy models' predict threads lower their priority (Linux nice; 0: not at all)."""
+    """With HEAVY_PREDICT_SCHED=nice: how much heavy predict threads raise their nice value (0: none)."""
     model_queue_max_rows: int | None = Field(None, ge=1)
     """Rows one model may have waiting to be predicted before it answers 429 model_overloaded
     (default 8 x BATCH_MAX_ROWS)."""

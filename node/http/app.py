@@ -52,6 +52,7 @@ def create_app(
         threads=settings.predict_threads,
         max_queued_rows=settings.model_queue_max_rows,
         heavy_predict_s=settings.heavy_predict_ms / 1e3,
+        heavy_sched=settings.heavy_predict_sched,
         heavy_nice=settings.heavy_predict_nice,
     )
 

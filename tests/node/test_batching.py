@@ -14,7 +14,7 @@ from coordinator.registry import Registry
 from node.batching import Batcher
 from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
-from node.priority import thread_nice
+from node.priority import HeavySched, thread_priority
 from node.runtime import LoadedModel, Predictions, deserialize
 from tests.helpers import FEATURES, PublishFn
 
@@ -322,29 +322,32 @@ def test_one_request_larger_than_the_queue_bound_is_still_admitted_to_an_empty_q
 
 
 class Burner:
-    """An adapter whose predict burns `cost_s` of CPU; records the thread and its nice value."""
+    """An adapter whose predict burns `cost_s` of CPU; records the thread and its (policy, nice)."""
 
     def __init__(self, real: Any, cost_s: float) -> None:
         self.real, self.cost_s = real, cost_s
         self.task, self.n_features = real.task, real.n_features
-        self.seen: list[tuple[int, int]] = []
+        self.seen: list[tuple[int, tuple[str, int]]] = []
 
     def predict(self, x: np.ndarray) -> Predictions:
-        self.seen.append((threading.get_ident(), thread_nice()))
+        self.seen.append((threading.get_ident(), thread_priority()))
         end = time.thread_time() + self.cost_s
         while time.thread_time() < end:
             pass
         return self.real.predict(x)
 
 
+@pytest.mark.parametrize("sched", ["idle", "nice"])
 def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_and_never_on_the_loop(
-    model: LoadedModel, caplog: pytest.LogCaptureFixture
+    model: LoadedModel, caplog: pytest.LogCaptureFixture, sched: HeavySched
 ) -> None:
     caplog.set_level(logging.INFO, logger="modelcache.batching")
     heavy_adapter, light_adapter = Burner(model.adapter, 0.02), Burner(model.adapter, 0.0)
     heavy, light = LoadedModel(model.meta, heavy_adapter), LoadedModel(model.meta, light_adapter)
-    batcher = Batcher(64, inline_max_rows=1, heavy_predict_s=0.005, heavy_nice=5)
-    base_nice = thread_nice()
+    batcher = Batcher(64, inline_max_rows=1, heavy_predict_s=0.005, heavy_sched=sched, heavy_nice=5)
+    base = thread_priority()
+    # SCHED_IDLE leaves the nice value alone; nice +5 leaves the policy normal.
+    lowered = ("idle", base[1]) if sched == "idle" else ("normal", min(base[1] + 5, 19))
     row = [[0.1, 0.2, 0.3, 0.4]]
 
     async def main() -> int:
@@ -358,11 +361,11 @@ def test_a_model_whose_predicts_cost_more_than_the_bound_runs_at_low_priority_an
     loop_thread = _run(main)
     assert batcher.is_heavy(("heavy", "1")) and not batcher.is_heavy(("light", "1"))
     first, *later = heavy_adapter.seen
-    assert first == (loop_thread, base_nice)
-    assert later and all(t != loop_thread and nice == min(base_nice + 5, 19) for t, nice in later)
+    assert first == (loop_thread, base)
+    assert later and all(t != loop_thread and priority == lowered for t, priority in later)
     assert light_adapter.seen[0][0] == loop_thread  # a light lone row stays on the loop
     assert any(t != loop_thread for t, _ in light_adapter.seen)  # the concurrent ones took a thread
-    assert all(nice == base_nice for _, nice in light_adapter.seen)  # never a lowered thread
+    assert all(priority == base for _, priority in light_adapter.seen)  # never a lowered thread
     assert "model heavy 1 is heavy: low-priority predicts" in caplog.text
 
     # Cheap again (say a new version behind the same key): light after a few predicts.
@@ -378,7 +381,7 @@ class PerRowBurner(Burner):
     """A light model: `cost_s` of CPU per row (a lone row is cheap, 1,000 rows are not)."""
 
     def predict(self, x: np.ndarray) -> Predictions:
-        self.seen.append((threading.get_ident(), thread_nice()))
+        self.seen.append((threading.get_ident(), thread_priority()))
         end = time.thread_time() + self.cost_s * len(x)
         while time.thread_time() < end:
             pass
@@ -392,8 +395,8 @@ def test_large_batches_of_a_light_model_do_not_send_its_small_requests_to_the_lo
     # model low-priority: those batches go to the low-priority pool, the lone rows do not.
     adapter = PerRowBurner(model.adapter, 20e-6)  # 20 us a row: 1,000 rows = 20 ms
     light = LoadedModel(model.meta, adapter)
-    batcher = Batcher(1024, inline_max_rows=1, heavy_predict_s=0.005, heavy_nice=5)
-    base_nice = thread_nice()
+    batcher = Batcher(1024, inline_max_rows=1, heavy_predict_s=0.005)
+    base = thread_priority()
     row, batch = [[0.1, 0.2, 0.3, 0.4]], [[0.1, 0.2, 0.3, 0.4]] * 1000
     key = ("light", "1")
 
@@ -405,7 +408,7 @@ def test_large_batches_of_a_light_model_do_not_send_its_small_requests_to_the_lo
 
     loop_thread = _run(main)
     batches, rows = adapter.seen[0::2], adapter.seen[1::2]
-    assert all(nice == min(base_nice + 5, 19) for _, nice in batches[1:])  # known heavy: lowered
-    assert all((t, nice) == (loop_thread, base_nice) for t, nice in rows)
+    assert all(priority == ("idle", base[1]) for _, priority in batches[1:])  # known heavy: lowered
+    assert all((t, priority) == (loop_thread, base) for t, priority in rows)
     assert batcher.is_heavy(key, 1000) and not batcher.is_heavy(key, 1)
     batcher.close()
