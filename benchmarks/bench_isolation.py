@@ -134,7 +134,8 @@ def result(proc: subprocess.Popen[str], duration: int) -> dict[str, float]:
         if ln.startswith("STATUS "):
             print(f"  answered {ln[len('STATUS ') :]}", file=sys.stderr)
     return {
-        "req_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
+        # Answered requests only: a starved model's fast 429s must not count as its throughput.
+        "req_per_s": (raw["requests"] - raw["errors"]) / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1e3,
         "p99_ms": raw["p99_us"] / 1e3,
         "errors": raw["errors"],

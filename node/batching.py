@@ -62,9 +62,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,7 @@ from node.errors import InvalidInput, ModelOverloaded
 from node.metrics import NodeMetrics
 from node.priority import HeavySched, lower_this_thread
 from node.runtimes import LoadedModel, Predictions, Row
+from node.starvation import StarvationGuard
 
 log = logging.getLogger("modelcache.batching")
 
@@ -138,6 +140,15 @@ class Batcher:
             initializer=_lower_heavy_thread,
             initargs=(heavy_sched, heavy_nice),
         )
+        # Under SCHED_IDLE a heavy model can starve when other work fills the CPUs: it then runs
+        # on a third pool at nice +heavy_nice until the CPUs have room again (node.starvation).
+        self._guard = StarvationGuard() if heavy_sched == "idle" else None
+        self._starved = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="modelcache-predict-starved",
+            initializer=_lower_heavy_thread,
+            initargs=("nice", heavy_nice),
+        )
         self.heavy_predict_s = heavy_predict_s
         # Per lane: EWMAs of CPU seconds per predict call and per row.
         self._costs: dict[Hashable, tuple[float, float]] = {}
@@ -150,6 +161,7 @@ class Batcher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._heavy.shutdown(wait=False, cancel_futures=True)
+        self._starved.shutdown(wait=False, cancel_futures=True)
 
     def is_heavy(self, key: Hashable, rows: int = 1) -> bool:
         """Whether a predict of `rows` rows for `key` belongs on the low-priority pool: the lane's
@@ -253,16 +265,11 @@ class Batcher:
                 if not batch:
                     continue
                 rows = sum(len(r.x) for r in batch)
-                executor = self._heavy if self.is_heavy(key, rows) else self._executor
-                outcomes = await loop.run_in_executor(executor, self._run, key, batch)
-                for request, outcome in zip(batch, outcomes, strict=True):
-                    future = request.future
-                    if future is None or future.done():  # the caller gave up
-                        continue
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
+                if self.is_heavy(key, rows):
+                    outcomes = await self._run_heavy(key, batch, rows)
+                else:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, key, batch)
+                _deliver(batch, outcomes)
         except BaseException as exc:
             # Shutdown or a bug: nobody may wait forever on a lane that stopped draining.
             for request in lane.queue:
@@ -275,6 +282,46 @@ class Batcher:
             lane.task = None
             if self._lanes.get(key) is lane and not lane.queue:
                 del self._lanes[key]
+
+    async def _run_heavy(self, key: Hashable, batch: list[_Request], rows: int) -> list[Outcome]:
+        """`_run` on the low-priority pool: SCHED_IDLE, or nice +10 while the model starves there.
+
+        A predict under SCHED_IDLE that outlives the guard's patience marks the model starved
+        and runs again at nice +10, whose outcome its callers get; the first copy, which may get
+        no CPU for seconds, finishes unheeded (a predict has no side effects)."""
+        loop = asyncio.get_running_loop()
+        guard = self._guard
+        if guard is None:  # heavy_sched="nice": the heavy pool is the nice one
+            return await loop.run_in_executor(self._heavy, self._run, key, batch)
+        if not guard.starved(key):
+            running = loop.run_in_executor(self._heavy, self._run_timed, key, batch, time.perf_counter())
+            expected_cpu = self._costs[key][1] * rows  # is_heavy(key) said the lane's costs are known
+            done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
+            if done:
+                outcomes, wall, cpu = running.result()
+                self._count_starved(guard, lambda: guard.observe(key, wall, cpu))
+                return outcomes
+            running.add_done_callback(_unheeded)
+            self._count_starved(guard, lambda: guard.starving(key, expected_cpu))
+        outcomes, wall, cpu = await loop.run_in_executor(
+            self._starved, self._run_timed, key, batch, time.perf_counter()
+        )
+        guard.observe(key, wall, cpu)
+        return outcomes
+
+    def _count_starved(self, guard: StarvationGuard, record: Callable[[], None]) -> None:
+        events = guard.events
+        record()
+        if guard.events != events and self.metrics is not None:
+            self.metrics.heavy_starved.inc()
+
+    def _run_timed(
+        self, key: Hashable, batch: list[_Request], submitted: float
+    ) -> tuple[list[Outcome], float, float]:
+        """`_run`, with its wall time since `submitted` (queueing included) and its CPU time."""
+        cpu = time.thread_time()
+        outcomes = self._run(key, batch)
+        return outcomes, time.perf_counter() - submitted, time.thread_time() - cpu
 
     def _take(self, lane: _Lane) -> list[_Request]:
         batch: list[_Request] = []
@@ -327,6 +374,23 @@ class Batcher:
 
 def _lower_heavy_thread(sched: HeavySched, nice: int) -> None:
     log.debug("heavy predict thread %s runs as %s", threading.get_native_id(), lower_this_thread(sched, nice))
+
+
+def _deliver(batch: list[_Request], outcomes: list[Outcome]) -> None:
+    for request, outcome in zip(batch, outcomes, strict=True):
+        future = request.future
+        if future is None or future.done():  # the caller gave up
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _unheeded(running: asyncio.Future[Any]) -> None:
+    """A starved predict's copy under SCHED_IDLE ended; its callers were answered by the other."""
+    if not running.cancelled():
+        running.exception()  # retrieved: asyncio would log an error never retrieved
 
 
 def _stamp(batch: list[_Request], start: int, end: int, rows: int) -> None:

@@ -270,6 +270,12 @@ class NodeMetrics:
             "the node still serves.",
             registry=r,
         )
+        self.heavy_starved = Counter(
+            "modelcache_heavy_starved_total",
+            "Times a heavy model's predicts starved under SCHED_IDLE (under 1/10 of a CPU) and moved to "
+            "nice +10 until the CPUs have room again; the log names the model.",
+            registry=r,
+        )
         self.background_errors = Counter(
             "modelcache_background_errors_total",
             "Errors caught at the top of a background thread (cluster sync, cache sweep); it goes on.",
