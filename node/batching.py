@@ -203,8 +203,9 @@ class Batcher:
         """`_predict`, then its wait for the predict and the predict itself as spans."""
         times = [time.time_ns()]
         out = await self._predict(key, model, x, times)
-        if len(times) == 4:
-            queued, start, end, rows = times
+        # A starved heavy predict runs twice (see _run_heavy): the first copy to end stamps it.
+        if len(times) >= 4:
+            queued, start, end, rows = times[:4]
             tracing.record("batch.wait", queued, start)
             sizes = {"modelcache.batch_rows": rows, "modelcache.rows": len(x)}
             tracing.record("predict", start, end, **sizes)
