@@ -1,4 +1,4 @@
-"""node.priority: a heavy predict thread lowers itself, and only itself (real threads, real kernel)."""
+"""node.priority: a heavy predict thread lowers itself, and only itself (real threads, a real node)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
+from coordinator.registry import Registry
 from node.priority import lower_this_thread, thread_priority
+from tests.helpers import NodeProcess, PublishFn
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
 T = TypeVar("T")
@@ -60,3 +64,38 @@ def test_where_sched_idle_is_forbidden_the_thread_falls_back_to_nice_and_says_so
     assert (said, seen) == (f"nice {target}", ("normal", target))
     assert "cannot run heavy predicts as SCHED_IDLE" in caplog.text
     assert caplog.records[0].levelno == logging.WARNING
+
+
+def thread_policies(pid: int) -> list[tuple[int, int]]:
+    """(policy, nice) of each thread of process `pid`, from /proc (policy 5 is SCHED_IDLE)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out.append((int(fields[38]), int(fields[16])))  # stat fields 41 (policy) and 19 (nice)
+    return out
+
+
+@pytest.mark.parametrize("sched", ["idle", "nice"])
+def test_a_node_runs_its_heavy_predicts_on_threads_lowered_as_configured(
+    registry: Registry, publish: PublishFn, node_process: Callable[..., NodeProcess], sched: str
+) -> None:
+    publish("m", "1.0")
+    # Every predict counts as heavy at 1 us: the node's batches go to its low-priority pool.
+    node = node_process(
+        registry.root, MODELCACHE_HEAVY_PREDICT_MS="0.001", MODELCACHE_HEAVY_PREDICT_SCHED=sched
+    )
+    rows = [[0.1, 0.2, 0.3, 0.4]] * 50
+    for _ in range(4):
+        answer = httpx.post(f"{node.url}/api/v1/models/m/batch_predict", json={"instances": rows}, timeout=10)
+        assert answer.status_code == 200
+    assert node.proc is not None
+    policies = thread_policies(node.proc.pid)
+    if sched == "idle":
+        assert any(policy == os.SCHED_IDLE for policy, _ in policies)
+    else:
+        assert not any(policy == os.SCHED_IDLE for policy, _ in policies)
+        assert any(nice == 10 for _, nice in policies)
+    assert any(policy == os.SCHED_OTHER and nice == 0 for policy, nice in policies)  # the loop's
