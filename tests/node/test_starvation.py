@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -135,3 +136,67 @@ def test_a_heavy_model_starved_by_a_busy_process_runs_at_nice_until_the_cpu_is_f
         if hog is not None:
             stop_process(hog)
         os.sched_setaffinity(0, affinity)
+
+
+class Stalled:
+    """An adapter that burns `cpu_s` of CPU, then waits (no CPU) as long as its thread's pool says.
+
+    A stand-in for a predict the kernel does not schedule: the batcher's guard sees wall time
+    without CPU time, as under SCHED_IDLE beside busy processes, without needing them.
+    """
+
+    def __init__(self, real: Any, cpu_s: float, waits: dict[str, float]) -> None:
+        self.real, self.cpu_s, self.waits = real, cpu_s, waits
+        self.task, self.n_features = real.task, real.n_features
+        self.pools: list[str] = []
+
+    def predict(self, x: np.ndarray) -> Predictions:
+        name = threading.current_thread().name
+        pool = next((p for p in self.waits if name.startswith(p)), "loop")
+        self.pools.append(pool)
+        end = time.thread_time() + self.cpu_s
+        while time.thread_time() < end:
+            pass
+        time.sleep(self.waits.get(pool, 0.0))
+        return self.real.predict(x)
+
+
+HEAVY_POOL, STARVED_POOL = "modelcache-predict-heavy", "modelcache-predict-starved"
+
+
+def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
+    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from node import otel, tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(otel, "_exporter", lambda env: exporter)
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    otel.install("n1")
+    try:
+        meta = publish("big", "1")
+        real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+        # The SCHED_IDLE copy outlives its patience (~51 ms) but ends before the nice copy does,
+        # so both copies have stamped the request when its caller is answered.
+        adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.4})
+        big = LoadedModel(meta, adapter)
+        batcher = Batcher(64, heavy_predict_s=0.0002)
+        row = [[0.1, 0.2, 0.3, 0.4]]
+        hedged = "ef" * 16
+
+        async def traced_predict(trace_id: str) -> None:
+            request = tracing.start_request("POST /predict", f"00-{trace_id}-{'cd' * 8}-01")
+            await batcher.predict(KEY, big, row)
+            tracing.end_request(request, 200)
+
+        asyncio.run(traced_predict("ab" * 16))  # on the loop: the lane's cost is learnt, it is heavy
+        asyncio.run(traced_predict(hedged))
+        assert adapter.pools == ["loop", HEAVY_POOL, STARVED_POOL]
+        batcher.close()
+    finally:
+        tracing.shutdown()  # flushes the spans to the exporter
+    spans = exporter.get_finished_spans()
+    names = [span.name for span in spans if format(span.context.trace_id, "032x") == hedged]
+    assert names.count("batch.wait") == 1 and names.count("predict") == 1, names
