@@ -260,6 +260,7 @@ class Batcher:
     async def _drain(self, key: Hashable, lane: _Lane) -> None:
         """Predict the lane's queue batch by batch until it is empty, then retire the lane."""
         loop = asyncio.get_running_loop()
+        batch: list[_Request] = []
         try:
             while lane.queue:
                 batch = self._take(lane)
@@ -272,8 +273,9 @@ class Batcher:
                     outcomes = await loop.run_in_executor(self._executor, self._run, key, batch)
                 _deliver(batch, outcomes)
         except BaseException as exc:
-            # Shutdown or a bug: nobody may wait forever on a lane that stopped draining.
-            for request in lane.queue:
+            # Shutdown or a bug: nobody may wait forever on a lane that stopped draining, the
+            # batch in hand included (a heavy predict's hedge finding its pool shut down).
+            for request in (*batch, *lane.queue):
                 if request.future is not None and not request.future.done():
                     request.future.set_exception(RuntimeError(f"prediction abandoned: {exc!r}"))
             lane.queue.clear()

@@ -200,3 +200,25 @@ def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
     spans = exporter.get_finished_spans()
     names = [span.name for span in spans if format(span.context.trace_id, "032x") == hedged]
     assert names.count("batch.wait") == 1 and names.count("predict") == 1, names
+
+
+def test_a_batcher_closed_while_a_heavy_predict_outlives_its_patience_does_not_leave_its_caller_waiting(
+    registry: Registry, publish: PublishFn
+) -> None:
+    meta = publish("big", "1")
+    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    big = LoadedModel(meta, Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.3}))
+    batcher = Batcher(64, heavy_predict_s=0.0002)
+    row = [[0.1, 0.2, 0.3, 0.4]]
+
+    async def scenario() -> None:
+        await batcher.predict(KEY, big, row)  # on the loop: the lane is heavy from now on
+        caller = asyncio.ensure_future(batcher.predict(KEY, big, row))
+        await asyncio.sleep(0.02)  # its predict runs under SCHED_IDLE, within its patience (~51 ms)
+        batcher.close()  # the node shuts down
+        done, _ = await asyncio.wait({caller}, timeout=2)
+        assert done, "the caller still waits 2 s after the batcher closed"
+        with pytest.raises(RuntimeError):
+            caller.result()
+
+    asyncio.run(scenario())
