@@ -222,3 +222,40 @@ def test_a_batcher_closed_while_a_heavy_predict_outlives_its_patience_does_not_l
             caller.result()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cannot", ["forbidden", "not-linux"])
+def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use_sched_idle(
+    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch, cannot: str
+) -> None:
+    """A seccomp profile forbidding sched_setscheduler (or another OS): the heavy pool runs at nice
+    +10 (or normal priority), not SCHED_IDLE, so a slow predict there is contention the nice pool
+    would see too, not SCHED_IDLE starvation: running it again only doubles its CPU."""
+    from node import priority
+
+    if cannot == "forbidden":
+
+        def forbidden(*args: Any) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(priority.os, "sched_setscheduler", forbidden)
+    else:
+        monkeypatch.setattr(priority, "LINUX", False)
+    meta = publish("big", "1")
+    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.15})
+    big = LoadedModel(meta, adapter)
+    metrics = NodeMetrics()
+    batcher = Batcher(64, metrics, heavy_predict_s=0.0002)
+    row = [[0.1, 0.2, 0.3, 0.4]]
+
+    async def predicts() -> None:
+        for _ in range(4):
+            await batcher.predict(KEY, big, row)
+
+    try:
+        asyncio.run(predicts())
+    finally:
+        batcher.close()
+    assert adapter.pools == ["loop", HEAVY_POOL, HEAVY_POOL, HEAVY_POOL]
+    assert metrics.heavy_starved._value.get() == 0
