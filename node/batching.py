@@ -311,6 +311,7 @@ class Batcher:
                 self._count_starved(guard, lambda: guard.observe(key, wall, cpu))
                 return outcomes
             running.add_done_callback(_unheeded)
+            running.cancel()  # still queued behind other starved copies: it never runs (else no-op)
             self._count_starved(guard, lambda: guard.starving(key, expected_cpu))
         outcomes, wall, cpu = await loop.run_in_executor(
             self._starved, self._run_timed, key, batch, time.perf_counter()

@@ -259,3 +259,34 @@ def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use
         batcher.close()
     assert adapter.pools == ["loop", HEAVY_POOL, HEAVY_POOL, HEAVY_POOL]
     assert metrics.heavy_starved._value.get() == 0
+
+
+def test_a_hedged_predict_whose_sched_idle_copy_never_started_does_not_run_it_later(
+    registry: Registry, publish: PublishFn
+) -> None:
+    """Two heavy models starve at once on a pool of one thread: the second one's SCHED_IDLE copy
+    waits in the pool's queue when its hedge answers the callers. That copy is dead work: left
+    queued it would run (and delay every later SCHED_IDLE predict) as soon as the thread frees."""
+    meta = publish("big", "1")
+    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    first = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
+    second = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
+    a, b = LoadedModel(meta, first), LoadedModel(meta, second)
+    batcher = Batcher(64, heavy_predict_s=0.0002, threads=1)
+    row = [[0.1, 0.2, 0.3, 0.4]]
+
+    async def scenario() -> None:
+        await batcher.predict(("a", "1"), a, row)  # on the loop: both lanes are heavy from now on
+        await batcher.predict(("b", "1"), b, row)
+        running = asyncio.ensure_future(batcher.predict(("a", "1"), a, row))
+        await asyncio.sleep(0.005)  # a's copy holds the pool's one thread; b's waits behind it
+        await batcher.predict(("b", "1"), b, row)  # answered by its hedge after ~51 ms
+        await running
+        await asyncio.sleep(0.5)  # a's SCHED_IDLE copy has ended; the thread is free
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert first.pools == ["loop", HEAVY_POOL, STARVED_POOL]
+    assert second.pools == ["loop", STARVED_POOL]
