@@ -313,6 +313,8 @@ class Batcher:
             running.add_done_callback(_unheeded)
             running.cancel()  # still queued behind other starved copies: it never runs (else no-op)
             self._count_starved(guard, lambda: guard.starving(key, expected_cpu))
+            if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
+                return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
         outcomes, wall, cpu = await loop.run_in_executor(
             self._starved, self._run_timed, key, batch, time.perf_counter()
         )

@@ -290,3 +290,31 @@ def test_a_hedged_predict_whose_sched_idle_copy_never_started_does_not_run_it_la
         batcher.close()
     assert first.pools == ["loop", HEAVY_POOL, STARVED_POOL]
     assert second.pools == ["loop", STARVED_POOL]
+
+
+def test_a_starved_predict_whose_callers_all_gave_up_is_not_run_again(
+    registry: Registry, publish: PublishFn
+) -> None:
+    """The client timed out while its predict waited for a CPU under SCHED_IDLE: running the batch
+    again at nice +10, on a machine whose CPUs are already full, would answer nobody."""
+    meta = publish("big", "1")
+    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.2, STARVED_POOL: 0.0})
+    big = LoadedModel(meta, adapter)
+    metrics = NodeMetrics()
+    batcher = Batcher(64, metrics, heavy_predict_s=0.0002)
+    row = [[0.1, 0.2, 0.3, 0.4]]
+
+    async def scenario() -> None:
+        await batcher.predict(KEY, big, row)  # on the loop: the lane is heavy from now on
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.predict(KEY, big, row), 0.02)  # the client gives up
+        await asyncio.sleep(0.3)  # past its patience (~51 ms) and the SCHED_IDLE copy's end
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert adapter.pools == ["loop", HEAVY_POOL]
+    assert batcher._guard is not None and batcher._guard.starved(KEY)  # still learnt: starved
+    assert metrics.heavy_starved._value.get() == 1
