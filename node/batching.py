@@ -80,8 +80,10 @@ log = logging.getLogger("modelcache.batching")
 
 HEAVY_PREDICT_S = 0.005
 """A lane whose predict calls average more CPU than this (EWMA) is heavy: it runs on the low-priority pool."""
-HEAVY_SCHED: HeavySched = "idle"
-"""How the heavy pool's threads lower their priority: SCHED_IDLE, preempted whenever normal work wakes."""
+HEAVY_SCHED: HeavySched = "nice"
+"""How the heavy pool's threads lower their priority: nice +`heavy_nice`. Not SCHED_IDLE by default: a
+SCHED_IDLE thread holding (or being handed) the GIL while other processes fill the CPUs gets no CPU
+to release it, and the event loop waits with it (~1 s beside one busy process; node.starvation)."""
 HEAVY_NICE = 10
 """With `heavy_sched="nice"`: how much they raise their nice value (+10: ~1/10 of a nice-0 thread's share)."""
 _EWMA = 0.25

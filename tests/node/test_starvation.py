@@ -7,6 +7,7 @@ kernel: a busy-looping process shares the one CPU the test pins itself to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -100,7 +101,7 @@ def test_a_heavy_model_starved_by_a_busy_process_runs_at_nice_until_the_cpu_is_f
     # The test and the threads it starts (they inherit it) share one CPU with the busy process.
     os.sched_setaffinity(0, {cpu})
     try:
-        batcher = Batcher(64, metrics, heavy_predict_s=0.002, heavy_nice=10)
+        batcher = Batcher(64, metrics, heavy_predict_s=0.002, heavy_sched="idle", heavy_nice=10)
         base = thread_priority()
 
         async def predict() -> None:
@@ -182,7 +183,7 @@ def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
         # so both copies have stamped the request when its caller is answered.
         adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.4})
         big = LoadedModel(meta, adapter)
-        batcher = Batcher(64, heavy_predict_s=0.0002)
+        batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle")
         row = [[0.1, 0.2, 0.3, 0.4]]
         hedged = "ef" * 16
 
@@ -208,7 +209,7 @@ def test_a_batcher_closed_while_a_heavy_predict_outlives_its_patience_does_not_l
     meta = publish("big", "1")
     real = deserialize(meta, registry.artifact_path(meta).read_bytes())
     big = LoadedModel(meta, Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.3}))
-    batcher = Batcher(64, heavy_predict_s=0.0002)
+    batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
 
     async def scenario() -> None:
@@ -246,7 +247,7 @@ def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use
     adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.15})
     big = LoadedModel(meta, adapter)
     metrics = NodeMetrics()
-    batcher = Batcher(64, metrics, heavy_predict_s=0.0002)
+    batcher = Batcher(64, metrics, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
 
     async def predicts() -> None:
@@ -272,7 +273,7 @@ def test_a_hedged_predict_whose_sched_idle_copy_never_started_does_not_run_it_la
     first = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
     second = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
     a, b = LoadedModel(meta, first), LoadedModel(meta, second)
-    batcher = Batcher(64, heavy_predict_s=0.0002, threads=1)
+    batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle", threads=1)
     row = [[0.1, 0.2, 0.3, 0.4]]
 
     async def scenario() -> None:
@@ -302,7 +303,7 @@ def test_a_starved_predict_whose_callers_all_gave_up_is_not_run_again(
     adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.2, STARVED_POOL: 0.0})
     big = LoadedModel(meta, adapter)
     metrics = NodeMetrics()
-    batcher = Batcher(64, metrics, heavy_predict_s=0.0002)
+    batcher = Batcher(64, metrics, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
 
     async def scenario() -> None:
@@ -318,3 +319,57 @@ def test_a_starved_predict_whose_callers_all_gave_up_is_not_run_again(
     assert adapter.pools == ["loop", HEAVY_POOL]
     assert batcher._guard is not None and batcher._guard.starved(KEY)  # still learnt: starved
     assert metrics.heavy_starved._value.get() == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_heavy_predicts_beside_a_busy_process_never_stall_the_event_loop_for_long(
+    registry: Registry, publish: PublishFn
+) -> None:
+    """The GIL is a lock the event loop and the heavy pool's threads share. A SCHED_IDLE thread
+    that holds it (the Python around XGBoost's GIL-free predict), or is handed it (CPython waits
+    for the waiter to take it), when a busy process holds the CPU gets no CPU to let go of it:
+    the loop, every model's requests and the health checks wait with it (~1 s here)."""
+    meta = publish("big", "1", rounds=1000)  # ~6 ms of CPU per 2,000-row predict
+    big = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    x = np.random.default_rng(0).random((2000, 4), dtype=np.float32)
+    cpu = min(os.sched_getaffinity(0))
+    affinity = os.sched_getaffinity(0)
+    hog: subprocess.Popen[bytes] | None = None
+    os.sched_setaffinity(0, {cpu})
+    batcher = Batcher(4096, heavy_predict_s=0.002)  # the node's defaults otherwise
+    try:
+        keys = [("big", "1"), ("big", "2"), ("big", "3")]  # three heavy models' clients
+        for key in keys:
+            asyncio.run(batcher.predict(key, big, x))  # on the loop: now it is heavy
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        os.sched_setaffinity(hog.pid, {cpu})
+        time.sleep(0.2)
+        lags: list[float] = []
+
+        async def ticker(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                start = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lags.append(time.perf_counter() - start - 0.005)
+
+        async def load() -> None:
+            stop = asyncio.Event()
+            ticks = asyncio.ensure_future(ticker(stop))
+            end = time.perf_counter() + 4
+
+            async def client(key: tuple[str, str]) -> None:
+                while time.perf_counter() < end:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(batcher.predict(key, big, x), 3)
+
+            await asyncio.gather(*(client(key) for key in keys))
+            stop.set()
+            await ticks
+
+        asyncio.run(load())
+        assert max(lags) < 0.3, f"the event loop stalled {max(lags) * 1e3:.0f} ms"
+    finally:
+        batcher.close()
+        if hog is not None:
+            stop_process(hog)
+        os.sched_setaffinity(0, affinity)
