@@ -80,8 +80,10 @@ log = logging.getLogger("modelcache.batching")
 
 HEAVY_PREDICT_S = 0.005
 """A lane whose predict calls average more CPU than this (EWMA) is heavy: it runs on the low-priority pool."""
-HEAVY_SCHED: HeavySched = "idle"
-"""How the heavy pool's threads lower their priority: SCHED_IDLE, preempted whenever normal work wakes."""
+HEAVY_SCHED: HeavySched = "nice"
+"""How the heavy pool's threads lower their priority: nice +`heavy_nice`. Not SCHED_IDLE by default: a
+SCHED_IDLE thread holding (or being handed) the GIL while other processes fill the CPUs gets no CPU
+to release it, and the event loop waits with it (~1 s beside one busy process; node.starvation)."""
 HEAVY_NICE = 10
 """With `heavy_sched="nice"`: how much they raise their nice value (+10: ~1/10 of a nice-0 thread's share)."""
 _EWMA = 0.25
@@ -137,17 +139,21 @@ class Batcher:
         self._heavy = ThreadPoolExecutor(
             threads,
             thread_name_prefix="modelcache-predict-heavy",
-            initializer=_lower_heavy_thread,
+            initializer=self._lower_heavy_thread,
             initargs=(heavy_sched, heavy_nice),
         )
+        self._heavy_idle: bool | None = None
+        """Whether the heavy pool's threads run as SCHED_IDLE (None until one started): a seccomp
+        profile or another OS may leave them at nice +10 or normal priority, where a slow predict
+        is not SCHED_IDLE starvation and running it again would only double its CPU."""
         # Under SCHED_IDLE a heavy model can starve when other work fills the CPUs: it then runs
         # on a third pool at nice +heavy_nice until the CPUs have room again (node.starvation).
         self._guard = StarvationGuard() if heavy_sched == "idle" else None
         self._starved = ThreadPoolExecutor(
             threads,
             thread_name_prefix="modelcache-predict-starved",
-            initializer=_lower_heavy_thread,
-            initargs=("nice", heavy_nice),
+            initializer=_lower_starved_thread,
+            initargs=(heavy_nice,),
         )
         self.heavy_predict_s = heavy_predict_s
         # Per lane: EWMAs of CPU seconds per predict call and per row.
@@ -260,6 +266,7 @@ class Batcher:
     async def _drain(self, key: Hashable, lane: _Lane) -> None:
         """Predict the lane's queue batch by batch until it is empty, then retire the lane."""
         loop = asyncio.get_running_loop()
+        batch: list[_Request] = []
         try:
             while lane.queue:
                 batch = self._take(lane)
@@ -272,8 +279,9 @@ class Batcher:
                     outcomes = await loop.run_in_executor(self._executor, self._run, key, batch)
                 _deliver(batch, outcomes)
         except BaseException as exc:
-            # Shutdown or a bug: nobody may wait forever on a lane that stopped draining.
-            for request in lane.queue:
+            # Shutdown or a bug: nobody may wait forever on a lane that stopped draining, the
+            # batch in hand included (a heavy predict's hedge finding its pool shut down).
+            for request in (*batch, *lane.queue):
                 if request.future is not None and not request.future.done():
                     request.future.set_exception(RuntimeError(f"prediction abandoned: {exc!r}"))
             lane.queue.clear()
@@ -292,18 +300,23 @@ class Batcher:
         no CPU for seconds, finishes unheeded (a predict has no side effects)."""
         loop = asyncio.get_running_loop()
         guard = self._guard
-        if guard is None:  # heavy_sched="nice": the heavy pool is the nice one
+        if guard is None or self._heavy_idle is False:  # heavy_sched="nice" (or SCHED_IDLE refused)
             return await loop.run_in_executor(self._heavy, self._run, key, batch)
         if not guard.starved(key):
             running = loop.run_in_executor(self._heavy, self._run_timed, key, batch, time.perf_counter())
             expected_cpu = self._costs[key][1] * rows  # is_heavy(key) said the lane's costs are known
             done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
+            if self._heavy_idle is False:  # learnt as the pool's first thread started: not SCHED_IDLE
+                return (await running)[0]
             if done:
                 outcomes, wall, cpu = running.result()
                 self._count_starved(guard, lambda: guard.observe(key, wall, cpu))
                 return outcomes
             running.add_done_callback(_unheeded)
+            running.cancel()  # still queued behind other starved copies: it never runs (else no-op)
             self._count_starved(guard, lambda: guard.starving(key, expected_cpu))
+            if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
+                return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
         outcomes, wall, cpu = await loop.run_in_executor(
             self._starved, self._run_timed, key, batch, time.perf_counter()
         )
@@ -323,6 +336,12 @@ class Batcher:
         cpu = time.thread_time()
         outcomes = self._run(key, batch)
         return outcomes, time.perf_counter() - submitted, time.thread_time() - cpu
+
+    def _lower_heavy_thread(self, sched: HeavySched, nice: int) -> None:
+        runs_as = lower_this_thread(sched, nice)
+        log.debug("heavy predict thread %s runs as %s", threading.get_native_id(), runs_as)
+        idle = runs_as == "SCHED_IDLE"
+        self._heavy_idle = idle if self._heavy_idle is None else self._heavy_idle and idle
 
     def _take(self, lane: _Lane) -> list[_Request]:
         batch: list[_Request] = []
@@ -373,8 +392,9 @@ class Batcher:
         return self._run(key, [request])[0]
 
 
-def _lower_heavy_thread(sched: HeavySched, nice: int) -> None:
-    log.debug("heavy predict thread %s runs as %s", threading.get_native_id(), lower_this_thread(sched, nice))
+def _lower_starved_thread(nice: int) -> None:
+    runs_as = lower_this_thread("nice", nice)
+    log.debug("starved predict thread %s runs as %s", threading.get_native_id(), runs_as)
 
 
 def _deliver(batch: list[_Request], outcomes: list[Outcome]) -> None:

@@ -5,14 +5,16 @@ the event loop and the light models' predicts, so when the CPU is contended the
 kernel hands it to those first and the heavy model gets what is left (all of an
 otherwise idle machine). Two ways, chosen by `HEAVY_PREDICT_SCHED`:
 
-- `idle` (default): the `SCHED_IDLE` policy. The kernel preempts such a thread as
+- `idle`: the `SCHED_IDLE` policy. The kernel preempts such a thread as
   soon as a normal thread wakes on its CPU (the event loop on a new request, a
   light predict), so a 3,000-tree predict never holds a core the loop wants.
   Under contention it gets the smallest share of all.
-- `nice`: the thread's nice value raised by `HEAVY_PREDICT_NICE`. The kernel (EEVDF)
+- `nice` (default): the thread's nice value raised by `HEAVY_PREDICT_NICE`. The kernel (EEVDF)
   lets a nice thread run out its slice first (1.4 ms on a 2-core machine), which a
   small request then waits out; in exchange it keeps ~1/10 of a nice-0 thread's
   share (nice +10) when other processes fill the CPU (docs/design.md, Isolation).
+  SCHED_IDLE is not the default: its thread, holding or handed the GIL while other
+  processes fill the CPUs, gets no CPU to let go of it, and the event loop waits (~1 s).
 
 Both only lower: no privilege is needed (a seccomp profile may still forbid it:
 then the thread falls back to nice, or stays at normal priority, and a warning

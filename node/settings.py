@@ -116,9 +116,10 @@ class NodeSettings(BaseSettings):
     heavy_predict_ms: float = Field(5.0, gt=0)
     """A model whose predict calls average more CPU than this (EWMA) is heavy: its predicts run on
     threads at a lower OS priority (HEAVY_PREDICT_SCHED), and never on the event loop."""
-    heavy_predict_sched: HeavySched = "idle"
-    """How heavy models' predict threads yield the CPU (Linux): idle (SCHED_IDLE, preempted as soon
-    as other work wakes; the least share under contention) or nice (HEAVY_PREDICT_NICE)."""
+    heavy_predict_sched: HeavySched = "nice"
+    """How heavy models' predict threads yield the CPU (Linux): nice (HEAVY_PREDICT_NICE) or idle
+    (SCHED_IDLE, preempted as soon as other work wakes; the least share under contention, and
+    while other processes fill the CPUs a SCHED_IDLE thread holding the GIL stalls the event loop)."""
     heavy_predict_nice: int = Field(10, ge=0, le=19)
     """With HEAVY_PREDICT_SCHED=nice: how much heavy predict threads raise their nice value (0: none)."""
     model_queue_max_rows: int | None = Field(None, ge=1)

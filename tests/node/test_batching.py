@@ -395,7 +395,7 @@ def test_large_batches_of_a_light_model_do_not_send_its_small_requests_to_the_lo
     # model low-priority: those batches go to the low-priority pool, the lone rows do not.
     adapter = PerRowBurner(model.adapter, 20e-6)  # 20 us a row: 1,000 rows = 20 ms
     light = LoadedModel(model.meta, adapter)
-    batcher = Batcher(1024, inline_max_rows=1, heavy_predict_s=0.005)
+    batcher = Batcher(1024, inline_max_rows=1, heavy_predict_s=0.005, heavy_sched="idle")
     base = thread_priority()
     row, batch = [[0.1, 0.2, 0.3, 0.4]], [[0.1, 0.2, 0.3, 0.4]] * 1000
     key = ("light", "1")
