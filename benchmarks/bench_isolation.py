@@ -12,9 +12,9 @@ side by side in one run, three phases of `--duration` seconds each:
 Reported per configuration (medians over `--reps`): the small model's p99 alone and
 beside the big batches and their ratio (the target is <= 3x), and the big model's rows
 per second alone and beside the small traffic. Configurations: `one_thread`
-(`MODELCACHE_PREDICT_THREADS=1`, the old single thread), `default` (heavy predicts
-under SCHED_IDLE), `heavy_nice` (at nice +10, the default before), `heavy_not_lowered`,
-and with `--base-root DIR` a node from another checkout (e.g. main before a change).
+(`MODELCACHE_PREDICT_THREADS=1`, the old single thread), `default` (heavy predicts at
+nice +10), `sched_idle` (under SCHED_IDLE, opt-in), `heavy_not_lowered`, and with
+`--base-root DIR` a node from another checkout (e.g. main before a change).
 
 `--hogs N` runs N busy-looping processes at normal priority through every phase: the
 bad day where other work on the node's CPUs (same cgroup) competes with it, which is
@@ -217,8 +217,8 @@ def main() -> None:
     configs: dict[str, tuple[Path, dict[str, str]]] = {
         "one_thread": (ROOT, {"MODELCACHE_PREDICT_THREADS": "1"}),
         "default": (ROOT, {}),
-        # Heavy predicts at nice +10 instead of SCHED_IDLE (the default before), and not lowered at all.
-        "heavy_nice": (ROOT, {"MODELCACHE_HEAVY_PREDICT_SCHED": "nice"}),
+        # Heavy predicts under SCHED_IDLE instead of nice +10 (opt-in), and not lowered at all.
+        "sched_idle": (ROOT, {"MODELCACHE_HEAVY_PREDICT_SCHED": "idle"}),
         "heavy_not_lowered": (
             ROOT,
             {"MODELCACHE_HEAVY_PREDICT_SCHED": "nice", "MODELCACHE_HEAVY_PREDICT_NICE": "0"},
