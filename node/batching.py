@@ -304,7 +304,10 @@ class Batcher:
             return await loop.run_in_executor(self._heavy, self._run, key, batch)
         if not guard.starved(key):
             running = loop.run_in_executor(self._heavy, self._run_timed, key, batch, time.perf_counter())
-            expected_cpu = self._costs[key][1] * rows  # is_heavy(key) said the lane's costs are known
+            # is_heavy(key) found the lane's costs, but a predict thread may have forgotten them
+            # since (over _MAX_COSTS lanes): then assume the heavy bound's worth.
+            cost = self._costs.get(key)
+            expected_cpu = cost[1] * rows if cost is not None else self.heavy_predict_s
             done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
             if self._heavy_idle is False:  # learnt as the pool's first thread started: not SCHED_IDLE
                 return (await running)[0]

@@ -121,7 +121,8 @@ class NodeSettings(BaseSettings):
     (SCHED_IDLE, preempted as soon as other work wakes; the least share under contention, and
     while other processes fill the CPUs a SCHED_IDLE thread holding the GIL stalls the event loop)."""
     heavy_predict_nice: int = Field(10, ge=0, le=19)
-    """With HEAVY_PREDICT_SCHED=nice: how much heavy predict threads raise their nice value (0: none)."""
+    """How much heavy predict threads raise their nice value (with HEAVY_PREDICT_SCHED=idle: the
+    threads of a model starved under SCHED_IDLE); 0: not at all."""
     model_queue_max_rows: int | None = Field(None, ge=1)
     """Rows one model may have waiting to be predicted before it answers 429 model_overloaded
     (default 8 x BATCH_MAX_ROWS)."""

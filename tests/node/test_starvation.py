@@ -21,7 +21,7 @@ import pytest
 
 from coordinator.processes import stop_process
 from coordinator.registry import Registry
-from node.batching import Batcher
+from node.batching import Batcher, _Request
 from node.metrics import NodeMetrics
 from node.priority import thread_priority
 from node.runtime import LoadedModel, Predictions, deserialize
@@ -319,6 +319,28 @@ def test_a_starved_predict_whose_callers_all_gave_up_is_not_run_again(
     assert adapter.pools == ["loop", HEAVY_POOL]
     assert batcher._guard is not None and batcher._guard.starved(KEY)  # still learnt: starved
     assert metrics.heavy_starved._value.get() == 1
+
+
+def test_a_heavy_predict_whose_lane_costs_were_forgotten_meanwhile_still_runs(
+    registry: Registry, publish: PublishFn
+) -> None:
+    """With over 4,096 lanes a predict thread forgets the oldest lane's costs; that can happen
+    between the drain finding a lane heavy and timing its predict (a KeyError failed the batch)."""
+    meta = publish("big", "1")
+    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
+    big = LoadedModel(meta, real.adapter)
+    batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle")
+    x = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+
+    async def scenario() -> list[Any]:
+        request = _Request(big, x, asyncio.get_running_loop().create_future())
+        return await batcher._run_heavy(KEY, [request], 1)  # no costs known for KEY
+
+    try:
+        (outcome,) = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert isinstance(outcome, Predictions) and len(outcome.labels) == 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
