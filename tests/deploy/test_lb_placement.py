@@ -183,13 +183,18 @@ def test_twenty_equally_used_models_of_different_sizes_spread_evenly(
     assert {r[0] for r in results} == {200}
     s.wait_for("placed all 20", lambda a: len(a.models) == 20)
 
-    s.settled()
-
-    # Where each model is served now, asked through HAProxy (the map, not the Redis value).
-    nodes_of: dict[str, set[str | None]] = {}
-    for m, (_, node, route) in zip(names * 2, send_concurrently(s.lb.url, names * 2, 1), strict=True):
-        assert route == "placed"
-        nodes_of.setdefault(m, set()).add(node)
+    # Where each model is served, asked through HAProxy (the map, not the Redis value), under one
+    # placement: the nodes' heartbeats can still teach the agent sizes after it went quiet, and a
+    # snapshot taken across a republish would show a model on two nodes (seen once in CI).
+    for _ in range(3):
+        placed = s.settled()
+        nodes_of: dict[str, set[str | None]] = {}
+        for m, (_, node, route) in zip(names * 2, send_concurrently(s.lb.url, names * 2, 1), strict=True):
+            assert route == "placed"
+            nodes_of.setdefault(m, set()).add(node)
+        now = s.placement()
+        if now is not None and now.generation == placed.generation:
+            break
     assert all(len(v) == 1 for v in nodes_of.values()), nodes_of
     count: Counter[str | None] = Counter()
     held: Counter[str | None] = Counter()
