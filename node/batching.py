@@ -62,7 +62,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -313,11 +313,11 @@ class Batcher:
                 return (await running)[0]
             if done:
                 outcomes, wall, cpu = running.result()
-                self._count_starved(guard, lambda: guard.observe(key, wall, cpu))
+                self._count_starved(guard.observe(key, wall, cpu))
                 return outcomes
             running.add_done_callback(_unheeded)
             running.cancel()  # still queued behind other starved copies: it never runs (else no-op)
-            self._count_starved(guard, lambda: guard.starving(key, expected_cpu))
+            self._count_starved(guard.starving(key, expected_cpu))
             if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
                 return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
         outcomes, wall, cpu = await loop.run_in_executor(
@@ -326,10 +326,8 @@ class Batcher:
         guard.observe(key, wall, cpu)
         return outcomes
 
-    def _count_starved(self, guard: StarvationGuard, record: Callable[[], None]) -> None:
-        events = guard.events
-        record()
-        if guard.events != events and self.metrics is not None:
+    def _count_starved(self, newly_starved: bool) -> None:
+        if newly_starved and self.metrics is not None:
             self.metrics.heavy_starved.inc()
 
     def _run_timed(

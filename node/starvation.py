@@ -60,27 +60,31 @@ class StarvationGuard:
         """How long a predict expected to cost `expected_cpu_s` may run under SCHED_IDLE unstarved."""
         return max(self.starved_ratio * expected_cpu_s, expected_cpu_s + self.min_wait_s)
 
-    def starving(self, key: Hashable, expected_cpu_s: float) -> None:
-        """A predict of `key` under SCHED_IDLE is still running after `patience`: starved."""
-        if key not in self._starved:
-            self._mark(
-                key,
-                f"a predict expected to take {expected_cpu_s * 1e3:.0f} ms of CPU is still running "
-                f"after {self.patience(expected_cpu_s) * 1e3:.0f} ms",
-            )
+    def starving(self, key: Hashable, expected_cpu_s: float) -> bool:
+        """A predict of `key` under SCHED_IDLE is still running after `patience`: starved.
+        True when that newly marks the model starved."""
+        if key in self._starved:
+            return False
+        return self._mark(
+            key,
+            f"a predict expected to take {expected_cpu_s * 1e3:.0f} ms of CPU is still running "
+            f"after {self.patience(expected_cpu_s) * 1e3:.0f} ms",
+        )
 
-    def observe(self, key: Hashable, wall_s: float, cpu_s: float) -> None:
-        """Record one heavy predict of `key`, run where `starved(key)` said."""
+    def observe(self, key: Hashable, wall_s: float, cpu_s: float) -> bool:
+        """Record one heavy predict of `key`, run where `starved(key)` said; True when that newly
+        marks the model starved."""
         if key not in self._starved:
             if wall_s >= self.starved_ratio * cpu_s and wall_s - cpu_s >= self.min_wait_s:
-                self._mark(
+                return self._mark(
                     key, f"a predict got {100 * cpu_s / wall_s:.0f}% of a CPU over {wall_s * 1e3:.0f} ms"
                 )
         elif wall_s < self.free_ratio * cpu_s:
             del self._starved[key]
             log.info("model %s is no longer starved: its predicts run under SCHED_IDLE again", _name(key))
+        return False
 
-    def _mark(self, key: Hashable, why: str) -> None:
+    def _mark(self, key: Hashable, why: str) -> bool:
         self.events += 1
         self._starved[key] = None
         if len(self._starved) > _MAX_KEYS:
@@ -91,6 +95,7 @@ class StarvationGuard:
             _name(key),
             why,
         )
+        return True
 
 
 def _name(key: Hashable) -> str:

@@ -165,8 +165,20 @@ class Stalled:
 HEAVY_POOL, STARVED_POOL = "modelcache-predict-heavy", "modelcache-predict-starved"
 
 
+@pytest.fixture
+def real_big(registry: Registry, publish: PublishFn) -> LoadedModel:
+    meta = publish("big", "1")
+    return deserialize(meta, registry.artifact_path(meta).read_bytes())
+
+
+def stalled(real: LoadedModel, waits: dict[str, float]) -> tuple[Stalled, LoadedModel]:
+    """`real` behind a `Stalled` adapter (1 ms of CPU, then `waits` by pool), and the model using it."""
+    adapter = Stalled(real.adapter, 0.001, waits)
+    return adapter, LoadedModel(real.meta, adapter)
+
+
 def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
-    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch
+    real_big: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -177,12 +189,9 @@ def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
     monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
     otel.install("n1")
     try:
-        meta = publish("big", "1")
-        real = deserialize(meta, registry.artifact_path(meta).read_bytes())
         # The SCHED_IDLE copy outlives its patience (~51 ms) but ends before the nice copy does,
         # so both copies have stamped the request when its caller is answered.
-        adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.4})
-        big = LoadedModel(meta, adapter)
+        adapter, big = stalled(real_big, {HEAVY_POOL: 0.15, STARVED_POOL: 0.4})
         batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle")
         row = [[0.1, 0.2, 0.3, 0.4]]
         hedged = "ef" * 16
@@ -204,11 +213,9 @@ def test_a_hedged_predict_whose_two_copies_both_ended_still_records_its_spans(
 
 
 def test_a_batcher_closed_while_a_heavy_predict_outlives_its_patience_does_not_leave_its_caller_waiting(
-    registry: Registry, publish: PublishFn
+    real_big: LoadedModel,
 ) -> None:
-    meta = publish("big", "1")
-    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
-    big = LoadedModel(meta, Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.3}))
+    _, big = stalled(real_big, {HEAVY_POOL: 0.3})
     batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
 
@@ -227,7 +234,7 @@ def test_a_batcher_closed_while_a_heavy_predict_outlives_its_patience_does_not_l
 
 @pytest.mark.parametrize("cannot", ["forbidden", "not-linux"])
 def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use_sched_idle(
-    registry: Registry, publish: PublishFn, monkeypatch: pytest.MonkeyPatch, cannot: str
+    real_big: LoadedModel, monkeypatch: pytest.MonkeyPatch, cannot: str
 ) -> None:
     """A seccomp profile forbidding sched_setscheduler (or another OS): the heavy pool runs at nice
     +10 (or normal priority), not SCHED_IDLE, so a slow predict there is contention the nice pool
@@ -242,10 +249,7 @@ def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use
         monkeypatch.setattr(priority.os, "sched_setscheduler", forbidden)
     else:
         monkeypatch.setattr(priority, "LINUX", False)
-    meta = publish("big", "1")
-    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
-    adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.15, STARVED_POOL: 0.15})
-    big = LoadedModel(meta, adapter)
+    adapter, big = stalled(real_big, {HEAVY_POOL: 0.15, STARVED_POOL: 0.15})
     metrics = NodeMetrics()
     batcher = Batcher(64, metrics, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
@@ -263,16 +267,13 @@ def test_a_slow_heavy_predict_is_not_run_twice_when_the_heavy_pool_could_not_use
 
 
 def test_a_hedged_predict_whose_sched_idle_copy_never_started_does_not_run_it_later(
-    registry: Registry, publish: PublishFn
+    real_big: LoadedModel,
 ) -> None:
     """Two heavy models starve at once on a pool of one thread: the second one's SCHED_IDLE copy
     waits in the pool's queue when its hedge answers the callers. That copy is dead work: left
     queued it would run (and delay every later SCHED_IDLE predict) as soon as the thread frees."""
-    meta = publish("big", "1")
-    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
-    first = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
-    second = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
-    a, b = LoadedModel(meta, first), LoadedModel(meta, second)
+    first, a = stalled(real_big, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
+    second, b = stalled(real_big, {HEAVY_POOL: 0.4, STARVED_POOL: 0.0})
     batcher = Batcher(64, heavy_predict_s=0.0002, heavy_sched="idle", threads=1)
     row = [[0.1, 0.2, 0.3, 0.4]]
 
@@ -294,14 +295,11 @@ def test_a_hedged_predict_whose_sched_idle_copy_never_started_does_not_run_it_la
 
 
 def test_a_starved_predict_whose_callers_all_gave_up_is_not_run_again(
-    registry: Registry, publish: PublishFn
+    real_big: LoadedModel,
 ) -> None:
     """The client timed out while its predict waited for a CPU under SCHED_IDLE: running the batch
     again at nice +10, on a machine whose CPUs are already full, would answer nobody."""
-    meta = publish("big", "1")
-    real = deserialize(meta, registry.artifact_path(meta).read_bytes())
-    adapter = Stalled(real.adapter, 0.001, {HEAVY_POOL: 0.2, STARVED_POOL: 0.0})
-    big = LoadedModel(meta, adapter)
+    adapter, big = stalled(real_big, {HEAVY_POOL: 0.2, STARVED_POOL: 0.0})
     metrics = NodeMetrics()
     batcher = Batcher(64, metrics, heavy_predict_s=0.0002, heavy_sched="idle")
     row = [[0.1, 0.2, 0.3, 0.4]]
