@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from coordinator.errors import ModelCacheError
 from coordinator.haproxy_api import RuntimeAPI
@@ -26,6 +27,12 @@ from coordinator.redis_url import redact
 from coordinator.registry import AnyRegistry, Registry, open_registry
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    """`error: message` in red; the message's own brackets (`modelcache[local]`) are text, not markup."""
+    console.print(f"[red]error:[/] {escape(message)}")
+
 
 # `up --port B` opens every port in [B, B + PORT_SPAN), so two local clusters whose bases
 # are PORT_SPAN apart never collide: nodes from B, their gRPC ports from B+50, then Redis
@@ -155,7 +162,7 @@ def run_up(args: argparse.Namespace) -> int:
         with_lb = not args.no_lb and find_haproxy() is not None
         plan = Ports.plan(args.port, args.nodes, not args.redis_url, with_lb, args.lb_port)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return 2
     # The embedded Redis listens on 127.0.0.1 whatever --host says.
     busy = [p for p in plan.all() if not port_free("127.0.0.1" if p == plan.redis else args.host, p)]
@@ -232,10 +239,10 @@ def run_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:
-        console.print(f"[red]error:[/] {exc} (logs in {log_dir})")
+        _error(f"{exc} (logs in {log_dir})")
         return 1
     except (FileNotFoundError, ModelCacheError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return 2
     finally:
         console.print("stopping…")

