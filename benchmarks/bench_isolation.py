@@ -13,7 +13,8 @@ Reported per configuration (medians over `--reps`): the small model's p99 alone 
 beside the big batches and their ratio (the target is <= 3x), and the big model's rows
 per second alone and beside the small traffic. Configurations: `one_thread`
 (`MODELCACHE_PREDICT_THREADS=1`, the old single thread), `default` (heavy predicts at
-nice +10), `sched_idle` (under SCHED_IDLE, opt-in), `heavy_not_lowered`, and with
+nice +10), `sched_idle` (under SCHED_IDLE, opt-in), `process` (SCHED_IDLE worker
+processes, opt-in), `heavy_not_lowered`, and with
 `--base-root DIR` a node from another checkout (e.g. main before a change).
 
 `--hogs N` runs N busy-looping processes at normal priority through every phase: the
@@ -219,6 +220,7 @@ def main() -> None:
         "default": (ROOT, {}),
         # Heavy predicts under SCHED_IDLE instead of nice +10 (opt-in), and not lowered at all.
         "sched_idle": (ROOT, {"MODELCACHE_HEAVY_PREDICT_SCHED": "idle"}),
+        "process": (ROOT, {"MODELCACHE_HEAVY_PREDICT_SCHED": "process"}),
         "heavy_not_lowered": (
             ROOT,
             {"MODELCACHE_HEAVY_PREDICT_SCHED": "nice", "MODELCACHE_HEAVY_PREDICT_NICE": "0"},

@@ -42,7 +42,8 @@ Semantics of `predict(key, model, rows)`:
   SCHED_IDLE, or nice +`heavy_nice`; node.priority), and a lone row of it is never
   predicted on the loop: under contention the kernel serves the loop and the light
   models first, and an idle machine still gives the heavy model every spare cycle
-  (docs/design.md, Isolation).
+  (docs/design.md, Isolation). With `heavy_sched="process"` a heavy XGBoost booster is
+  predicted in a SCHED_IDLE worker process instead (node.heavy_worker), awaited on the loop.
 
 Where predicts run (measured with `bench_http.py --batch-modes thread adaptive`; the
 run was committed as `benchmarks/results/http_batching.json`, now in git history): a
@@ -71,6 +72,7 @@ import numpy as np
 
 from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
+from node.heavy_worker import HeavyWorker, WorkerGone
 from node.metrics import NodeMetrics
 from node.priority import HeavySched, lower_this_thread
 from node.runtimes import LoadedModel, Predictions, Row
@@ -86,6 +88,8 @@ SCHED_IDLE thread holding (or being handed) the GIL while other processes fill t
 to release it, and the event loop waits with it (~1 s beside one busy process; node.starvation)."""
 HEAVY_NICE = 10
 """With `heavy_sched="nice"`: how much they raise their nice value (+10: ~1/10 of a nice-0 thread's share)."""
+WORKER_RETRY_S = 30.0
+"""After a heavy predict worker failed to start or load, its models are predicted in the node this long."""
 _EWMA = 0.25
 _MAX_COSTS = 4096  # lanes whose cost is remembered (one per model version served lately)
 
@@ -148,13 +152,19 @@ class Batcher:
         is not SCHED_IDLE starvation and running it again would only double its CPU."""
         # Under SCHED_IDLE a heavy model can starve when other work fills the CPUs: it then runs
         # on a third pool at nice +heavy_nice until the CPUs have room again (node.starvation).
-        self._guard = StarvationGuard() if heavy_sched == "idle" else None
+        self._guard = StarvationGuard() if heavy_sched in ("idle", "process") else None
         self._starved = ThreadPoolExecutor(
             threads,
             thread_name_prefix="modelcache-predict-starved",
             initializer=_lower_starved_thread,
             initargs=(heavy_nice,),
         )
+        # HEAVY_PREDICT_SCHED=process: heavy XGBoost predicts go to SCHED_IDLE worker processes
+        # (node.heavy_worker), awaited on the event loop; the heavy pool, at nice +heavy_nice,
+        # serves the models a worker cannot take. A model always goes to the same worker: one
+        # copy of it, whose trees stay warm in that CPU's caches.
+        process = heavy_sched == "process"
+        self._slots = [_WorkerSlot(self._starved) for _ in range(threads)] if process else []
         self.heavy_predict_s = heavy_predict_s
         # Per lane: EWMAs of CPU seconds per predict call and per row.
         self._costs: dict[Hashable, tuple[float, float]] = {}
@@ -168,6 +178,8 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._heavy.shutdown(wait=False, cancel_futures=True)
         self._starved.shutdown(wait=False, cancel_futures=True)
+        for slot in self._slots:
+            slot.close()
 
     def is_heavy(self, key: Hashable, rows: int = 1) -> bool:
         """Whether a predict of `rows` rows for `key` belongs on the low-priority pool: the lane's
@@ -300,7 +312,9 @@ class Batcher:
         no CPU for seconds, finishes unheeded (a predict has no side effects)."""
         loop = asyncio.get_running_loop()
         guard = self._guard
-        if guard is None or self._heavy_idle is False:  # heavy_sched="nice" (or SCHED_IDLE refused)
+        if self._slots and _portable(batch[0].model):
+            return await self._run_in_worker(key, batch, rows)
+        if guard is None or self._heavy_idle is False:  # "nice", "process" (in the node), SCHED_IDLE refused
             return await loop.run_in_executor(self._heavy, self._run, key, batch)
         if not guard.starved(key):
             running = loop.run_in_executor(self._heavy, self._run_timed, key, batch, time.perf_counter())
@@ -325,6 +339,59 @@ class Batcher:
         )
         guard.observe(key, wall, cpu)
         return outcomes
+
+    async def _run_in_worker(self, key: Hashable, batch: list[_Request], rows: int) -> list[Outcome]:
+        """`_run` in the model's worker process, guarded as SCHED_IDLE threads are (`_run_heavy`).
+
+        In the node at nice +10 instead while the worker does not hold the model yet (it gets it
+        in the background), while the model is starved, and when the worker fails."""
+        loop = asyncio.get_running_loop()
+        guard = self._guard
+        assert guard is not None
+        model = batch[0].model
+        adapter: Any = model.adapter
+        slot = self._slots[adapter.token % len(self._slots)]
+        worker = slot.ready(adapter)
+        # Busy: still on a batch whose callers the node answered (starved or stopped): not behind it.
+        if worker is None or guard.starved(key) or worker.lock.locked():
+            outcomes, wall, cpu = await loop.run_in_executor(
+                self._starved, self._run_timed, key, batch, time.perf_counter()
+            )
+            if guard.starved(key):  # at nice +10: back to the worker once this got half a CPU
+                guard.observe(key, wall, cpu)
+            return outcomes
+        x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+        self._count_call(model, len(x))
+        start, submitted = time.time_ns() if self.timed else 0, time.perf_counter()
+        running = asyncio.ensure_future(slot.predict(worker, adapter.token, x))
+        cost = self._costs.get(key)
+        expected_cpu = cost[1] * rows if cost is not None else self.heavy_predict_s
+        done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
+        if done:
+            try:
+                whole, cpu = running.result()
+            except WorkerGone as exc:
+                log.warning("%s; predicting in the node instead", exc)
+                return await loop.run_in_executor(self._starved, self._run, key, batch)
+            self._count_starved(guard.observe(key, time.perf_counter() - submitted, cpu))
+            self._observe_cost(key, cpu, len(x))
+            if self.timed:
+                _stamp(batch, start, time.time_ns(), len(x))
+            return _split(batch, whole)
+        running.add_done_callback(_unheeded)  # not cancelled: its reply keeps the socket in step
+        self._count_starved(guard.starving(key, expected_cpu))
+        if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
+            return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
+        outcomes, wall, cpu = await loop.run_in_executor(
+            self._starved, self._run_timed, key, batch, time.perf_counter()
+        )
+        guard.observe(key, wall, cpu)
+        return outcomes
+
+    def _count_call(self, model: LoadedModel, rows: int) -> None:
+        self.calls += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch_rows(model.meta.model_type, rows)
 
     def _count_starved(self, newly_starved: bool) -> None:
         if newly_starved and self.metrics is not None:
@@ -365,9 +432,7 @@ class Batcher:
         """One predict for the whole batch; on failure, one per request (runs in the predict thread)."""
         model = batch[0].model
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-        self.calls += 1
-        if self.metrics is not None:
-            self.metrics.observe_batch_rows(model.meta.model_type, len(x))
+        self._count_call(model, len(x))
         start = time.time_ns() if self.timed else 0
         cpu = time.thread_time()  # CPU time: what the model costs, whatever the contention
         try:
@@ -379,18 +444,90 @@ class Batcher:
         self._observe_cost(key, time.thread_time() - cpu, len(x))
         if self.timed:
             _stamp(batch, start, time.time_ns(), len(x))
-        if len(batch) == 1:
-            return [whole]
-        out: list[Outcome] = []
-        start = 0
-        for request in batch:
-            stop = start + len(request.x)
-            out.append(whole.rows(start, stop))
-            start = stop
-        return out
+        return _split(batch, whole)
 
     def _alone(self, key: Hashable, request: _Request) -> Outcome:
         return self._run(key, [request])[0]
+
+
+class _WorkerSlot:
+    """One heavy predict worker process, started and given each model off the request path.
+
+    A model the worker does not hold yet is predicted in the node (at nice +10) meanwhile:
+    starting Python and loading a 3,000-tree model take ~0.5 s, which must not count
+    against the starvation guard's patience nor keep callers waiting."""
+
+    def __init__(self, serialiser: ThreadPoolExecutor) -> None:
+        self.worker: HeavyWorker | None = None
+        self._serialiser = serialiser  # to_ubj: ~10 ms for a big model, kept off the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._preparing: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._closed = False
+
+    def ready(self, adapter: Any) -> HeavyWorker | None:
+        """The worker, if it holds this booster now; else None, and it gets it in the background."""
+        loop = asyncio.get_running_loop()
+        worker = self.worker
+        if worker is not None and (self._loop is not loop or not worker.alive()):
+            worker.close()  # died, or bound to another event loop (a test's earlier asyncio.run)
+            self.worker = worker = None
+        if worker is not None and worker.holds(adapter.token):
+            return worker
+        if self._preparing is not None and self._preparing.get_loop() is not loop:
+            self._preparing = None  # left pending by a loop that ended
+        if self._preparing is None and not self._closed and time.monotonic() >= self._retry_at:
+            self._preparing = loop.create_task(self._prepare(adapter))
+        return None
+
+    async def predict(self, worker: HeavyWorker, token: int, x: np.ndarray) -> tuple[Predictions, float]:
+        async with worker.lock:
+            return await worker.predict(token, x)
+
+    async def _prepare(self, adapter: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.worker is None:
+                worker = await HeavyWorker.start()
+                if self._closed:
+                    worker.close()
+                    return
+                self.worker, self._loop = worker, loop
+                log.debug("heavy predict worker %s runs as %s", worker.pid, worker.runs_as)
+            worker = self.worker
+            ubj = await loop.run_in_executor(self._serialiser, adapter.to_ubj)
+            async with worker.lock:
+                if not worker.holds(adapter.token):
+                    await worker.load(adapter.token, ubj)
+        except (OSError, RuntimeError, WorkerGone) as exc:
+            log.warning("heavy predict worker not ready (%s): predicting in the node", exc)
+            self._retry_at = time.monotonic() + WORKER_RETRY_S
+        finally:
+            self._preparing = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def _portable(model: LoadedModel) -> bool:
+    """Whether a heavy predict worker can take the model (an XGBoost booster: it has a UBJ form)."""
+    return hasattr(model.adapter, "to_ubj")
+
+
+def _split(batch: list[_Request], whole: Predictions) -> list[Outcome]:
+    """Each request's share of one predict over the whole batch."""
+    if len(batch) == 1:
+        return [whole]
+    out: list[Outcome] = []
+    start = 0
+    for request in batch:
+        stop = start + len(request.x)
+        out.append(whole.rows(start, stop))
+        start = stop
+    return out
 
 
 def _lower_starved_thread(nice: int) -> None:

@@ -15,6 +15,8 @@ otherwise idle machine). Two ways, chosen by `HEAVY_PREDICT_SCHED`:
   share (nice +10) when other processes fill the CPU (docs/design.md, Isolation).
   SCHED_IDLE is not the default: its thread, holding or handed the GIL while other
   processes fill the CPUs, gets no CPU to let go of it, and the event loop waits (~1 s).
+- `process`: heavy XGBoost predicts in SCHED_IDLE worker processes (node.heavy_worker),
+  which have their own GIL; this pool's threads, at nice, serve the other heavy models.
 
 Both only lower: no privilege is needed (a seccomp profile may still forbid it:
 then the thread falls back to nice, or stays at normal priority, and a warning
@@ -34,7 +36,7 @@ from typing import Literal
 
 log = logging.getLogger("modelcache.priority")
 
-HeavySched = Literal["idle", "nice"]
+HeavySched = Literal["idle", "nice", "process"]
 LINUX = sys.platform.startswith("linux")
 
 

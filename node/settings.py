@@ -117,9 +117,11 @@ class NodeSettings(BaseSettings):
     """A model whose predict calls average more CPU than this (EWMA) is heavy: its predicts run on
     threads at a lower OS priority (HEAVY_PREDICT_SCHED), and never on the event loop."""
     heavy_predict_sched: HeavySched = "nice"
-    """How heavy models' predict threads yield the CPU (Linux): nice (HEAVY_PREDICT_NICE) or idle
-    (SCHED_IDLE, preempted as soon as other work wakes; the least share under contention, and
-    while other processes fill the CPUs a SCHED_IDLE thread holding the GIL stalls the event loop)."""
+    """How heavy models' predicts yield the CPU (Linux): nice (threads at HEAVY_PREDICT_NICE), idle
+    (SCHED_IDLE threads, preempted as soon as other work wakes; the least share under contention, and
+    while other processes fill the CPUs a SCHED_IDLE thread holding the GIL stalls the event loop) or
+    process (XGBoost predicts in SCHED_IDLE worker processes with their own GIL: idle's latency
+    without its stall, for a copy of each heavy booster outside the byte budget; node.heavy_worker)."""
     heavy_predict_nice: int = Field(10, ge=0, le=19)
     """How much heavy predict threads raise their nice value (with HEAVY_PREDICT_SCHED=idle: the
     threads of a model starved under SCHED_IDLE); 0: not at all."""

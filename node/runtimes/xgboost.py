@@ -6,6 +6,7 @@ Formats `xgboost-ubj` and `xgboost-json` load natively (no pickle).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import math
 from typing import Any
@@ -17,6 +18,7 @@ from node.runtimes.base import BINARY, MULTICLASS, REGRESSION, Predictions
 
 FORMATS = ("xgboost-ubj", "xgboost-json")
 PLATFORM = "xgboost"
+_TOKENS = itertools.count(1)
 
 
 # Objectives whose dense predict is exactly XGBoost's own inplace_predict on a
@@ -109,6 +111,8 @@ class BoosterAdapter:
     def __init__(self, booster: Any) -> None:
         booster.set_param({"nthread": 1})  # the default spins an OpenMP thread after each call
         self.booster = booster
+        self.token = next(_TOKENS)
+        """Names this loaded booster to heavy predict workers (node.heavy_worker), never reused."""
         self.n_features = int(booster.num_features())
         objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
         self.objective = objective
@@ -134,6 +138,10 @@ class BoosterAdapter:
         except Exception:
             same = False
         return dense if same else None
+
+    def to_ubj(self) -> bytes:
+        """The booster as UBJ bytes, for a heavy predict worker to load its own copy."""
+        return bytes(self.booster.save_raw("ubj"))
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """XGBoost's output for `x`: one value per row, or one row of class scores each."""

@@ -23,7 +23,7 @@ from coordinator.processes import stop_process
 from coordinator.registry import Registry
 from node.batching import Batcher, _Request
 from node.metrics import NodeMetrics
-from node.priority import thread_priority
+from node.priority import HeavySched, thread_priority
 from node.runtime import LoadedModel, Predictions, deserialize
 from node.starvation import StarvationGuard
 from tests.helpers import PublishFn
@@ -342,8 +342,9 @@ def test_a_heavy_predict_whose_lane_costs_were_forgotten_meanwhile_still_runs(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("sched", ["nice", "process"])
 def test_heavy_predicts_beside_a_busy_process_never_stall_the_event_loop_for_long(
-    registry: Registry, publish: PublishFn
+    registry: Registry, publish: PublishFn, sched: HeavySched
 ) -> None:
     """The GIL is a lock the event loop and the heavy pool's threads share. A SCHED_IDLE thread
     that holds it (the Python around XGBoost's GIL-free predict), or is handed it (CPython waits
@@ -356,7 +357,7 @@ def test_heavy_predicts_beside_a_busy_process_never_stall_the_event_loop_for_lon
     affinity = os.sched_getaffinity(0)
     hog: subprocess.Popen[bytes] | None = None
     os.sched_setaffinity(0, {cpu})
-    batcher = Batcher(4096, heavy_predict_s=0.002)  # the node's defaults otherwise
+    batcher = Batcher(4096, heavy_predict_s=0.002, heavy_sched=sched)  # the node's defaults otherwise
     try:
         keys = [("big", "1"), ("big", "2"), ("big", "3")]  # three heavy models' clients
         for key in keys:
