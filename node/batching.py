@@ -63,7 +63,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -163,8 +163,8 @@ class Batcher:
         # (node.heavy_worker), awaited on the event loop; the heavy pool, at nice +heavy_nice,
         # serves the models a worker cannot take. A model always goes to the same worker: one
         # copy of it, whose trees stay warm in that CPU's caches.
-        process = heavy_sched == "process"
-        self._slots = [_WorkerSlot(self._starved) for _ in range(threads)] if process else []
+        workers = threads if heavy_sched == "process" else 0
+        self._slots = [_WorkerSlot(self._starved, self._count_worker_failure) for _ in range(workers)]
         self.heavy_predict_s = heavy_predict_s
         # Per lane: EWMAs of CPU seconds per predict call and per row.
         self._costs: dict[Hashable, tuple[float, float]] = {}
@@ -372,6 +372,7 @@ class Batcher:
                 whole, cpu = running.result()
             except WorkerGone as exc:
                 log.warning("%s; predicting in the node instead", exc)
+                self._count_worker_failure()
                 return await loop.run_in_executor(self._starved, self._run, key, batch)
             self._count_starved(guard.observe(key, time.perf_counter() - submitted, cpu))
             self._observe_cost(key, cpu, len(x))
@@ -392,6 +393,10 @@ class Batcher:
         self.calls += 1
         if self.metrics is not None:
             self.metrics.observe_batch_rows(model.meta.model_type, rows)
+
+    def _count_worker_failure(self) -> None:
+        if self.metrics is not None:
+            self.metrics.heavy_worker_failures.inc()
 
     def _count_starved(self, newly_starved: bool) -> None:
         if newly_starved and self.metrics is not None:
@@ -457,9 +462,10 @@ class _WorkerSlot:
     starting Python and loading a 3,000-tree model take ~0.5 s, which must not count
     against the starvation guard's patience nor keep callers waiting."""
 
-    def __init__(self, serialiser: ThreadPoolExecutor) -> None:
+    def __init__(self, serialiser: ThreadPoolExecutor, count_failure: Callable[[], None]) -> None:
         self.worker: HeavyWorker | None = None
         self._serialiser = serialiser  # to_ubj: ~10 ms for a big model, kept off the loop
+        self._count_failure = count_failure
         self._loop: asyncio.AbstractEventLoop | None = None
         self._preparing: asyncio.Task[None] | None = None
         self._retry_at = 0.0
@@ -470,7 +476,10 @@ class _WorkerSlot:
         loop = asyncio.get_running_loop()
         worker = self.worker
         if worker is not None and (self._loop is not loop or not worker.alive()):
-            worker.close()  # died, or bound to another event loop (a test's earlier asyncio.run)
+            if not worker.closed and worker.process.poll() is not None:  # it exited on its own
+                log.warning("heavy predict worker %s exited (%s)", worker.pid, worker.process.poll())
+                self._count_failure()
+            worker.close()  # or it is bound to another event loop (a test's earlier asyncio.run)
             self.worker = worker = None
         if worker is not None and worker.holds(adapter.token):
             return worker
@@ -501,6 +510,7 @@ class _WorkerSlot:
                     await worker.load(adapter.token, ubj)
         except (OSError, RuntimeError, WorkerGone) as exc:
             log.warning("heavy predict worker not ready (%s): predicting in the node", exc)
+            self._count_failure()
             self._retry_at = time.monotonic() + WORKER_RETRY_S
         finally:
             self._preparing = None

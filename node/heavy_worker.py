@@ -80,6 +80,8 @@ class HeavyWorker:
         self._models: OrderedDict[int, None] = OrderedDict()  # tokens it holds, oldest first
         self.lock = asyncio.Lock()
         """Held by the caller for a whole exchange: replies come in the order of requests."""
+        self.closed = False
+        """Whether the node closed it (after a failure it reported, or at shutdown)."""
         self.runs_as = "?"
         """What the worker runs as: "SCHED_IDLE", or its fallback where that was refused."""
 
@@ -158,6 +160,7 @@ class HeavyWorker:
 
     def close(self) -> None:
         """Kill the worker (it holds nothing that needs a clean stop) and reap it."""
+        self.closed = True
         try:
             self._writer.close()
         except RuntimeError:  # its event loop is closed (a test's asyncio.run ended)

@@ -276,6 +276,13 @@ class NodeMetrics:
             "nice +10 until the CPUs have room again; the log names the model.",
             registry=r,
         )
+        self.heavy_worker_failures = Counter(
+            "modelcache_heavy_worker_failures_total",
+            "HEAVY_PREDICT_SCHED=process: times a heavy predict worker process failed to start or load a "
+            "model, died, hung or answered junk; each time the batch was predicted in the node and the "
+            "worker replaced. The log says what happened.",
+            registry=r,
+        )
         self.background_errors = Counter(
             "modelcache_background_errors_total",
             "Errors caught at the top of a background thread (cluster sync, cache sweep); it goes on.",

@@ -210,13 +210,15 @@ def test_a_request_whose_worker_died_is_answered_by_the_node_and_a_new_worker_ta
         assert run.slot.worker is not None
         first = run.slot.worker.pid
         os.kill(first, signal.SIGKILL)
+        run.slot.worker.process.wait(5)  # dead between two batches: the next one notices
         _same(await run.predict(), big.adapter.predict(_x()))  # from the node
-        assert run.spy.in_node == 3
+        assert run.spy.in_node == 3 and run.metrics.heavy_worker_failures._value.get() == 1
         await run.predict()  # a new worker starts and gets the model meanwhile
         await run.until_held()
         before = run.spy.in_node
         _same(await run.predict(), big.adapter.predict(_x()))
         assert run.spy.in_node == before and run.slot.worker.pid != first
+        assert run.metrics.heavy_worker_failures._value.get() == 1
         run.batcher.close()
 
     asyncio.run(main())
@@ -235,6 +237,7 @@ def test_a_stopped_worker_is_hedged_in_the_node_without_waiting_for_its_timeout(
             assert run.spy.in_node == 3 and run.metrics.heavy_starved._value.get() == 1
             await run.predict()  # in the node at once, not sent behind the stopped worker's batch
             assert run.spy.in_node == 4 and run.metrics.heavy_starved._value.get() == 1
+            assert run.metrics.heavy_worker_failures._value.get() == 0  # slow is not failed
         finally:
             os.kill(worker.pid, signal.SIGCONT)
             run.batcher.close()
