@@ -72,7 +72,7 @@ import numpy as np
 
 from node import tracing
 from node.errors import InvalidInput, ModelOverloaded
-from node.heavy_worker import HeavyWorker, WorkerGone
+from node.heavy_worker import HeavyWorker, ModelRefused, WorkerGone
 from node.metrics import NodeMetrics
 from node.priority import HeavySched, lower_this_thread
 from node.runtimes import LoadedModel, Predictions, Row
@@ -361,7 +361,6 @@ class Batcher:
                 guard.observe(key, wall, cpu)
             return outcomes
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-        self._count_call(model, len(x))
         start, submitted = time.time_ns() if self.timed else 0, time.perf_counter()
         running = asyncio.ensure_future(slot.predict(worker, adapter.token, x))
         cost = self._costs.get(key)
@@ -375,6 +374,7 @@ class Batcher:
                 self._count_worker_failure()
                 return await loop.run_in_executor(self._starved, self._run, key, batch)
             self._count_starved(guard.observe(key, time.perf_counter() - submitted, cpu))
+            self._count_call(model, len(x))  # here, not before: a batch the node predicts counts there
             self._observe_cost(key, cpu, len(x))
             if self.timed:
                 _stamp(batch, start, time.time_ns(), len(x))
@@ -470,6 +470,7 @@ class _WorkerSlot:
         self._preparing: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._closed = False
+        self._refused: dict[int, None] = {}  # boosters the worker could not load: in the node for good
 
     def ready(self, adapter: Any) -> HeavyWorker | None:
         """The worker, if it holds this booster now; else None, and it gets it in the background."""
@@ -483,6 +484,8 @@ class _WorkerSlot:
             self.worker = worker = None
         if worker is not None and worker.holds(adapter.token):
             return worker
+        if adapter.token in self._refused:
+            return None
         if self._preparing is not None and self._preparing.get_loop() is not loop:
             self._preparing = None  # left pending by a loop that ended
         if self._preparing is None and not self._closed and time.monotonic() >= self._retry_at:
@@ -508,7 +511,13 @@ class _WorkerSlot:
             async with worker.lock:
                 if not worker.holds(adapter.token):
                     await worker.load(adapter.token, ubj)
-        except (OSError, RuntimeError, WorkerGone) as exc:
+        except ModelRefused as exc:
+            log.warning("%s: predicting it in the node", exc)
+            self._count_failure()
+            self._refused[adapter.token] = None
+            if len(self._refused) > _MAX_COSTS:
+                self._refused.pop(next(iter(self._refused)))
+        except Exception as exc:  # cannot start, died, or to_ubj failed: try again later
             log.warning("heavy predict worker not ready (%s): predicting in the node", exc)
             self._count_failure()
             self._retry_at = time.monotonic() + WORKER_RETRY_S

@@ -53,14 +53,24 @@ MAX_FRAME = 1 << 30
 _HEADER = struct.Struct("!I")
 # The worker lowers itself before importing anything: its start-up (numpy, then XGBoost at
 # its first model: ~0.5 s of CPU) must not compete with the node it is there to yield to.
+# It ignores Ctrl-C (a terminal sends SIGINT to the node's whole process group: the node
+# drains its requests, then closes the socket, which ends the worker), and asks the kernel
+# for SIGKILL when the node dies (a stopped worker never reads the EOF; PR_SET_PDEATHSIG
+# follows the thread that spawned it: the event loop's, which lives as long as the node).
 _LAUNCH = (
-    "import sys; from node.priority import lower_this_thread; runs_as = lower_this_thread('idle', 19); "
+    "import ctypes, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "sys.platform.startswith('linux') and ctypes.CDLL(None).prctl(1, 9); "
+    "from node.priority import lower_this_thread; runs_as = lower_this_thread('idle', 19); "
     "from node.heavy_worker import main; main(int(sys.argv[1]), runs_as)"
 )
 
 
 class WorkerGone(Exception):
     """The worker died, answered junk, failed or stayed silent: predict in the node instead."""
+
+
+class ModelRefused(WorkerGone):
+    """The worker could not load this one model (it is fine otherwise): predict it in the node."""
 
 
 class HeavyWorker:
@@ -137,10 +147,14 @@ class HeavyWorker:
         while len(self._models) >= self.max_models:
             drop.append(self._models.popitem(last=False)[0])
         self._send(("load", token, drop), ubj)  # the bytes as they are: no pickled copy on the loop
-        if (reply := await self._reply(self.reply_timeout_s)) != ("loaded", token):
-            self.close()
-            raise WorkerGone(f"heavy predict worker could not load the model: {str(reply)[:200]}")
-        self._models[token] = None
+        reply = await self._reply(self.reply_timeout_s)
+        if reply == ("loaded", token):
+            self._models[token] = None
+            return
+        if isinstance(reply, tuple) and reply[:1] == ("error",):
+            raise ModelRefused(f"heavy predict worker could not load the model: {str(reply[1:])[:200]}")
+        self.close()
+        raise WorkerGone(f"heavy predict worker answered {str(reply)[:200]} to a load")
 
     async def predict(self, token: int, x: np.ndarray) -> tuple[Predictions, float]:
         """Outputs of booster `token` (loaded) for `x`, and the worker's CPU seconds for them."""

@@ -54,12 +54,14 @@ def _same(a: Predictions, b: Predictions) -> None:
 
 
 def _gone(pid: int, within_s: float = 5.0) -> bool:
-    """Whether process `pid` (not our child, or already reaped) exits within `within_s`."""
+    """Whether process `pid` exits within `within_s` (a zombie its parent has not reaped counts)."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
             return True
         time.sleep(0.02)
     return False
@@ -124,8 +126,10 @@ def test_a_dead_or_silent_worker_is_gone_and_killed(big: LoadedModel, signum: in
     asyncio.run(main())
 
 
-def test_a_worker_exits_when_the_node_that_started_it_dies() -> None:
-    # A node killed outright closes its end of the socket: the worker reads EOF and exits.
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_worker_exits_when_the_node_that_started_it_dies(stopped: bool) -> None:
+    # A node killed outright closes its end of the socket: the worker reads EOF and exits; a
+    # stopped worker never reads it, and is killed by the kernel (PR_SET_PDEATHSIG) instead.
     script = (
         "import asyncio, time; from node.heavy_worker import HeavyWorker; "
         "w = asyncio.run(HeavyWorker.start()); print(w.pid, flush=True); time.sleep(60)"
@@ -134,7 +138,10 @@ def test_a_worker_exits_when_the_node_that_started_it_dies() -> None:
         try:
             assert node.stdout is not None
             worker_pid = int(node.stdout.readline())
-            assert not _gone(worker_pid, within_s=0.2)
+            os.kill(worker_pid, signal.SIGINT)  # Ctrl-C reaches the node's whole process group
+            assert not _gone(worker_pid, within_s=0.3)  # ignored: the node says when to stop
+            if stopped:
+                os.kill(worker_pid, signal.SIGSTOP)
             node.kill()
             node.wait(5)
             assert _gone(worker_pid)
@@ -232,8 +239,10 @@ def test_a_stopped_worker_is_hedged_in_the_node_without_waiting_for_its_timeout(
         os.kill(worker.pid, signal.SIGSTOP)  # as starved as a SCHED_IDLE process can be
         try:
             started = time.monotonic()
+            calls = run.batcher.calls
             _same(await run.predict(), big.adapter.predict(_x()))
             assert time.monotonic() - started < 10  # the guard's patience, not the 60 s reply timeout
+            assert run.batcher.calls == calls + 1  # one batch, predicted once (by the node)
             assert run.spy.in_node == 3 and run.metrics.heavy_starved._value.get() == 1
             await run.predict()  # in the node at once, not sent behind the stopped worker's batch
             assert run.spy.in_node == 4 and run.metrics.heavy_starved._value.get() == 1
@@ -241,6 +250,38 @@ def test_a_stopped_worker_is_hedged_in_the_node_without_waiting_for_its_timeout(
         finally:
             os.kill(worker.pid, signal.SIGCONT)
             run.batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_booster_the_worker_cannot_load_is_predicted_in_the_node_and_the_worker_kept(
+    big: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        run = await InWorker(big).start()
+        worker = run.slot.worker
+        assert worker is not None
+        bad = Spy(big.adapter)
+        bad.token = big.adapter.token + 10_000 * len(run.batcher._slots)  # same slot, another model
+        sent: list[int] = []
+        bad.to_ubj = lambda: sent.append(1) or b"not a booster"  # type: ignore[method-assign]
+        model = LoadedModel(big.meta, bad)
+        key = ("bad", "1")
+        for _ in range(2):  # light, then heavy (in the node while the worker tries to load it)
+            await run.batcher.predict(key, model, _x())
+        deadline = time.monotonic() + 30
+        while run.metrics.heavy_worker_failures._value.get() < 1:
+            assert time.monotonic() < deadline, "the worker never refused the junk"
+            await asyncio.sleep(0.05)
+        for seed in range(3):
+            _same(await run.batcher.predict(key, model, _x(seed=seed)), big.adapter.predict(_x(seed=seed)))
+        assert bad.in_node == 5 and sent == [1]  # in the node, never sent again
+        assert run.slot.worker is worker and worker.alive()  # the others keep it
+        before = run.spy.in_node
+        await run.predict()
+        assert run.spy.in_node == before  # still in the worker
+        assert "could not load the model" in caplog.text
+        run.batcher.close()
 
     asyncio.run(main())
 
