@@ -127,9 +127,15 @@ def test_a_heavy_model_starved_by_a_busy_process_runs_at_nice_until_the_cpu_is_f
         hog = None
         time.sleep(0.2)  # the unheeded first copy gets the CPU now and ends
         idle_before = len(adapter.seen) - adapter.seen.count(nice)
-        asyncio.run(predict())  # at nice +10 on a free CPU: room again
+        # At nice +10 on a free CPU: room again. (On a machine other work loads, a predict may
+        # still get under half a CPU: the model then stays at nice +10 for another predict.)
+        for _ in range(20):
+            asyncio.run(predict())
+            assert adapter.seen[-1] == nice
+            if not batcher._guard.starved(KEY):  # type: ignore[union-attr]
+                break
         asyncio.run(predict())  # under SCHED_IDLE again
-        assert adapter.seen.count(nice) == 3 and adapter.seen[-1][0] == "idle"
+        assert adapter.seen[-1][0] == "idle"
         assert len(adapter.seen) - adapter.seen.count(nice) == idle_before + 1
         assert metrics.heavy_starved._value.get() == 1
         batcher.close()
