@@ -318,10 +318,7 @@ class Batcher:
             return await loop.run_in_executor(self._heavy, self._run, key, batch)
         if not guard.starved(key):
             running = loop.run_in_executor(self._heavy, self._run_timed, key, batch, time.perf_counter())
-            # is_heavy(key) found the lane's costs, but a predict thread may have forgotten them
-            # since (over _MAX_COSTS lanes): then assume the heavy bound's worth.
-            cost = self._costs.get(key)
-            expected_cpu = cost[1] * rows if cost is not None else self.heavy_predict_s
+            expected_cpu = self._expected_cpu(key, rows)
             done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
             if self._heavy_idle is False:  # learnt as the pool's first thread started: not SCHED_IDLE
                 return (await running)[0]
@@ -331,13 +328,35 @@ class Batcher:
                 return outcomes
             running.add_done_callback(_unheeded)
             running.cancel()  # still queued behind other starved copies: it never runs (else no-op)
-            self._count_starved(guard.starving(key, expected_cpu))
-            if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
-                return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
-        outcomes, wall, cpu = await loop.run_in_executor(
+            return await self._hedge(key, batch, expected_cpu)
+        return await self._run_starved(key, batch)
+
+    def _expected_cpu(self, key: Hashable, rows: int) -> float:
+        """CPU seconds a heavy predict of `rows` rows should take: is_heavy(key) found the lane's
+        costs, but a predict thread may have forgotten them since (over _MAX_COSTS lanes): then
+        the heavy bound's worth."""
+        cost = self._costs.get(key)
+        return cost[1] * rows if cost is not None else self.heavy_predict_s
+
+    async def _hedge(self, key: Hashable, batch: list[_Request], expected_cpu: float) -> list[Outcome]:
+        """The low-priority copy outlived its patience: mark the model starved, answer from nice +10."""
+        assert self._guard is not None
+        self._count_starved(self._guard.starving(key, expected_cpu))
+        if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
+            return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
+        return await self._run_starved(key, batch)
+
+    async def _run_starved(
+        self, key: Hashable, batch: list[_Request], only_if_starved: bool = False
+    ) -> list[Outcome]:
+        """`_run` on the nice +10 pool, its times told to the guard (which lets a starved model go
+        once a predict there got half a CPU); `only_if_starved`: only while the model is."""
+        assert self._guard is not None
+        outcomes, wall, cpu = await asyncio.get_running_loop().run_in_executor(
             self._starved, self._run_timed, key, batch, time.perf_counter()
         )
-        guard.observe(key, wall, cpu)
+        if not only_if_starved or self._guard.starved(key):
+            self._guard.observe(key, wall, cpu)
         return outcomes
 
     async def _run_in_worker(self, key: Hashable, batch: list[_Request], rows: int) -> list[Outcome]:
@@ -354,17 +373,11 @@ class Batcher:
         worker = slot.ready(adapter)
         # Busy: still on a batch whose callers the node answered (starved or stopped): not behind it.
         if worker is None or guard.starved(key) or worker.lock.locked():
-            outcomes, wall, cpu = await loop.run_in_executor(
-                self._starved, self._run_timed, key, batch, time.perf_counter()
-            )
-            if guard.starved(key):  # at nice +10: back to the worker once this got half a CPU
-                guard.observe(key, wall, cpu)
-            return outcomes
+            return await self._run_starved(key, batch, only_if_starved=True)
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
         start, submitted = time.time_ns() if self.timed else 0, time.perf_counter()
         running = asyncio.ensure_future(slot.predict(worker, adapter.token, x))
-        cost = self._costs.get(key)
-        expected_cpu = cost[1] * rows if cost is not None else self.heavy_predict_s
+        expected_cpu = self._expected_cpu(key, rows)
         done, _ = await asyncio.wait({running}, timeout=guard.patience(expected_cpu))
         if done:
             try:
@@ -380,14 +393,7 @@ class Batcher:
                 _stamp(batch, start, time.time_ns(), len(x))
             return _split(batch, whole)
         running.add_done_callback(_unheeded)  # not cancelled: its reply keeps the socket in step
-        self._count_starved(guard.starving(key, expected_cpu))
-        if all(r.future is None or r.future.done() for r in batch):  # its callers all gave up
-            return [RuntimeError("prediction abandoned: its callers gave up")] * len(batch)
-        outcomes, wall, cpu = await loop.run_in_executor(
-            self._starved, self._run_timed, key, batch, time.perf_counter()
-        )
-        guard.observe(key, wall, cpu)
-        return outcomes
+        return await self._hedge(key, batch, expected_cpu)
 
     def _count_call(self, model: LoadedModel, rows: int) -> None:
         self.calls += 1
